@@ -1,0 +1,1 @@
+"""simic.consumer"""

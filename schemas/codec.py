@@ -1,0 +1,259 @@
+"""msgpack wire encoding, derived from the models in ``simic.schemas.models``.
+
+A message is one msgpack array::
+
+    [schema_version, run_id, rank, session, [event_row, event_row, ...]]
+
+and an event row is ``[kind_code, seq, clock_ns, step, *payload]`` with the payload in the
+model's field order (nil = not sent = the field's default; trailing nils are left off).
+
+Encoding trusts its caller (the producer hands it plain Python values). Decoding trusts nothing:
+the size is checked before anything is unpacked, msgpack's length limits are set from it, and
+every failure is a :class:`DecodeError` whose ``reason`` the consumer counts. One bad event in a
+batch costs that event only; the good events beside it are kept.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import msgpack
+from pydantic import ValidationError
+
+from .models import EVENT_TYPES, MAX_ITEMS, MAX_TEXT, SCHEMA_VERSION, Event
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_EVENTS_PER_MESSAGE",
+    "KindSpec",
+    "KINDS",
+    "KINDS_BY_CODE",
+    "RejectReason",
+    "DecodeError",
+    "OversizedMessage",
+    "MalformedMessage",
+    "BadEnvelope",
+    "UnsupportedVersion",
+    "UnknownKind",
+    "InvalidEvent",
+    "Decoded",
+    "encode_message",
+    "encode_events",
+    "event_row",
+    "decode_message",
+]
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest message accepted (1 MiB). Producers batch far less than this."""
+MAX_EVENTS_PER_MESSAGE = 4096
+"""Most events in one message."""
+
+
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """What the codec knows about one event kind, computed once from its model."""
+
+    model: type[Event]
+    code: int
+    kind: str
+    fields: tuple[str, ...]
+    field_set: frozenset[str]
+    defaults: tuple[object, ...]
+    """Default of each payload field (``PydanticUndefined`` for required ones)."""
+
+
+def _spec(model: type[Event]) -> KindSpec:
+    fields = model.payload_fields()
+    kind = model.model_fields["kind"].default
+    defaults = tuple(model.model_fields[name].default for name in fields)
+    return KindSpec(model=model, code=model.code, kind=kind, fields=fields, field_set=frozenset(fields), defaults=defaults)
+
+
+KINDS: dict[str, KindSpec] = {spec.kind: spec for spec in map(_spec, EVENT_TYPES)}
+"""Kind name to its spec."""
+KINDS_BY_CODE: dict[int, KindSpec] = {spec.code: spec for spec in KINDS.values()}
+"""Wire code to its spec."""
+
+
+class RejectReason(str, enum.Enum):
+    """Why a message or an event was refused. The consumer counts rejections by these values."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed_msgpack"
+    BAD_ENVELOPE = "bad_envelope"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_KIND = "unknown_kind"
+    INVALID_EVENT = "invalid_event"
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid simic message (or event). ``reason`` says which way."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+    def __init__(self, detail: str, *, index: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.index = index
+        """Position of the event in its message, for event-level errors."""
+
+    def __str__(self) -> str:
+        where = f" (event {self.index})" if self.index is not None else ""
+        return f"{self.reason.value}{where}: {self.detail}"
+
+
+class OversizedMessage(DecodeError):
+    reason = RejectReason.OVERSIZED
+
+
+class MalformedMessage(DecodeError):
+    reason = RejectReason.MALFORMED
+
+
+class BadEnvelope(DecodeError):
+    reason = RejectReason.BAD_ENVELOPE
+
+
+class UnsupportedVersion(DecodeError):
+    reason = RejectReason.UNSUPPORTED_VERSION
+
+
+class UnknownKind(DecodeError):
+    reason = RejectReason.UNKNOWN_KIND
+
+
+class InvalidEvent(DecodeError):
+    reason = RejectReason.INVALID_EVENT
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A decoded message: its valid events and the events of it that were refused."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[DecodeError] = field(default_factory=list)
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+def encode_message(run_id: str, rank: int, session: int, rows: Sequence[Sequence[Any]], *, packer: msgpack.Packer | None = None) -> bytes:
+    """Pack event rows (see :func:`event_row`) of one producer session into one message."""
+    body = [SCHEMA_VERSION, run_id, rank, session, rows]
+    return packer.pack(body) if packer is not None else msgpack.packb(body)
+
+
+def event_row(event: Event) -> list[Any]:
+    """The wire row of a model instance (values equal to their default sent as nil, trailing nils left off)."""
+    spec = KINDS[event.kind]
+    row: list[Any] = [event.code, event.seq, event.clock_ns, event.step]
+    for name, default in zip(spec.fields, spec.defaults):
+        value = getattr(event, name)
+        row.append(None if value == default and not _is_nan(value) else value)
+    while len(row) > 4 and row[-1] is None:
+        row.pop()
+    return row
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def encode_events(events: Iterable[Event]) -> bytes:
+    """Encode model instances that share run id, rank and session into one message."""
+    events = list(events)
+    if not events:
+        raise ValueError("encode_events needs at least one event")
+    head = events[0]
+    key = (head.run_id, head.rank, head.session)
+    for event in events:
+        if (event.run_id, event.rank, event.session) != key:
+            raise ValueError("events of one message must share run_id, rank and session")
+    return encode_message(head.run_id, head.rank, head.session, [event_row(e) for e in events])
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+def _unpack(data: bytes) -> Any:
+    limit = len(data)
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        max_str_len=min(limit, MAX_TEXT * 4),
+        max_bin_len=min(limit, MAX_TEXT),
+        max_array_len=min(limit, MAX_EVENTS_PER_MESSAGE),
+        max_map_len=min(limit, MAX_ITEMS * 4),
+        max_ext_len=0,
+    )
+
+
+def _validation_detail(error: ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    path = ".".join(str(part) for part in first["loc"]) or "<event>"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{path}: {first['msg']}{more}"
+
+
+def _decode_row(version: int, run_id: str, rank: int, session: int, row: Any) -> Event:
+    if type(row) is not list or len(row) < 4:
+        raise InvalidEvent("an event row is [code, seq, clock_ns, step, *payload]")
+    spec = KINDS_BY_CODE.get(row[0]) if type(row[0]) is int else None
+    if spec is None:
+        raise UnknownKind(f"kind code {row[0]!r}")
+    payload = row[4:]
+    if len(payload) > len(spec.fields):
+        raise InvalidEvent(f"{spec.kind} has {len(spec.fields)} payload fields, got {len(payload)}")
+    data: dict[str, Any] = {
+        "schema_version": version,
+        "run_id": run_id,
+        "rank": rank,
+        "session": session,
+        "seq": row[1],
+        "clock_ns": row[2],
+        "step": row[3],
+    }
+    for name, value in zip(spec.fields, payload):
+        if value is not None:
+            data[name] = value
+    try:
+        return spec.model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidEvent(f"{spec.kind}.{_validation_detail(error)}") from None
+
+
+def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Decoded:
+    """Decode one message from untrusted bytes.
+
+    Raises:
+        DecodeError: the whole message is refused (oversized, not msgpack, bad envelope,
+            unsupported version). Refused events of an otherwise valid message are returned in
+            ``Decoded.errors`` instead, each with its ``index``.
+    """
+    if len(data) > max_bytes:
+        raise OversizedMessage(f"{len(data)} bytes > limit {max_bytes}")
+    try:
+        body = _unpack(data)
+    except Exception as error:  # msgpack raises several types; all mean the same thing here
+        raise MalformedMessage(f"{type(error).__name__}: {error}"[:200]) from None
+    if type(body) is not list or len(body) != 5:
+        raise BadEnvelope("a message is [version, run_id, rank, session, events]")
+    version, run_id, rank, session, rows = body
+    if type(version) is not int:
+        raise BadEnvelope("schema version must be an integer")
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise UnsupportedVersion(f"schema version {version}; this consumer reads 1..{SCHEMA_VERSION}")
+    if type(run_id) is not str or type(rank) is not int or type(session) is not int or type(rows) is not list:
+        raise BadEnvelope("run_id must be a string, rank and session integers, events a list")
+    decoded = Decoded()
+    for index, row in enumerate(rows):
+        try:
+            decoded.events.append(_decode_row(version, run_id, rank, session, row))
+        except DecodeError as error:
+            error.index = index
+            decoded.errors.append(error)
+    return decoded
