@@ -1,1 +1,32 @@
-"""simic.consumer"""
+"""simic.consumer: the sidecar daemon and its library.
+
+Receive (``sources``), decode and validate (``simic.schemas``), account for every producer
+(``accounting``), analyse (``analysis``), record and alert (``sinks``); ``replay`` runs recorded
+logs through the same pipeline. This package never imports torch.
+"""
+
+from .accounting import Accounting, ProducerState
+from .alerts import AlertMaker
+from .analysis import RULES, Rule, RuleConfig, register
+from .build import build_pipeline
+from .config import ConsumerConfig, load_config
+from .pipeline import Batch, Pipeline, Stage
+from .replay import ReplayResult, replay
+
+__all__ = [
+    "Accounting",
+    "ProducerState",
+    "AlertMaker",
+    "RULES",
+    "Rule",
+    "RuleConfig",
+    "register",
+    "build_pipeline",
+    "ConsumerConfig",
+    "load_config",
+    "Batch",
+    "Pipeline",
+    "Stage",
+    "ReplayResult",
+    "replay",
+]

@@ -140,8 +140,14 @@ class LogWriter:
         self._buffered_frames = 0
         self._fd: int | None = None
         self._size = 0
+        self._header_size = 0
         existing = [int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT_NAME.match(p.name))]
         self._next_index = max(existing, default=0) + 1
+
+    @property
+    def buffered_frames(self) -> int:
+        """Frames written to the buffer but not yet to the file."""
+        return self._buffered_frames
 
     @property
     def path(self) -> Path | None:
@@ -153,14 +159,16 @@ class LogWriter:
         self._next_index += 1
         meta = msgpack.packb({"created_ns": time.time_ns(), "writer": self.writer, "segment": path.name})
         header = _HEADER.pack(LOG_MAGIC, LOG_FORMAT_VERSION, len(meta)) + meta
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # O_APPEND: after a failed write is truncated back, the next write lands at the new end
+        # (without it the fd's position stays past the truncation and leaves a hole of zeros).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             _write_all(fd, header)
         except OSError as error:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise LogWriteError(error.errno, f"cannot start log segment {path}: {error.strerror}") from error
-        self._fd, self._size = fd, len(header)
+        self._fd, self._size, self._header_size = fd, len(header), len(header)
         self.segments.append(path)
 
     def write(self, payload: bytes, recv_ns: int) -> None:
@@ -168,7 +176,7 @@ class LogWriter:
         frame = _frame_bytes(payload, recv_ns)
         if self._fd is None or self._size + len(self._buffer) + len(frame) > self.max_segment_bytes:
             self.flush()
-            if self._fd is not None and self._size > _HEADER.size:
+            if self._fd is not None and self._size > self._header_size:  # never rotate an empty segment
                 self._close_segment()
             if self._fd is None:
                 self._open_segment()
@@ -234,6 +242,7 @@ class LogReader:
     Iterating yields :class:`Frame` objects; torn tails and corrupt stretches are collected in
     :attr:`problems` (never raised mid-way). ``start_offset`` resumes reading a single segment at
     an offset a previous reader reached (:attr:`next_offset`), e.g. to follow a growing file.
+    Segment files concatenated into one file (``cat``) read as their frames in order.
 
     Raises:
         LogFormatError: a file is not a simic log, or of a newer format (at open of that file).
@@ -263,6 +272,12 @@ class LogReader:
         self.next_offset = offset
         end = len(data)
         while offset < end:
+            if data.startswith(LOG_MAGIC, offset):  # segment files concatenated (cat a b > c): a header, not a frame
+                offset = self._read_header(path, data, offset)
+                if offset is None:
+                    return
+                self.next_offset = offset
+                continue
             frame, reason = _parse_frame(path, data, offset)
             if frame is not None:
                 yield frame
@@ -277,28 +292,28 @@ class LogReader:
             self.problems.append(LogProblem(path, offset, resume - offset, "corrupt", reason))
             offset = resume
 
-    def _read_header(self, path: Path, data: bytes) -> int | None:
-        if len(data) < _HEADER.size:
-            if LOG_MAGIC.startswith(data[: len(LOG_MAGIC)]):
-                self.problems.append(LogProblem(path, 0, len(data), "torn_tail", "segment header cut short"))
+    def _read_header(self, path: Path, data: bytes, start: int = 0) -> int | None:
+        if len(data) - start < _HEADER.size:
+            if LOG_MAGIC.startswith(data[start : start + len(LOG_MAGIC)]):
+                self.problems.append(LogProblem(path, start, len(data) - start, "torn_tail", "segment header cut short"))
                 return None
             raise LogFormatError(f"{path} is not a simic event log")
-        magic, version, meta_len = _HEADER.unpack_from(data)
+        magic, version, meta_len = _HEADER.unpack_from(data, start)
         if magic != LOG_MAGIC:
             raise LogFormatError(f"{path} is not a simic event log (bad magic)")
         if version != LOG_FORMAT_VERSION:
             raise LogFormatError(f"{path} is log format {version}; this code reads format {LOG_FORMAT_VERSION}")
         if meta_len > _MAX_HEADER_META:
             raise LogFormatError(f"{path} has an implausible header length {meta_len}")
-        end = _HEADER.size + meta_len
+        end = start + _HEADER.size + meta_len
         if len(data) < end:
-            self.problems.append(LogProblem(path, 0, len(data), "torn_tail", "segment header cut short"))
+            self.problems.append(LogProblem(path, start, len(data) - start, "torn_tail", "segment header cut short"))
             return None
         try:
-            meta = msgpack.unpackb(data[_HEADER.size : end], raw=False)
+            meta = msgpack.unpackb(data[start + _HEADER.size : end], raw=False)
         except Exception as error:
             raise LogFormatError(f"{path} has an unreadable header: {error}") from None
-        self.headers[path] = meta if isinstance(meta, dict) else {}
+        self.headers.setdefault(path, meta if isinstance(meta, dict) else {})
         return end
 
 

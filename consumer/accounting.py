@@ -1,0 +1,198 @@
+"""Who is sending, what arrived, what was lost, what was refused.
+
+Every producer session is tracked by ``(run_id, rank, session)``. Its events carry sequence
+numbers 0, 1, 2, ...; a jump is a gap, and a gap is events lost (dropped inside the producer when
+its queue was full, or lost on the way). ``run_end`` says how many events the producer handed to
+the transport and how many it dropped itself, so the two can be told apart. A new ``run_start``
+(a new session id) is a new producer session: a restarted trainer, or a forked child.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from simic.schemas.models import Event, Heartbeat, RunEnd, RunStart
+
+from .pipeline import Batch, RateLimitedLog, Stage
+
+__all__ = ["ProducerKey", "ProducerState", "Accounting"]
+
+log = logging.getLogger("simic.consumer")
+
+ProducerKey = tuple[str, int, int]
+"""``(run_id, rank, session)``"""
+
+
+@dataclass
+class ProducerState:
+    """What is known about one producer session."""
+
+    run_id: str
+    rank: int
+    session: int
+    received: int = 0
+    """Distinct events received."""
+    next_seq: int = 0
+    """The sequence number expected next."""
+    lost: int = 0
+    """Sequence numbers skipped: events that never arrived."""
+    duplicates: int = 0
+    """Events whose sequence number was already passed (repeated or out of order)."""
+    kinds: Counter = field(default_factory=Counter)
+    first_step: int | None = None
+    last_step: int | None = None
+    first_recv_ns: int | None = None
+    last_recv_ns: int | None = None
+    last_clock_ns: int | None = None
+    """Producer clock of the newest event (event time, for time-based rules)."""
+    started: RunStart | None = None
+    ended: RunEnd | None = None
+    producer_dropped: int = 0
+    """Events the producer says it dropped itself (from its latest heartbeat or run_end)."""
+
+    @property
+    def key(self) -> ProducerKey:
+        return (self.run_id, self.rank, self.session)
+
+    @property
+    def lost_in_transit(self) -> int | None:
+        """Of the lost events, those the producer handed over but never arrived (known at run_end)."""
+        if self.ended is None or self.ended.sent is None:
+            return None
+        return max(0, self.ended.sent + 1 - self.received)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "rank": self.rank,
+            "session": self.session,
+            "status": self.ended.status if self.ended else "open",
+            "received": self.received,
+            "lost": self.lost,
+            "dropped_by_producer": self.producer_dropped,
+            "lost_in_transit": self.lost_in_transit,
+            "duplicates": self.duplicates,
+            "events_by_kind": dict(sorted(self.kinds.items())),
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "first_recv_ns": self.first_recv_ns,
+            "last_recv_ns": self.last_recv_ns,
+            "host": self.started.host if self.started else None,
+            "pid": self.started.pid if self.started else None,
+        }
+
+
+class Accounting(Stage):
+    """Counts messages, events per kind, rejections by reason and losses per producer session.
+
+    Args:
+        max_producers: sessions tracked at once; beyond it the least recently heard one is
+            forgotten (its counts stay in the totals), so hostile input cannot grow memory.
+    """
+
+    name = "accounting"
+
+    def __init__(self, *, max_producers: int = 4096, log_interval_s: float = 1.0) -> None:
+        self.max_producers = max_producers
+        self.producers: OrderedDict[ProducerKey, ProducerState] = OrderedDict()
+        self.messages = 0
+        self.events = 0
+        self.events_by_kind: Counter[str] = Counter()
+        self.rejected_messages: Counter[str] = Counter()
+        self.rejected_events: Counter[str] = Counter()
+        self.forgotten_producers = 0
+        self._log = RateLimitedLog(log, log_interval_s)
+        self._lost_total_forgotten = 0
+
+    async def consume(self, batch: Batch) -> None:
+        self.messages += 1
+        if batch.rejected is not None:
+            self.rejected_messages[batch.rejected.reason.value] += 1
+            self._log.warning(f"rejected:{batch.rejected.reason.value}", "rejected message: %s", batch.rejected)
+        for error in batch.errors:
+            self.rejected_events[error.reason.value] += 1
+            self._log.warning(f"rejected:{error.reason.value}", "rejected event: %s", error)
+        if not batch.events:
+            return
+        head = batch.events[0]
+        state = self._state(head)
+        for event in batch.events:
+            if (event.run_id, event.rank, event.session) != state.key:  # cannot happen from one message
+                state = self._state(event)
+            self._account(state, event, batch.recv_ns)
+
+    def _state(self, event: Event) -> ProducerState:
+        key = (event.run_id, event.rank, event.session)
+        state = self.producers.get(key)
+        if state is None:
+            if len(self.producers) >= self.max_producers:
+                _, old = self.producers.popitem(last=False)
+                self._lost_total_forgotten += old.lost
+                self.forgotten_producers += 1
+            state = self.producers[key] = ProducerState(event.run_id, event.rank, event.session)
+        else:
+            self.producers.move_to_end(key)
+        return state
+
+    def _account(self, state: ProducerState, event: Event, recv_ns: int) -> None:
+        seq = event.seq
+        if seq < state.next_seq:
+            state.duplicates += 1
+            return
+        if seq > state.next_seq:
+            gap = seq - state.next_seq
+            state.lost += gap
+            self._log.warning(
+                f"gap:{state.key}",
+                "lost %d events of run %s rank %d (seq %d..%d never arrived)",
+                gap, state.run_id, state.rank, state.next_seq, seq - 1,
+            )
+        state.next_seq = seq + 1
+        state.received += 1
+        state.kinds[event.kind] += 1
+        self.events += 1
+        self.events_by_kind[event.kind] += 1
+        if state.first_step is None:
+            state.first_step = event.step
+            state.first_recv_ns = recv_ns
+        state.last_step = event.step
+        state.last_recv_ns = recv_ns
+        state.last_clock_ns = event.clock_ns
+        if isinstance(event, RunStart):
+            state.started = event
+        elif isinstance(event, Heartbeat):
+            if event.dropped is not None:
+                state.producer_dropped = event.dropped
+        elif isinstance(event, RunEnd):
+            state.ended = event
+            if event.dropped is not None:
+                state.producer_dropped = event.dropped
+            log.info(
+                "run %s rank %d session %d ended (%s): received %d, lost %d (dropped by producer %d)",
+                state.run_id, state.rank, state.session, event.status, state.received, state.lost, state.producer_dropped,
+            )
+
+    @property
+    def lost(self) -> int:
+        return self._lost_total_forgotten + sum(p.lost for p in self.producers.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Totals and one entry per producer session, JSON-ready."""
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for state in self.producers.values():
+            runs.setdefault(state.run_id, []).append(state.summary())
+        for sessions in runs.values():
+            sessions.sort(key=lambda s: (s["rank"], s["first_recv_ns"] or 0))
+        return {
+            "messages": self.messages,
+            "events": self.events,
+            "events_by_kind": dict(sorted(self.events_by_kind.items())),
+            "lost": self.lost,
+            "rejected_messages": dict(sorted(self.rejected_messages.items())),
+            "rejected_events": dict(sorted(self.rejected_events.items())),
+            "forgotten_producers": self.forgotten_producers,
+            "runs": dict(sorted(runs.items())),
+        }

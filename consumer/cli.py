@@ -1,0 +1,131 @@
+"""The ``simic-consumer`` command: run the daemon, replay or inspect recorded logs, list rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from simic.schemas.endpoints import ENDPOINT_ENV, default_endpoint, is_loopback
+from simic.schemas.eventlog import LogFormatError
+
+from .alerts import alert_record, to_json_line
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _setup_logging(verbose: bool, level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level,
+        format="simic-consumer: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _config(path: str | None):
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simic-telemetry")
+def main() -> None:
+    """simic-consumer: the sidecar that receives, records and analyses simic telemetry."""
+
+
+@main.command()
+@click.option("--bind", "endpoint", envvar=ENDPOINT_ENV, default=None, metavar="ENDPOINT",
+              help="Where to listen: ipc:///path or tcp://127.0.0.1:PORT (default: an ipc socket in a private runtime directory; env SIMIC_ENDPOINT).")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("simic-logs"), show_default=True,
+              help="Directory for the event log, alerts.jsonl and dead letters.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="TOML configuration file.")
+@click.option("--dead-letter", is_flag=True, help="Also keep refused messages under LOG_DIR/dead-letter.")
+@click.option("--insecure-bind", is_flag=True, help="Allow a TCP bind beyond loopback without encryption (anyone who can reach the port can send).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def run(endpoint: str | None, log_dir: Path, config_path: str | None, dead_letter: bool, insecure_bind: bool, verbose: bool) -> None:
+    """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM."""
+    from .daemon import DaemonOptions, serve
+
+    _setup_logging(verbose)
+    config = _config(config_path)
+    endpoint = endpoint or default_endpoint()
+    if not is_loopback(endpoint):
+        if not insecure_bind:
+            raise click.UsageError(
+                f"refusing to bind {endpoint}: it is reachable from other hosts and simic traffic is not encrypted. "
+                "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT), or pass --insecure-bind if the network is trusted."
+            )
+        click.echo(f"simic-consumer: WARNING: listening on {endpoint} without encryption (--insecure-bind)", err=True)
+    options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter)
+    try:
+        code = asyncio.run(serve(options))
+    except Exception as error:  # bind failures and the like: one clear line, not a traceback
+        raise click.ClickException(f"{type(error).__name__}: {error}") from None
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="TOML configuration (thresholds) to replay with.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: the alerts, then a summary line.")
+def replay(logs: tuple[Path, ...], config_path: str | None, as_json: bool) -> None:
+    """Run recorded logs (files or directories) through the analysis and print the alerts."""
+    from .inspect_log import format_summary
+    from .replay import replay as run_replay
+
+    _setup_logging(False, logging.WARNING)
+    config = _config(config_path)
+    try:
+        result = asyncio.run(run_replay(logs, config, console=not as_json))
+    except LogFormatError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        for alert in result.alerts:
+            click.echo(to_json_line(alert_record(alert)))
+        click.echo(to_json_line({"type": "summary", "alerts": len(result.alerts), **result.summary}))
+    else:
+        click.echo(f"{len(result.alerts)} alerts")
+        click.echo(format_summary(result.summary))
+
+
+@main.command()
+@click.argument("log", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def inspect(log: Path, as_json: bool) -> None:
+    """Tell what a log holds: runs, ranks, events per kind, steps, times, losses, rejections, torn tail."""
+    from .inspect_log import format_summary
+    from .replay import replay as run_replay
+
+    _setup_logging(False, logging.ERROR)
+    try:
+        result = asyncio.run(run_replay([log], _config(None), analysis=False))
+    except LogFormatError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(to_json_line(result.summary))
+    else:
+        click.echo(format_summary(result.summary))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the rules and their defaults as JSON.")
+def rules(as_json: bool) -> None:
+    """List every analysis rule with its settings and defaults."""
+    from .analysis import RULES
+
+    if as_json:
+        click.echo(json.dumps({name: rule.Config().model_dump() for name, rule in RULES.items()}, indent=2))
+        return
+    for name, rule in RULES.items():
+        doc = " ".join((rule.__doc__ or "").split())
+        click.echo(f"[rules.{name}]")
+        click.echo(click.wrap_text(doc, initial_indent="  # ", subsequent_indent="  # ", width=100))
+        for key, field in rule.Config.model_fields.items():
+            click.echo(f"  {key} = {json.dumps(field.default)}" + (f"    # {field.description}" if field.description else ""))

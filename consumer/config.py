@@ -1,0 +1,88 @@
+"""The consumer's configuration: a TOML file validated by pydantic.
+
+Every section and key has a default, so no file is needed. Unknown keys are an error that names
+the key (a typo in a threshold must not silently keep the default). Example::
+
+    [daemon]
+    queue_messages = 10000
+
+    [log]
+    max_segment_bytes = 67108864
+
+    [rules.non_finite]
+    severity = "critical"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .analysis import RULES
+
+__all__ = ["DaemonConfig", "LogConfig", "RulesConfig", "ConsumerConfig", "ConfigError", "load_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class DaemonConfig(_Section):
+    queue_messages: int = Field(10_000, ge=1)
+    """Messages held between the receiver and the pipeline. When full, the receiver stops reading,
+    ZeroMQ's queues fill, and producers drop (and count) what does not fit: memory stays bounded."""
+    receive_hwm: int = Field(10_000, ge=1)
+    """ZeroMQ receive high-water mark (messages)."""
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    """Longest a SIGINT/SIGTERM shutdown spends draining the queue before it closes anyway."""
+    rejection_log_interval_s: float = Field(1.0, ge=0)
+    """At most one log line per rejection reason per this many seconds (the rest are counted)."""
+
+
+class LogConfig(_Section):
+    max_segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    """Size at which the event log starts a new segment file."""
+    sync_interval_s: float = Field(1.0, gt=0)
+    """How often the log is fsynced (it is written, unsynced, after every burst of messages)."""
+
+
+RulesConfig: type[BaseModel] = create_model(  # one field per registered rule, named after it
+    "RulesConfig",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **{name: (rule.Config, rule.Config()) for name, rule in RULES.items()},
+)
+
+
+class ConsumerConfig(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    log: LogConfig = LogConfig()
+    rules: RulesConfig = RulesConfig()  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or invalid; the message names the file and the key."""
+
+
+def load_config(path: str | os.PathLike[str] | None) -> ConsumerConfig:
+    """Read and validate a TOML config file (``None``: all defaults)."""
+    if path is None:
+        return ConsumerConfig()
+    try:
+        data: dict[str, Any] = tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    try:
+        return ConsumerConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            key = ".".join(str(part) for part in item["loc"])
+            reason = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            problems.append(f"{key}: {reason}")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None

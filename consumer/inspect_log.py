@@ -1,0 +1,46 @@
+"""``simic-consumer inspect``: what a log holds, without running the analysis."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+__all__ = ["format_summary"]
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "?"
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _counts(counter: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counter.items()) or "none"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable text of a replay/inspect summary."""
+    lines = [
+        f"messages {summary['messages']}, events {summary['events']}, lost {summary['lost']}",
+        f"events by kind: {_counts(summary['events_by_kind'])}",
+        f"rejected messages: {_counts(summary['rejected_messages'])}",
+        f"rejected events: {_counts(summary['rejected_events'])}",
+    ]
+    for run_id, sessions in summary["runs"].items():
+        lines.append(f"run {run_id}")
+        for s in sessions:
+            transit = "" if s["lost_in_transit"] is None else f", lost in transit {s['lost_in_transit']}"
+            lines.append(
+                f"  rank {s['rank']} session {s['session']:016x} ({s['status']}; host {s['host'] or '?'}, pid {s['pid'] or '?'}): "
+                f"{s['received']} events, steps {s['first_step']}..{s['last_step']}, "
+                f"{_when(s['first_recv_ns'])} .. {_when(s['last_recv_ns'])}, "
+                f"lost {s['lost']} (dropped by producer {s['dropped_by_producer']}{transit}), duplicates {s['duplicates']}"
+            )
+            lines.append(f"    {_counts(s['events_by_kind'])}")
+    problems = summary.get("log_problems", [])
+    if problems:
+        lines.append("log problems:")
+        lines.extend(f"  {p['kind']} in {p['path']} at offset {p['offset']} ({p['length']} bytes): {p['detail']}" for p in problems)
+    else:
+        lines.append("log problems: none (no torn tail)")
+    return "\n".join(lines)

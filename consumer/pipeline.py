@@ -1,0 +1,140 @@
+"""The pipeline contract: every stage consumes one :class:`Batch` at a time.
+
+A source (the ZeroMQ receiver, or a recorded log) turns each message into a ``Batch`` and hands
+it to :meth:`Pipeline.consume`, which decodes it and passes it through the stages in order::
+
+    Batch(raw bytes) -> decode -> [event log] -> accounting -> analysis rules -> alert sinks
+
+Stages share one small interface (OpenTelemetry-collector style): ``start()``, ``consume(batch)``,
+``close()``. ``close`` flushes what the stage holds, is safe without ``start`` and safe to repeat.
+A stage that raises does not stop the pipeline: the error is counted per stage and logged at a
+bounded rate, and the batch goes on to the next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from simic.schemas.codec import DecodeError, decode_message
+from simic.schemas.models import Alert, Event
+
+__all__ = ["Batch", "Stage", "Pipeline", "RateLimitedLog"]
+
+log = logging.getLogger("simic.consumer")
+
+
+@dataclass(slots=True)
+class Batch:
+    """One received message on its way through the pipeline."""
+
+    raw: bytes
+    """The message exactly as received."""
+    recv_ns: int
+    """Consumer wall clock (``time.time_ns()``) when it arrived; from the log when replaying."""
+    events: list[Event] = field(default_factory=list)
+    """The valid events it holds."""
+    errors: list[DecodeError] = field(default_factory=list)
+    """Events of it that were refused (the message itself was valid)."""
+    rejected: DecodeError | None = None
+    """Why the whole message was refused, or None."""
+    alerts: list[Alert] = field(default_factory=list)
+    """Alerts raised by analysis stages while this batch went through."""
+
+
+class Stage:
+    """Base of every pipeline stage. Subclasses override what they need."""
+
+    name = "stage"
+
+    async def start(self) -> None:
+        """Acquire resources (open files, sockets)."""
+
+    async def consume(self, batch: Batch) -> None:
+        """Look at (and possibly add alerts to) one batch."""
+
+    async def flush(self) -> None:
+        """Push buffered output out (called when the input goes quiet)."""
+
+    async def close(self) -> None:
+        """Flush and release. Safe without ``start`` and when called twice."""
+
+
+class RateLimitedLog:
+    """Logs at most one line per key per ``interval_s``, then says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger = log, interval_s: float = 1.0) -> None:
+        self.logger = logger
+        self.interval_ns = int(interval_s * 1e9)
+        self._last: dict[str, int] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic_ns()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_ns:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += f" ({suppressed} similar suppressed)"
+        self.logger.warning(message, *args)
+
+
+class Pipeline:
+    """Decodes batches and runs them through stages, counting stage failures."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+        self.stage_errors: Counter[str] = Counter()
+        self._log = RateLimitedLog()
+        self._started = False
+
+    async def start(self) -> None:
+        for stage in self.stages:
+            await stage.start()
+        self._started = True
+
+    async def consume(self, raw: bytes, recv_ns: int) -> Batch:
+        """Decode one message and pass it through every stage. Never raises for bad input."""
+        batch = Batch(raw=raw, recv_ns=recv_ns)
+        try:
+            decoded = decode_message(raw)
+        except DecodeError as error:
+            batch.rejected = error
+        else:
+            batch.events = decoded.events
+            batch.errors = decoded.errors
+        for stage in self.stages:
+            try:
+                await stage.consume(batch)
+            except Exception as error:  # one broken stage must not stop the others
+                self.stage_errors[stage.name] += 1
+                self._log.warning(f"stage:{stage.name}", "stage %s failed: %r", stage.name, error)
+        return batch
+
+    async def flush(self) -> None:
+        for stage in self.stages:
+            try:
+                await stage.flush()
+            except Exception as error:
+                self.stage_errors[stage.name] += 1
+                self._log.warning(f"flush:{stage.name}", "flushing stage %s failed: %r", stage.name, error)
+
+    async def close(self) -> None:
+        """Close every stage (in order), even when some fail."""
+        for stage in self.stages:
+            try:
+                await stage.close()
+            except Exception as error:
+                self.stage_errors[stage.name] += 1
+                log.warning("closing stage %s failed: %r", stage.name, error)
+
+    def find(self, kind: type) -> list:
+        """The stages of a given type (e.g. the accounting stage, for its summary)."""
+        return [stage for stage in self.stages if isinstance(stage, kind)]
+
