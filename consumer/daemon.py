@@ -16,13 +16,13 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Stage
 from .sinks.event_log import EventLogSink
 from .sources.zmq_pull import ZmqPullSource
 
@@ -31,7 +31,7 @@ __all__ = ["DaemonOptions", "serve"]
 log = logging.getLogger("simic.consumer")
 
 
-@dataclass(frozen=True)
+@dataclass
 class DaemonOptions:
     endpoint: str
     """Where to bind (ipc://... or tcp://host:port)."""
@@ -40,6 +40,10 @@ class DaemonOptions:
     config: ConsumerConfig
     dead_letter: bool = False
     """Also keep refused messages under ``<log_dir>/dead-letter``."""
+    extra_sinks: tuple[Stage, ...] = ()
+    """More stages after the alert sinks (tests use recording sinks here)."""
+    bound: str | None = field(default=None, compare=False)
+    """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
 
 def _say(message: str) -> None:
@@ -78,6 +82,7 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
         log_dir=options.log_dir,
         dead_letter_dir=options.log_dir / "dead-letter" if options.dead_letter else None,
         alerts_jsonl=options.log_dir / "alerts.jsonl",
+        extra_sinks=list(options.extra_sinks),
     )
     await pipeline.start()
     source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm)
@@ -86,6 +91,7 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
     except Exception:
         await pipeline.close()
         raise
+    options.bound = endpoint
     _say(f"listening on {endpoint}")
     _say(f"logging to {options.log_dir.resolve()}")
 

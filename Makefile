@@ -1,0 +1,33 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Each sets up its own virtual
+# environment on first use (torch is pinned to the release this machine class has on disk).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-cuda bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[producer,dev]"
+	touch $@
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-cuda: setup
+	$(PY) -m pytest -q -m cuda
+
+bench: setup
+	$(PY) bench/emit_cost.py
+	$(PY) bench/wire_size.py
+
+clean:
+	rm -rf $(VENV) demo-out simic-logs .pytest_cache .hypothesis

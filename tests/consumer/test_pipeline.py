@@ -1,0 +1,237 @@
+"""The pipeline, its stages and replay, driven in-process with real messages and real log files."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from simic.consumer import Accounting, ConsumerConfig, Pipeline, Stage, build_pipeline, load_config, replay
+from simic.consumer.alerts import alert_record
+from simic.consumer.analysis import RULES
+from simic.consumer.config import ConfigError
+from simic.consumer.daemon import DaemonOptions, serve
+from simic.consumer.testing import RecordingSink
+from simic.producer import Emitter
+from simic.schemas import encode_message
+from simic.schemas.eventlog import LogWriter
+
+
+def message(run: str, session: int, rows: list[list], rank: int = 0) -> bytes:
+    return encode_message(run, rank, session, rows)
+
+
+def timing(seq: int, step: int, ms: float = 1.0) -> list:
+    return [2, seq, 1_000 + seq, step, {"rollout": ms}]
+
+
+def lstm(seq: int, step: int, h_norm: float, has_nan: bool = False) -> list:
+    return [4, seq, 1_000 + seq, step, h_norm, 1.0, None, None, None, None, None, None, has_nan, False]
+
+
+async def run_messages(pipeline: Pipeline, messages: list[bytes]) -> None:
+    await pipeline.start()
+    for index, raw in enumerate(messages):
+        await pipeline.consume(raw, 1_700_000_000_000_000_000 + index)
+    await pipeline.close()
+
+
+class TestAccounting:
+    async def test_gaps_are_lost_events_and_repeats_are_duplicates(self):
+        """Sequence jumps count as lost; a sequence number seen before counts as a duplicate."""
+        accounting = Accounting()
+        await run_messages(Pipeline([accounting]), [
+            message("r", 1, [timing(0, 0), timing(1, 1)]),
+            message("r", 1, [timing(5, 2)]),  # 2, 3, 4 never arrived
+            message("r", 1, [timing(5, 2)]),  # repeated
+            message("r", 1, [timing(6, 3)]),
+        ])
+        (state,) = accounting.producers.values()
+        assert (state.received, state.lost, state.duplicates, state.next_seq) == (4, 3, 1, 7)
+        assert accounting.summary()["lost"] == 3
+
+    async def test_each_producer_session_is_accounted_apart(self):
+        """A new session id (a restarted trainer, another rank) has its own sequence from 0."""
+        accounting = Accounting()
+        await run_messages(Pipeline([accounting]), [
+            message("r", 1, [timing(0, 0), timing(1, 1)]),
+            message("r", 2, [timing(0, 0)]),
+            message("r", 1, [timing(0, 0)], rank=1),
+        ])
+        assert len(accounting.producers) == 3
+        assert accounting.lost == 0
+        runs = accounting.summary()["runs"]["r"]
+        assert sorted((s["rank"], s["received"]) for s in runs) == [(0, 1), (0, 2), (1, 1)]
+
+    async def test_tracked_sessions_are_bounded(self):
+        """Past max_producers the least recently heard session is forgotten, its losses kept in the total."""
+        accounting = Accounting(max_producers=2)
+        await run_messages(Pipeline([accounting]), [
+            message("a", 1, [timing(3, 0)]),  # 3 lost
+            message("b", 1, [timing(0, 0)]),
+            message("c", 1, [timing(0, 0)]),
+        ])
+        assert [key[0] for key in accounting.producers] == ["b", "c"]
+        assert accounting.forgotten_producers == 1
+        assert accounting.lost == 3
+
+    async def test_rejections_are_counted_by_reason(self):
+        """Whole-message and single-event refusals are counted apart, by reason."""
+        accounting = Accounting()
+        await run_messages(Pipeline([accounting]), [b"\xc1", message("r", 1, [timing(0, 0), [99, 1, 0, 0]])])
+        assert accounting.rejected_messages == {"malformed_msgpack": 1}
+        assert accounting.rejected_events == {"unknown_kind": 1}
+        assert accounting.events == 1
+
+
+class TestNonFiniteRule:
+    async def test_fires_once_while_the_fault_lasts_and_says_when_it_clears(self):
+        """A NaN that sticks for several steps raises one critical alert, then one 'cleared'."""
+        sink = RecordingSink()
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        await run_messages(pipeline, [
+            message("r", 1, [lstm(0, 0, 1.0)]),
+            message("r", 1, [lstm(1, 1, float("nan"), has_nan=True)]),
+            message("r", 1, [lstm(2, 2, float("inf"))]),
+            message("r", 1, [lstm(3, 3, 1.0)]),
+        ])
+        alerts = sink.alerts
+        assert [(a.rule, a.severity, a.cleared, a.step) for a in alerts] == [
+            ("non_finite", "critical", False, 1),
+            ("non_finite", "info", True, 3),
+        ]
+        assert alerts[0].values["has_nan"] is True
+        assert alerts[0].run_id == "r" and alerts[0].clock_ns == 1_001
+
+    async def test_an_undefined_explained_variance_is_not_a_fault_by_default(self):
+        """NaN explained variance (constant returns) is ignored unless the config says otherwise."""
+        rows = [[5, 0, 0, 0, None, None, None, None, None, None, None, float("nan")]]
+        sink = RecordingSink()
+        await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink]), [message("r", 1, rows)])
+        assert sink.alerts == []
+        strict = ConsumerConfig.model_validate({"rules": {"non_finite": {"ignore": []}}})
+        sink = RecordingSink()
+        await run_messages(build_pipeline(strict, console=False, extra_sinks=[sink]), [message("r", 1, rows)])
+        (alert,) = sink.alerts
+        assert list(alert.values) == ["explained_variance"] and math.isnan(alert.values["explained_variance"])
+
+    async def test_a_disabled_rule_is_not_run(self):
+        """enabled = false removes the rule from the pipeline."""
+        config = ConsumerConfig.model_validate({"rules": {"non_finite": {"enabled": False}}})
+        sink = RecordingSink()
+        await run_messages(build_pipeline(config, console=False, extra_sinks=[sink]), [message("r", 1, [lstm(0, 0, float("nan"))])])
+        assert sink.alerts == []
+
+
+class _Broken(Stage):
+    name = "broken"
+
+    async def consume(self, batch):
+        raise RuntimeError("bug in a stage")
+
+
+class TestPipeline:
+    async def test_a_failing_stage_is_counted_and_the_others_still_run(self):
+        """One stage raising does not stop the stages after it."""
+        sink = RecordingSink()
+        pipeline = Pipeline([_Broken(), sink])
+        await run_messages(pipeline, [message("r", 1, [timing(0, 0)])] * 3)
+        assert pipeline.stage_errors == {"broken": 3}
+        assert len(sink.events) == 3 and sink.closed
+
+    async def test_close_is_safe_without_start_and_twice(self):
+        """Every stage of a full pipeline can be closed without being started, and again."""
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        await pipeline.close()
+        await pipeline.close()
+        assert pipeline.stage_errors == {}
+
+
+class TestReplay:
+    async def test_replay_of_a_written_log_gives_the_live_alerts(self, tmp_path):
+        """The pipeline over a log file raises exactly the alerts it raised on the live messages."""
+        messages = [message("r", 1, [lstm(i, i, float("nan") if i in (3, 4) else 1.0)]) for i in range(8)]
+        live = RecordingSink()
+        await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[live]), messages)
+        with LogWriter(tmp_path) as writer:
+            for index, raw in enumerate(messages):
+                writer.write(raw, index)
+        result = await replay([tmp_path], ConsumerConfig())
+        assert [alert_record(a) for a in result.alerts] == [alert_record(a) for a in live.alerts]  # NaN-safe comparison
+        assert len(result.alerts) == 2
+        assert result.summary["events"] == 8 and result.problems == []
+
+    async def test_logs_of_several_nodes_merge_by_arrival_time(self, tmp_path):
+        """Two log directories replay as one stream ordered by receive time."""
+        for node, times in (("a", [1, 3, 5]), ("b", [2, 4, 6])):
+            with LogWriter(tmp_path / node) as writer:
+                for seq, when in enumerate(times):
+                    writer.write(message(node, 1, [timing(seq, when)]), when)
+        order = []
+
+        class Order(Stage):
+            async def consume(self, batch):
+                order.append(batch.recv_ns)
+
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[Order()])
+        from simic.consumer.replay import run_source
+        from simic.consumer.sources.log_files import LogFilesSource
+
+        await run_source(LogFilesSource([tmp_path / "a", tmp_path / "b"]), pipeline)
+        assert order == [1, 2, 3, 4, 5, 6]
+
+
+class TestConfig:
+    def test_every_rule_has_a_config_section_with_defaults(self):
+        """The config model has one section per registered rule."""
+        config = ConsumerConfig()
+        assert set(RULES) <= set(config.rules.model_dump())
+
+    def test_unknown_keys_and_bad_values_are_named(self, tmp_path):
+        """A config error names the file, the key and what is wrong."""
+        path = tmp_path / "c.toml"
+        path.write_text("[daemon]\nqueue_messages = 0\nqueue_mesages = 5\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert "daemon.queue_messages: Input should be greater than or equal to 1" in str(error.value)
+        assert "daemon.queue_mesages: unknown key" in str(error.value)
+
+    def test_not_toml_is_a_clear_error(self, tmp_path):
+        path = tmp_path / "c.toml"
+        path.write_text("[daemon\n")
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            load_config(path)
+
+
+class _RunEnded(Stage):
+    name = "run_ended"
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+    async def consume(self, batch):
+        if any(event.kind == "run_end" for event in batch.events):
+            self.ended.set()
+
+
+class TestServeInProcess:
+    async def test_serve_stops_on_its_event_and_keeps_everything_received(self, tmp_path):
+        """The daemon coroutine drains what arrived before it stops, and logs it all."""
+        stop = asyncio.Event()
+        watcher = _RunEnded()
+        endpoint = "tcp://127.0.0.1:*"
+        options = DaemonOptions(endpoint=endpoint, log_dir=tmp_path / "logs", config=ConsumerConfig(), extra_sinks=(watcher,))
+        task = asyncio.create_task(serve(options, stop=stop))
+        while options.bound is None:  # set by serve() right after bind, before it awaits anything else
+            await asyncio.sleep(0)
+        emitter = Emitter(options.bound, run_id="inproc")
+        for step in range(50):
+            emitter.emit("step_timing", step=step, phases_ms={"rollout": 1.0})
+            emitter.flush()
+        await asyncio.to_thread(emitter.close)
+        await asyncio.wait_for(watcher.ended.wait(), 60)
+        stop.set()
+        assert await task == 0
+        result = await replay([tmp_path / "logs"], ConsumerConfig(), analysis=False)
+        assert result.summary["events"] == emitter.stats.produced == 52
