@@ -8,12 +8,17 @@ logs through the same pipeline. This package never imports torch.
 from .accounting import Accounting, ProducerState
 from .alerts import AlertMaker
 from .analysis import RULES, Rule, RuleConfig, register
+from .analysis.anomaly import AnomalyDetector, AnomalyReport
+from .analysis.ema import GradientEMATracker
 from .build import build_pipeline
 from .config import ConsumerConfig, load_config
 from .pipeline import Batch, Pipeline, Stage
 from .replay import ReplayResult, replay
 
 __all__ = [
+    "GradientEMATracker",
+    "AnomalyDetector",
+    "AnomalyReport",
     "Accounting",
     "ProducerState",
     "AlertMaker",

@@ -108,6 +108,8 @@ class Accounting(Stage):
         self._lost_total_forgotten = 0
 
     async def consume(self, batch: Batch) -> None:
+        if batch.tick:
+            return
         self.messages += 1
         if batch.rejected is not None:
             self.rejected_messages[batch.rejected.reason.value] += 1

@@ -43,6 +43,11 @@ class Batch:
     """Why the whole message was refused, or None."""
     alerts: list[Alert] = field(default_factory=list)
     """Alerts raised by analysis stages while this batch went through."""
+    tick: bool = False
+    """A clock tick, not a message: time passed (``recv_ns``) with or without traffic. Time-based
+    rules (a silent producer) act on it; the event log records it so replay sees the same time."""
+    catching_up: bool = False
+    """Re-processing logged messages after a restart to rebuild state: alert sinks stay quiet."""
 
 
 class Stage:
@@ -99,9 +104,9 @@ class Pipeline:
             await stage.start()
         self._started = True
 
-    async def consume(self, raw: bytes, recv_ns: int) -> Batch:
+    async def consume(self, raw: bytes, recv_ns: int, *, catching_up: bool = False) -> Batch:
         """Decode one message and pass it through every stage. Never raises for bad input."""
-        batch = Batch(raw=raw, recv_ns=recv_ns)
+        batch = Batch(raw=raw, recv_ns=recv_ns, catching_up=catching_up)
         try:
             decoded = decode_message(raw)
         except DecodeError as error:
@@ -109,6 +114,13 @@ class Pipeline:
         else:
             batch.events = decoded.events
             batch.errors = decoded.errors
+        return await self._run(batch)
+
+    async def tick(self, now_ns: int, *, catching_up: bool = False) -> Batch:
+        """Let time-based stages see that time passed (no message)."""
+        return await self._run(Batch(raw=b"", recv_ns=now_ns, tick=True, catching_up=catching_up))
+
+    async def _run(self, batch: Batch) -> Batch:
         for stage in self.stages:
             try:
                 await stage.consume(batch)

@@ -1,32 +1,61 @@
 """What an analysis rule is, and the registry that finds them.
 
 A rule is a pipeline stage with a name, a pydantic config model (its thresholds, each with a
-documented default) and a ``check(event)`` method that returns the alerts an event raises. To add
-a rule, add one module to ``simic/consumer/analysis/`` that defines a :class:`Rule` subclass with
-the ``@register`` decorator: the config file, ``simic-consumer rules`` and the daemon find it.
+documented default) and a ``check(event, now_ns)`` method that returns the alerts an event
+raises. To add a rule, add one module to ``consumer/analysis/`` that defines a :class:`Rule`
+subclass with the ``@register`` decorator: the config file, ``simic-consumer rules``, the daemon
+and replay find it.
+
+Flapping is handled here, once, for every rule: a rule reports *observations* of a condition
+(``observe(event, subject, bad, ...)``) and the condition fires after ``fire_after`` consecutive
+bad observations and clears after ``clear_after`` consecutive good ones, each transition one alert.
+
+Rules work on event time (the step and producer clock of the events, and the arrival time that
+the event log keeps), never on the wall clock, so a replay raises the same alerts as the live run.
+Their state (``state_dict``/``load_state_dict``) is plain JSON data, checkpointed by the daemon.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from simic.schemas.models import Alert, Event
 
 from ..alerts import AlertMaker
 from ..pipeline import Batch, Stage
 
-__all__ = ["RuleConfig", "Rule", "register", "RULES"]
+__all__ = ["RuleConfig", "Rule", "register", "RULES", "subject_key", "Severity"]
+
+Severity = Literal["info", "warning", "critical"]
 
 
 class RuleConfig(BaseModel):
-    """Settings every rule has. Subclasses add the rule's thresholds."""
+    """Settings every rule has. Subclasses add the rule's thresholds (and may change these defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     enabled: bool = True
     """Run this rule."""
+    severity: Severity = "warning"
+    """Severity of the alert when the condition fires."""
+    fire_after: int = Field(1, ge=1)
+    """Consecutive bad observations before the alert fires (suppresses one-off spikes)."""
+    clear_after: int = Field(3, ge=1)
+    """Consecutive good observations before a fired alert clears (suppresses flapping)."""
+
+
+def subject_key(event: Event, *parts: object) -> str:
+    """A JSON-friendly key for what a condition is about: run, rank, then the parts given."""
+    return "\x1f".join([event.run_id, str(event.rank), *map(str, parts)])
+
+
+class _Condition:
+    __slots__ = ("bad", "good", "active")
+
+    def __init__(self, bad: int = 0, good: int = 0, active: bool = False) -> None:
+        self.bad, self.good, self.active = bad, good, active
 
 
 class Rule(Stage):
@@ -38,16 +67,88 @@ class Rule(Stage):
     def __init__(self, config: RuleConfig, alerts: AlertMaker) -> None:
         self.config = config
         self.alerts = alerts
+        self._conditions: dict[str, _Condition] = {}
 
     async def consume(self, batch: Batch) -> None:
+        now = batch.recv_ns
         for event in batch.events:
-            fired = self.check(event)
+            fired = self.check(event, now)
+            if fired:
+                batch.alerts.extend(fired)
+        if batch.tick or batch.events:
+            fired = self.tick(now, batch)
             if fired:
                 batch.alerts.extend(fired)
 
-    def check(self, event: Event) -> Iterable[Alert] | None:
-        """Alerts this event raises (or None)."""
-        raise NotImplementedError
+    def check(self, event: Event, now_ns: int) -> Iterable[Alert] | None:
+        """Alerts this event raises (or None). ``now_ns`` is the arrival time of its message."""
+        return None
+
+    def tick(self, now_ns: int, batch: Batch) -> Iterable[Alert] | None:
+        """Time-based checks, run after every batch and at every clock tick (``now_ns`` is arrival time)."""
+        return None
+
+    # -- conditions with hysteresis ----------------------------------------------------------------
+
+    def observe(
+        self,
+        event: Event,
+        subject: str,
+        bad: bool,
+        message: str,
+        values: dict[str, Any],
+        *,
+        severity: Severity | None = None,
+        clear_message: str | None = None,
+    ) -> Alert | None:
+        """Record one observation of a condition; returns the alert when it fires or clears."""
+        condition = self._conditions.get(subject)
+        if condition is None:
+            if not bad:
+                return None
+            condition = self._conditions[subject] = _Condition()
+        if bad:
+            condition.good = 0
+            condition.bad += 1
+            if not condition.active and condition.bad >= self.config.fire_after:
+                condition.active = True
+                return self.alerts.make(event, self.name, severity or self.config.severity, message, values)
+            return None
+        condition.bad = 0
+        if condition.active:
+            condition.good += 1
+            if condition.good >= self.config.clear_after:
+                del self._conditions[subject]
+                return self.alerts.make(
+                    event, self.name, "info", clear_message or f"cleared: {message}", values, cleared=True
+                )
+        else:
+            del self._conditions[subject]
+        return None
+
+    def is_active(self, subject: str) -> bool:
+        condition = self._conditions.get(subject)
+        return condition is not None and condition.active
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state as JSON data (conditions plus whatever :meth:`extra_state` adds)."""
+        return {
+            "conditions": {key: [c.bad, c.good, c.active] for key, c in self._conditions.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._conditions = {key: _Condition(int(b), int(g), bool(a)) for key, (b, g, a) in state.get("conditions", {}).items()}
+        self.load_extra_state(state.get("extra") or {})
+
+    def extra_state(self) -> dict[str, Any]:
+        """Rule-specific state (trackers, baselines) as JSON data."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
 
 RULES: dict[str, type[Rule]] = {}

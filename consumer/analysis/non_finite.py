@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+
+from pydantic import Field
 
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, iter_numbers
 
-from ._rule import Rule, RuleConfig, register
+from ._rule import Rule, RuleConfig, Severity, register, subject_key
 
 
 class NonFiniteConfig(RuleConfig):
-    severity: Literal["info", "warning", "critical"] = "critical"
+    severity: Severity = "critical"
     """NaN or Inf in training signals almost always means the run is already lost: critical."""
+    fire_after: int = Field(1, ge=1)
+    """Immediate: the first non-finite value fires."""
+    clear_after: int = Field(1, ge=1)
+    """The first finite event of the same kind clears it."""
     ignore: list[str] = ["ppo_update.explained_variance"]
     """``kind.field`` paths that may be non-finite by design. CleanRL-style trainers report an
     undefined explained variance (constant returns) as NaN, which is not a fault."""
@@ -20,20 +25,20 @@ class NonFiniteConfig(RuleConfig):
 
 @register
 class NonFinite(Rule):
-    """Fires at once on the first event of a kind with a non-finite value (any float field, a
-    head with non-finite gradient elements, an LSTM state flagged NaN/Inf). It fires once per
-    producer session and event kind, and says so when a later event of that kind is finite again
-    (``cleared``): a NaN that sticks raises one alert, not one per step."""
+    """A non-finite value in any event: any float field, a head with non-finite gradient elements,
+    an LSTM state flagged NaN/Inf. Fires on the first such event of a kind (per producer session)
+    and clears on the next finite one: a NaN that sticks raises one alert, not one per step."""
 
     name = "non_finite"
     Config = NonFiniteConfig
 
     def __init__(self, config: NonFiniteConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._active: set[tuple[str, int, int, str]] = set()
         self._ignore = frozenset(config.ignore)
 
-    def check(self, event: Event) -> list[Alert] | None:
+    def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        if event.kind == "alert":
+            return None
         bad = {
             path: value
             for path, value in iter_numbers(event)
@@ -46,16 +51,14 @@ class NonFinite(Rule):
                 bad["has_nan"] = True
             if event.has_inf:
                 bad["has_inf"] = True
-        key = (event.run_id, event.rank, event.session, event.kind)
-        if bad:
-            if key in self._active:
-                return None
-            self._active.add(key)
-            shown = ", ".join(f"{path}={value}" for path, value in list(bad.items())[:8])
-            more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
-            message = f"non-finite values in {event.kind} at step {event.step}: {shown}{more}"
-            return [self.alerts.make(event, self.name, self.config.severity, message, dict(list(bad.items())[:64]))]
-        if key in self._active:
-            self._active.discard(key)
-            return [self.alerts.make(event, self.name, "info", f"{event.kind} values are finite again at step {event.step}", cleared=True)]
-        return None
+        shown = ", ".join(f"{path}={value}" for path, value in list(bad.items())[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        alert = self.observe(
+            event,
+            subject_key(event, event.session, event.kind),
+            bool(bad),
+            f"non-finite values in {event.kind} at step {event.step}: {shown}{more}",
+            dict(list(bad.items())[:64]),
+            clear_message=f"{event.kind} values are finite again at step {event.step}",
+        )
+        return [alert] if alert else None
