@@ -177,6 +177,48 @@ class Accounting(Stage):
                 state.run_id, state.rank, state.session, event.status, state.received, state.lost, state.producer_dropped,
             )
 
+    # -- state (checkpointed by the daemon) -----------------------------------------------------------
+
+    _SCALARS = ("received", "next_seq", "lost", "duplicates", "first_step", "last_step", "first_recv_ns",
+                "last_recv_ns", "last_clock_ns", "producer_dropped")
+
+    def state_dict(self) -> dict[str, Any]:
+        producers = []
+        for state in self.producers.values():
+            item: dict[str, Any] = {name: getattr(state, name) for name in self._SCALARS}
+            item.update(run_id=state.run_id, rank=state.rank, session=state.session, kinds=dict(state.kinds))
+            item["started"] = state.started.model_dump() if state.started else None
+            item["ended"] = state.ended.model_dump() if state.ended else None
+            producers.append(item)
+        return {
+            "producers": producers,
+            "messages": self.messages,
+            "events": self.events,
+            "events_by_kind": dict(self.events_by_kind),
+            "rejected_messages": dict(self.rejected_messages),
+            "rejected_events": dict(self.rejected_events),
+            "forgotten_producers": self.forgotten_producers,
+            "lost_forgotten": self._lost_total_forgotten,
+        }
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        self.producers.clear()
+        for item in data.get("producers", []):
+            state = ProducerState(item["run_id"], int(item["rank"]), int(item["session"]))
+            for name in self._SCALARS:
+                setattr(state, name, item.get(name))
+            state.kinds = Counter(item.get("kinds", {}))
+            state.started = RunStart.model_validate(item["started"]) if item.get("started") else None
+            state.ended = RunEnd.model_validate(item["ended"]) if item.get("ended") else None
+            self.producers[state.key] = state
+        self.messages = int(data.get("messages", 0))
+        self.events = int(data.get("events", 0))
+        self.events_by_kind = Counter(data.get("events_by_kind", {}))
+        self.rejected_messages = Counter(data.get("rejected_messages", {}))
+        self.rejected_events = Counter(data.get("rejected_events", {}))
+        self.forgotten_producers = int(data.get("forgotten_producers", 0))
+        self._lost_total_forgotten = int(data.get("lost_forgotten", 0))
+
     @property
     def lost(self) -> int:
         return self._lost_total_forgotten + sum(p.lost for p in self.producers.values())

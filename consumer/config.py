@@ -39,6 +39,12 @@ class DaemonConfig(_Section):
     """ZeroMQ receive high-water mark (messages)."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
     """Longest a SIGINT/SIGTERM shutdown spends draining the queue before it closes anyway."""
+    checkpoint_interval_s: float = Field(10.0, gt=0)
+    """How often the analysis state is checkpointed to ``consumer-state.json`` (and at shutdown).
+    After a crash, the log since the checkpoint is re-read, so nothing is lost either way."""
+    tick_interval_s: float = Field(1.0, gt=0)
+    """How often a clock tick goes through the pipeline (and into the log): time-based rules such
+    as a silent producer fire on it when no traffic arrives."""
     rejection_log_interval_s: float = Field(1.0, ge=0)
     """At most one log line per rejection reason per this many seconds (the rest are counted)."""
 

@@ -2,10 +2,14 @@
 
 ::
 
-    ZmqPullSource --(bounded queue)--> Pipeline: event log -> accounting -> rules -> alert sinks
+    ZmqPullSource --+
+                    +--(bounded queue)--> Pipeline: event log -> accounting -> rules -> alert sinks
+    clock ticks ----+
 
-Shutdown: stop receiving (what ZeroMQ already holds is moved to the queue first), process the
-queue, flush and close every stage, print a summary, exit 0, all within ``shutdown_timeout_s``.
+Start: load the checkpoint in the log directory and catch up on what was logged after it (alert
+sinks quiet), so a restarted daemon continues its EMAs and counts. Shutdown: stop receiving
+(what ZeroMQ already holds is moved to the queue first), process the queue, checkpoint, close
+every stage, print a summary, exit 0, all within ``shutdown_timeout_s``.
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simic.schemas.endpoints import alerts_endpoint_for
+from simic.schemas.eventlog import FRAME_TICK
+
 from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
+from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
 from .sources.zmq_pull import ZmqPullSource
+from .state import STATE_FILE, frames_after, load_checkpoint, save_checkpoint
 
 __all__ = ["DaemonOptions", "serve"]
 
@@ -36,10 +45,13 @@ class DaemonOptions:
     endpoint: str
     """Where to bind (ipc://... or tcp://host:port)."""
     log_dir: Path
-    """Where the event log, ``alerts.jsonl`` and dead letters go."""
+    """Where the event log, ``alerts.jsonl``, the checkpoint and dead letters go."""
     config: ConsumerConfig
     dead_letter: bool = False
     """Also keep refused messages under ``<log_dir>/dead-letter``."""
+    alerts_endpoint: str | None = "auto"
+    """Where alerts are published (ZeroMQ PUB). ``"auto"``: next to ``endpoint`` by convention
+    (``simic.schemas.endpoints.alerts_endpoint_for``); None: not published."""
     extra_sinks: tuple[Stage, ...] = ()
     """More stages after the alert sinks (tests use recording sinks here)."""
     bound: str | None = field(default=None, compare=False)
@@ -50,19 +62,82 @@ def _say(message: str) -> None:
     print(f"simic-consumer: {message}", flush=True)
 
 
-async def _process(queue: asyncio.Queue, pipeline: Pipeline) -> None:
-    flush_every_ns = 100_000_000
-    last_flush = time.monotonic_ns()
-    while True:
-        raw, recv_ns = await queue.get()
-        try:
-            await pipeline.consume(raw, recv_ns)
-        finally:
-            queue.task_done()
-        now = time.monotonic_ns()
-        if queue.empty() or now - last_flush >= flush_every_ns:
-            await pipeline.flush()
-            last_flush = now
+class _Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.config = options.config
+        self.state_path = options.log_dir / STATE_FILE
+        self.pipeline = self._build()
+
+    def _build(self) -> Pipeline:
+        options = self.options
+        extra: list[Stage] = []
+        alerts_endpoint = alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
+        if alerts_endpoint:
+            extra.append(PubAlertSink(alerts_endpoint))
+        extra.extend(options.extra_sinks)
+        return build_pipeline(
+            self.config,
+            log_dir=options.log_dir,
+            dead_letter_dir=options.log_dir / "dead-letter" if options.dead_letter else None,
+            alerts_jsonl=options.log_dir / "alerts.jsonl",
+            extra_sinks=extra,
+        )
+
+    @property
+    def log_sink(self) -> EventLogSink:
+        return self.pipeline.find(EventLogSink)[0]
+
+    async def restore(self) -> None:
+        """Load the checkpoint and catch up on the frames logged after it."""
+        position = load_checkpoint(self.state_path, self.pipeline)
+        if position is False:
+            self.pipeline = self._build()  # no usable checkpoint: fresh state, the whole log
+            position = None
+        frames = 0
+        for frame in frames_after(self.options.log_dir, position):
+            if frame.type == FRAME_TICK:
+                await self.pipeline.tick(frame.recv_ns, catching_up=True)
+            else:
+                await self.pipeline.consume(frame.payload, frame.recv_ns, catching_up=True)
+            frames += 1
+        if frames or self.state_path.exists():
+            _say(f"restored state from {self.state_path.name if self.state_path.exists() else 'the log'}, caught up on {frames} logged frames")
+
+    async def checkpoint(self) -> None:
+        await self.pipeline.flush()
+        save_checkpoint(self.state_path, self.pipeline, self.log_sink.position)
+
+    async def process(self, queue: asyncio.Queue) -> None:
+        flush_every_ns = 100_000_000
+        checkpoint_every_ns = int(self.config.daemon.checkpoint_interval_s * 1e9)
+        last_flush = last_checkpoint = time.monotonic_ns()
+        pipeline = self.pipeline
+        while True:
+            raw, recv_ns = await queue.get()
+            try:
+                if raw is None:
+                    await pipeline.tick(recv_ns)
+                else:
+                    await pipeline.consume(raw, recv_ns)
+            finally:
+                queue.task_done()
+            now = time.monotonic_ns()
+            if now - last_checkpoint >= checkpoint_every_ns:
+                try:
+                    await self.checkpoint()
+                except OSError as error:
+                    log.warning("checkpoint failed: %s", error)
+                last_checkpoint = last_flush = now
+            elif queue.empty() or now - last_flush >= flush_every_ns:
+                await pipeline.flush()
+                last_flush = now
+
+    async def ticks(self, queue: asyncio.Queue) -> None:
+        interval = self.config.daemon.tick_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await queue.put((None, time.time_ns()))
 
 
 async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) -> int:
@@ -77,13 +152,9 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
             pass
 
     options.log_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(
-        config,
-        log_dir=options.log_dir,
-        dead_letter_dir=options.log_dir / "dead-letter" if options.dead_letter else None,
-        alerts_jsonl=options.log_dir / "alerts.jsonl",
-        extra_sinks=list(options.extra_sinks),
-    )
+    daemon = _Daemon(options)
+    await daemon.restore()
+    pipeline = daemon.pipeline
     await pipeline.start()
     source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm)
     try:
@@ -93,21 +164,25 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
         raise
     options.bound = endpoint
     _say(f"listening on {endpoint}")
+    for sink in pipeline.find(PubAlertSink):
+        _say(f"publishing alerts on {sink.endpoint}")
     _say(f"logging to {options.log_dir.resolve()}")
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=config.daemon.queue_messages)
     receiving = asyncio.create_task(source.run(queue), name="receive")
-    processing = asyncio.create_task(_process(queue, pipeline), name="process")
+    ticking = asyncio.create_task(daemon.ticks(queue), name="ticks")
+    processing = asyncio.create_task(daemon.process(queue), name="process")
     stopping = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait({receiving, processing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({receiving, processing, ticking, stopping}, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         if task is not stopping and task.exception() is not None:
             log.error("%s task failed: %r", task.get_name(), task.exception())
 
-    # Shutdown: stop receiving, finish what arrived, close every stage.
+    # Shutdown: stop receiving, finish what arrived, checkpoint, close every stage.
     deadline = loop.time() + config.daemon.shutdown_timeout_s
-    receiving.cancel()
-    await asyncio.gather(receiving, return_exceptions=True)
+    for task in (receiving, ticking):
+        task.cancel()
+    await asyncio.gather(receiving, ticking, return_exceptions=True)
     while source.drain_into(queue) and not processing.done() and loop.time() < deadline:
         await _join(queue, processing, deadline - loop.time())
     source.close()
@@ -116,6 +191,11 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
     processing.cancel()
     stopping.cancel()
     await asyncio.gather(processing, stopping, return_exceptions=True)
+    if not unprocessed:  # a checkpoint must not claim messages it never processed
+        try:
+            await daemon.checkpoint()
+        except OSError as error:
+            log.warning("final checkpoint failed: %s", error)
     await pipeline.close()
     _report(pipeline, unprocessed)
     return 0

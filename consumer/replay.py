@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
-from simic.schemas.eventlog import LogProblem
+from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogProblem
 from simic.schemas.models import Alert
 
 from .accounting import Accounting
@@ -28,6 +28,8 @@ class ReplayResult:
     alerts: list[Alert] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     problems: list[LogProblem] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    """Final state of every stateful stage (what a daemon's checkpoint would hold)."""
 
 
 class _AlertCollector(Stage):
@@ -44,7 +46,10 @@ async def run_source(source: LogFilesSource, pipeline: Pipeline) -> None:
     await pipeline.start()
     try:
         for frame in source:
-            await pipeline.consume(frame.payload, frame.recv_ns)
+            if frame.type == FRAME_TICK:
+                await pipeline.tick(frame.recv_ns)
+            elif frame.type == FRAME_MESSAGE:
+                await pipeline.consume(frame.payload, frame.recv_ns)
     finally:
         await pipeline.close()
 
@@ -72,4 +77,5 @@ async def replay(
         {"path": str(p.path), "offset": p.offset, "length": p.length, "kind": p.kind, "detail": p.detail} for p in source.problems
     ]
     summary["stage_errors"] = dict(pipeline.stage_errors)
-    return ReplayResult(alerts=collector.alerts, summary=summary, problems=source.problems)
+    state = {stage.name: stage.state_dict() for stage in pipeline.stages if hasattr(stage, "state_dict")}
+    return ReplayResult(alerts=collector.alerts, summary=summary, problems=source.problems, state=state)

@@ -13,7 +13,15 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["ENDPOINT_ENV", "RUN_ID_ENV", "runtime_dir", "default_endpoint", "is_loopback", "ipc_path"]
+__all__ = [
+    "ENDPOINT_ENV",
+    "RUN_ID_ENV",
+    "runtime_dir",
+    "default_endpoint",
+    "alerts_endpoint_for",
+    "is_loopback",
+    "ipc_path",
+]
 
 ENDPOINT_ENV = "SIMIC_ENDPOINT"
 """Environment variable naming the consumer's endpoint (unset: telemetry off)."""
@@ -58,3 +66,19 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def alerts_endpoint_for(endpoint: str) -> str | None:
+    """Where a consumer bound at ``endpoint`` publishes its alerts, by convention.
+
+    ``ipc:///d/consumer.ipc`` -> ``ipc:///d/consumer-alerts.ipc``; ``tcp://h:5557`` -> ``tcp://h:5558``.
+    None when there is no convention (a wildcard port).
+    """
+    path = ipc_path(endpoint)
+    if path is not None:
+        return f"ipc://{path.with_name(path.stem + '-alerts' + path.suffix)}"
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        if port.isdigit():
+            return f"tcp://{host}:{int(port) + 1}"
+    return None

@@ -24,7 +24,7 @@ class ConsoleAlertSink(Stage):
         self.stream = stream
 
     async def consume(self, batch: Batch) -> None:
-        if batch.alerts:
+        if batch.alerts and not batch.catching_up:
             stream = self.stream or sys.stdout
             for alert in batch.alerts:
                 print(format_alert(alert), file=stream, flush=True)

@@ -28,7 +28,7 @@ class DeadLetterSink(Stage):
         self._writer = LogWriter(self.directory, writer="simic-consumer dead-letter")
 
     async def consume(self, batch: Batch) -> None:
-        if self._writer is None or (batch.rejected is None and not batch.errors):
+        if self._writer is None or batch.catching_up or (batch.rejected is None and not batch.errors):
             return
         if self._writer.bytes_written >= self.max_bytes:
             self.skipped += 1

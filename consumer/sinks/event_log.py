@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from simic.schemas.eventlog import LogWriteError, LogWriter
+from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogWriteError, LogWriter
 
 from ..pipeline import Batch, RateLimitedLog, Stage
 
@@ -16,7 +16,8 @@ log = logging.getLogger("simic.consumer")
 
 
 class EventLogSink(Stage):
-    """Appends each message (rejected ones too, so a replay counts the same rejections) to the log.
+    """Appends each message (rejected ones too, so a replay counts the same rejections) and each
+    clock tick (so a replay sees time pass as the live run did) to the log.
 
     A failed write (disk full) loses the frames of that write, counts them in ``frames_lost`` and is
     logged; the daemon keeps receiving, analysing and alerting.
@@ -39,13 +40,18 @@ class EventLogSink(Stage):
         self.writer = LogWriter(self.directory, max_segment_bytes=self.max_segment_bytes, writer=self.writer_name)
 
     async def consume(self, batch: Batch) -> None:
-        if self.writer is None:
+        if self.writer is None or batch.catching_up:
             return
         pending = self.writer.buffered_frames
         try:
-            self.writer.write(batch.raw, batch.recv_ns)
+            self.writer.write(batch.raw, batch.recv_ns, FRAME_TICK if batch.tick else FRAME_MESSAGE)
         except LogWriteError as error:
             self._failed(error, pending + 1)
+
+    @property
+    def position(self) -> tuple[str, int] | None:
+        """Where the log ends on disk (after :meth:`flush`): what a checkpoint covers."""
+        return self.writer.position if self.writer is not None else None
 
     async def flush(self) -> None:
         if self.writer is None:

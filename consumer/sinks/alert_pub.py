@@ -1,0 +1,58 @@
+"""Alerts published on a ZeroMQ PUB socket, for trainers (``Emitter.poll_alerts``) and other tools.
+
+Each alert is a two-part message: the run id (the subscription topic, so a trainer subscribes to
+its own run) and the alert encoded as a normal simic message. PUB never blocks: a subscriber that
+does not keep up loses alerts at its high-water mark.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from simic.schemas.codec import encode_events
+from simic.schemas.endpoints import ipc_path
+
+from ..pipeline import Batch, Stage
+
+__all__ = ["PubAlertSink"]
+
+
+class PubAlertSink(Stage):
+    name = "alert_pub"
+
+    def __init__(self, endpoint: str, *, hwm: int = 1000) -> None:
+        self.endpoint = endpoint
+        self.hwm = hwm
+        self.published = 0
+        self.dropped = 0
+        self._context: zmq.Context | None = None
+        self._socket: zmq.Socket | None = None
+
+    async def start(self) -> None:
+        path = ipc_path(self.endpoint)
+        if path is not None:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, self.hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(self.endpoint)
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    async def consume(self, batch: Batch) -> None:
+        if not batch.alerts or batch.catching_up or self._socket is None:
+            return
+        for alert in batch.alerts:
+            try:
+                self._socket.send_multipart([alert.run_id.encode(), encode_events([alert])], zmq.NOBLOCK)
+                self.published += 1
+            except zmq.ZMQError:
+                self.dropped += 1
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
