@@ -46,24 +46,29 @@ def main() -> None:
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("simic-logs"), show_default=True,
               help="Directory for the event log, alerts.jsonl and dead letters.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="TOML configuration file.")
+@click.option("--alerts-bind", "alerts_endpoint", default="auto", metavar="ENDPOINT",
+              help="Where to publish alerts (ZeroMQ PUB) for trainers' Emitter.poll_alerts(). Default: next to --bind "
+                   "(consumer.ipc -> consumer-alerts.ipc, tcp port + 1); 'none' to turn it off.")
 @click.option("--dead-letter", is_flag=True, help="Also keep refused messages under LOG_DIR/dead-letter.")
 @click.option("--insecure-bind", is_flag=True, help="Allow a TCP bind beyond loopback without encryption (anyone who can reach the port can send).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def run(endpoint: str | None, log_dir: Path, config_path: str | None, dead_letter: bool, insecure_bind: bool, verbose: bool) -> None:
+def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool, verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM."""
     from .daemon import DaemonOptions, serve
 
     _setup_logging(verbose)
     config = _config(config_path)
     endpoint = endpoint or default_endpoint()
-    if not is_loopback(endpoint):
-        if not insecure_bind:
-            raise click.UsageError(
-                f"refusing to bind {endpoint}: it is reachable from other hosts and simic traffic is not encrypted. "
-                "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT), or pass --insecure-bind if the network is trusted."
-            )
-        click.echo(f"simic-consumer: WARNING: listening on {endpoint} without encryption (--insecure-bind)", err=True)
-    options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter)
+    alerts = None if alerts_endpoint.lower() == "none" else alerts_endpoint
+    for where in filter(None, (endpoint, None if alerts == "auto" else alerts)):
+        if not is_loopback(where):
+            if not insecure_bind:
+                raise click.UsageError(
+                    f"refusing to bind {where}: it is reachable from other hosts and simic traffic is not encrypted. "
+                    "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT), or pass --insecure-bind if the network is trusted."
+                )
+            click.echo(f"simic-consumer: WARNING: listening on {where} without encryption (--insecure-bind)", err=True)
+    options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter, alerts_endpoint=alerts)
     try:
         code = asyncio.run(serve(options))
     except Exception as error:  # bind failures and the like: one clear line, not a traceback

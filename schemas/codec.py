@@ -94,6 +94,7 @@ class DecodeError(ValueError):
     reason: RejectReason = RejectReason.MALFORMED
 
     def __init__(self, detail: str, *, index: int | None = None) -> None:
+        detail = detail if len(detail) <= 500 else detail[:497] + "..."
         super().__init__(detail)
         self.detail = detail
         self.index = index
@@ -189,7 +190,12 @@ def _unpack(data: bytes) -> Any:
         max_array_len=min(limit, MAX_EVENTS_PER_MESSAGE),
         max_map_len=min(limit, MAX_ITEMS * 4),
         max_ext_len=0,
+        ext_hook=_refuse_ext,  # max_ext_len=0 still lets an empty ext through
     )
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not part of the wire format")
 
 
 def _validation_detail(error: ValidationError) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "LOG_FORMAT_VERSION",
     "SEGMENT_SUFFIX",
     "FRAME_MESSAGE",
+    "FRAME_TICK",
     "LogFormatError",
     "LogWriteError",
     "Frame",
@@ -48,6 +49,8 @@ SEGMENT_SUFFIX = ".simlog"
 FRAME_MARK = b"\xd3SF"
 FRAME_MESSAGE = 1
 """Frame type of a received message."""
+FRAME_TICK = 2
+"""Frame type of a clock tick: no payload, only ``recv_ns`` (time passed, so replay sees it pass too)."""
 
 _HEADER = struct.Struct("<8sHI")
 _FRAME = struct.Struct("<3sBIqI")
@@ -150,6 +153,11 @@ class LogWriter:
         return self._buffered_frames
 
     @property
+    def position(self) -> tuple[str, int] | None:
+        """``(segment file name, offset)`` just past the last frame written to the file (after a flush)."""
+        return (self.segments[-1].name, self._size) if self.segments and self._fd is not None else None
+
+    @property
     def path(self) -> Path | None:
         """The segment being written."""
         return self.segments[-1] if self.segments else None
@@ -171,9 +179,9 @@ class LogWriter:
         self._fd, self._size, self._header_size = fd, len(header), len(header)
         self.segments.append(path)
 
-    def write(self, payload: bytes, recv_ns: int) -> None:
+    def write(self, payload: bytes, recv_ns: int, frame_type: int = FRAME_MESSAGE) -> None:
         """Buffer one frame; flushes on its own when the buffer or the segment is full."""
-        frame = _frame_bytes(payload, recv_ns)
+        frame = _frame_bytes(payload, recv_ns, frame_type)
         if self._fd is None or self._size + len(self._buffer) + len(frame) > self.max_segment_bytes:
             self.flush()
             if self._fd is not None and self._size > self._header_size:  # never rotate an empty segment

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -87,7 +87,8 @@ def _check_depth(value: Any, depth: int = 0) -> None:
             _check_depth(item, depth + 1)
 
 
-FreeForm = Annotated[dict[Name, Any], Field(max_length=MAX_ITEMS)]
+FreeForm = Annotated[dict[Name, JsonValue], Field(max_length=MAX_ITEMS)]
+"""JSON-like values only: msgpack bin, ext types and non-string keys are refused at any depth."""
 
 
 class Event(BaseModel):
@@ -236,7 +237,7 @@ class PpoUpdate(Event):
     ratio_min: float | None = None
     ratio_max: float | None = None
     explained_variance: float | None = None
-    """Explained variance of the value head; NaN when undefined (constant returns), never 0."""
+    """Explained variance of the value head; None or NaN when undefined (constant returns), never 0."""
     learning_rate: float | None = None
 
 
@@ -257,7 +258,7 @@ class Heartbeat(Event):
     code: ClassVar[int] = 7
     kind: Literal["heartbeat"] = "heartbeat"
     sent: Count | None = None
-    """Events of this session handed to the transport before this one."""
+    """Events of this session handed to the transport before the message carrying this heartbeat."""
     dropped: Count | None = None
     """Events this session dropped before they left the process (queue full, no consumer)."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import sys
 import msgpack
 import zmq
 
+from simic.consumer import ConsumerConfig, replay
 from simic.producer import Emitter, EmitterSettings
 from simic.schemas import SCHEMA_VERSION, encode_message
 from simic.schemas.eventlog import LogReader
@@ -93,6 +96,40 @@ class TestLossAccounting:
         assert session["dropped_by_producer"] == stats.dropped
         assert session["status"] == "ok"
         assert all(p["kind"] == "torn_tail" for p in summary["log_problems"])
+        # The restarted daemon caught up on the log, so its own live counts are the whole log's.
+        ended = next(line for line in second.output if "ended (ok)" in line)
+        assert f"received {logged}, lost {session['lost']} (dropped by producer {stats.dropped})" in ended
+
+    def test_restarted_daemon_continues_its_state_exactly(self, tmp_path, ipc_endpoint, daemons):
+        """After SIGKILL and restart, the checkpointed analysis state equals an uninterrupted replay of the log."""
+        log_dir = tmp_path / "logs"
+        first = daemons(ipc_endpoint, log_dir)
+        emitter = Emitter(first.endpoint, run_id="ema")
+        rng = random.Random(1)
+
+        def updates(start: int, count: int) -> None:
+            for step in range(start, start + count):
+                norms = {head: rng.uniform(0.5, 1.5) for head in HEADS}
+                emitter.emit("head_grad_norms", step=step, norms=norms, total=sum(norms.values()), stage="pre_clip")
+                emitter.emit("step_timing", step=step, phases_ms={"update": rng.uniform(5, 6)})
+                emitter.flush()
+
+        updates(0, 60)
+        emitter.emit("lstm_health", step=59, h_norm=float("nan"))
+        emitter.flush()
+        first.wait_for("non_finite run=ema")  # the first daemon has processed everything up to here
+        first.kill()
+        second = daemons(ipc_endpoint, log_dir)
+        updates(60, 60)
+        emitter.close()
+        second.wait_for("ended (ok)")
+        assert second.stop() == 0
+
+        checkpoint = json.loads((log_dir / "consumer-state.json").read_text())
+        replayed = asyncio.run(replay([log_dir], ConsumerConfig()))
+        assert checkpoint["stages"] == json.loads(json.dumps(replayed.state))
+        (producer,) = checkpoint["stages"]["accounting"]["producers"]
+        assert producer["received"] + producer["lost"] == emitter.stats.produced
 
 
 class TestHostileInput:
@@ -165,13 +202,15 @@ class TestDaemonLifecycle:
         env.pop("SIMIC_ENDPOINT", None)
         proc = subprocess.Popen(consumer_command("run"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            first = proc.stdout.readline()
-            second = proc.stdout.readline()
+            lines = [proc.stdout.readline().strip() for _ in range(3)]
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=WAIT_S)
-        assert first.strip() == f"simic-consumer: listening on ipc://{tmp_path}/run/simic/consumer.ipc"
-        assert second.strip() == f"simic-consumer: logging to {tmp_path}/simic-logs"
+        assert lines == [
+            f"simic-consumer: listening on ipc://{tmp_path}/run/simic/consumer.ipc",
+            f"simic-consumer: publishing alerts on ipc://{tmp_path}/run/simic/consumer-alerts.ipc",
+            f"simic-consumer: logging to {tmp_path}/simic-logs",
+        ]
         assert oct((tmp_path / "run" / "simic").stat().st_mode & 0o777) == "0o700"
         assert code == 0
 
@@ -191,3 +230,31 @@ class TestImports:
             "assert 'torch' not in sys.modules, 'torch was imported'"
         )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT_S)
+
+
+class TestAlertsReachTheTrainer:
+    def test_poll_alerts_delivers_this_runs_alerts_without_blocking(self, tmp_path, ipc_endpoint, daemons):
+        """A trainer polling its Emitter receives the consumer's alerts about its own run, and only those."""
+        daemon = daemons(ipc_endpoint, tmp_path / "logs")
+        daemon.wait_for("publishing alerts on")
+        mine = Emitter(daemon.endpoint, run_id="mine")
+        other = Emitter(daemon.endpoint, run_id="other")
+        assert mine.poll_alerts() == []  # nothing yet, and it returns at once
+        received = []
+        step = 0
+        # The subscription becomes live asynchronously (ZeroMQ's slow joiner): keep training, one
+        # NaN per step, until the first alert arrives; the loop bound is a hang guard.
+        while not received and step < 5000:
+            for emitter in (mine, other):
+                emitter.emit("ppo_update", step=step, approx_kl=float("nan") if step % 2 == 0 else 0.01)
+                emitter.flush()
+            daemon_alerts = mine.poll_alerts()
+            received.extend(daemon_alerts)
+            if not received:
+                daemon.wait_for("non_finite run=mine", timeout=WAIT_S)
+            step += 1
+        mine.close()
+        other.close()
+        assert received, "no alert reached the trainer"
+        assert {a.run_id for a in received} == {"mine"}
+        assert received[0].rule == "non_finite"
