@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-cuda bench clean
+.PHONY: setup demo test test-deps test-cuda bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,17 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest -q
+
+# System packages the tests use: Debian's chromium renders the HTML report headless.
+test-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "test-deps: /usr/bin/chromium is missing and this is not root, so it is not installed (the report rendering tests will skip); as root: apt-get install chromium"; \
+	else \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	fi
 
 test-cuda: setup
 	$(PY) -m pytest -q -m cuda

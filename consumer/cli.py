@@ -51,8 +51,14 @@ def main() -> None:
                    "(consumer.ipc -> consumer-alerts.ipc, tcp port + 1); 'none' to turn it off.")
 @click.option("--dead-letter", is_flag=True, help="Also keep refused messages under LOG_DIR/dead-letter.")
 @click.option("--insecure-bind", is_flag=True, help="Allow a TCP bind beyond loopback without encryption (anyone who can reach the port can send).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: any free port, printed at start).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Address for --metrics-port; 0.0.0.0 lets a Prometheus on another host scrape it.")
+@click.option("--dashboard", is_flag=True, help="Live terminal dashboard of runs, ranks and alerts (plain status lines when stdout is not a terminal).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool, verbose: bool) -> None:
+def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
+        metrics_port: int | None, metrics_host: str, dashboard: bool, verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM."""
     from .daemon import DaemonOptions, serve
 
@@ -68,7 +74,8 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
                     "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT), or pass --insecure-bind if the network is trusted."
                 )
             click.echo(f"simic-consumer: WARNING: listening on {where} without encryption (--insecure-bind)", err=True)
-    options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter, alerts_endpoint=alerts)
+    options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter, alerts_endpoint=alerts,
+                            metrics_port=metrics_port, metrics_host=metrics_host, dashboard=dashboard)
     try:
         code = asyncio.run(serve(options))
     except Exception as error:  # bind failures and the like: one clear line, not a traceback
@@ -98,6 +105,30 @@ def replay(logs: tuple[Path, ...], config_path: str | None, as_json: bool) -> No
     else:
         click.echo(f"{len(result.alerts)} alerts")
         click.echo(format_summary(result.summary))
+
+
+@main.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"), show_default=True,
+              help="The HTML file to write (self-contained: opens without network).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="TOML configuration (thresholds) to replay with.")
+@click.option("--title", default=None, help="Page title (default: the run ids).")
+@click.option("--max-points", type=click.IntRange(min=100), default=5000, show_default=True,
+              help="Most points drawn per line; longer series are thinned keeping each bucket's min, max and gaps.")
+def report(logs: tuple[Path, ...], output: Path, config_path: str | None, title: str | None, max_points: int) -> None:
+    """Write one HTML page of recorded logs: metadata, step time, gradient norms with EMA and drift band,
+    pre/post clip, LSTM state, PPO metrics, with the alerts of the real rules on the shared step axis."""
+    from .report import MissingDependency, write_report
+
+    _setup_logging(False, logging.WARNING)
+    config = _config(config_path)
+    try:
+        written = write_report(logs, output, config, title=title, max_points=max_points)
+    except MissingDependency as error:
+        raise click.ClickException(str(error)) from None
+    except LogFormatError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {written.path} ({written.bytes / 1e6:.1f} MB): {written.runs} runs, {written.events} events, {written.alerts} alerts")
 
 
 @main.command()

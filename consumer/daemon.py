@@ -32,6 +32,7 @@ from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
 from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
+from .sinks.metrics import MetricsSink
 from .sources.zmq_pull import ZmqPullSource
 from .state import STATE_FILE, frames_after, load_checkpoint, save_checkpoint
 
@@ -54,6 +55,12 @@ class DaemonOptions:
     (``simic.schemas.endpoints.alerts_endpoint_for``); None: not published."""
     extra_sinks: tuple[Stage, ...] = ()
     """More stages after the alert sinks (tests use recording sinks here)."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (0: any free port); None: no metrics."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds (``0.0.0.0`` for a Prometheus on another host)."""
+    dashboard: bool = False
+    """Show the live dashboard on stdout (plain status lines when stdout is not a terminal)."""
     bound: str | None = field(default=None, compare=False)
     """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
@@ -67,6 +74,13 @@ class _Daemon:
         self.options = options
         self.config = options.config
         self.state_path = options.log_dir / STATE_FILE
+        # Built once: _build may run twice (a checkpoint that does not fit), these stages are reused.
+        self.metrics = MetricsSink(options.metrics_port, options.metrics_host) if options.metrics_port is not None else None
+        self.dashboard = None
+        if options.dashboard:
+            from .sinks.dashboard import DashboardSink
+
+            self.dashboard = DashboardSink()
         self.pipeline = self._build()
 
     def _build(self) -> Pipeline:
@@ -76,13 +90,17 @@ class _Daemon:
         if alerts_endpoint:
             extra.append(PubAlertSink(alerts_endpoint))
         extra.extend(options.extra_sinks)
-        return build_pipeline(
+        watchers = [stage for stage in (self.metrics, self.dashboard) if stage is not None]
+        pipeline = build_pipeline(
             self.config,
             log_dir=options.log_dir,
             dead_letter_dir=options.log_dir / "dead-letter" if options.dead_letter else None,
             alerts_jsonl=options.log_dir / "alerts.jsonl",
-            extra_sinks=extra,
+            extra_sinks=extra + watchers,
         )
+        for stage in watchers:
+            stage.watch(pipeline)
+        return pipeline
 
     @property
     def log_sink(self) -> EventLogSink:
@@ -166,9 +184,14 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
     _say(f"listening on {endpoint}")
     for sink in pipeline.find(PubAlertSink):
         _say(f"publishing alerts on {sink.endpoint}")
+    if daemon.metrics is not None:
+        _say(f"serving metrics on {daemon.metrics.url}")
     _say(f"logging to {options.log_dir.resolve()}")
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=config.daemon.queue_messages)
+    for stage in (daemon.metrics, daemon.dashboard):
+        if stage is not None:
+            stage.watch_queue(queue.qsize, config.daemon.queue_messages)
     receiving = asyncio.create_task(source.run(queue), name="receive")
     ticking = asyncio.create_task(daemon.ticks(queue), name="ticks")
     processing = asyncio.create_task(daemon.process(queue), name="process")

@@ -60,17 +60,19 @@ async def replay(
     *,
     console: TextIO | bool = False,
     analysis: bool = True,
+    extra_sinks: Sequence[Stage] = (),
 ) -> ReplayResult:
     """Replay logs (files or directories; several are merged by arrival time).
 
-    With ``analysis=False`` only the accounting runs (what ``inspect`` needs).
+    With ``analysis=False`` only the accounting runs (what ``inspect`` needs). ``extra_sinks`` run
+    last, after the alert collector (the report's series recorder rides along this way).
     """
     source = LogFilesSource(targets)
     collector = _AlertCollector()
     if analysis:
-        pipeline = build_pipeline(config, console=console, extra_sinks=[collector])
+        pipeline = build_pipeline(config, console=console, extra_sinks=[collector, *extra_sinks])
     else:
-        pipeline = Pipeline([Accounting(log_interval_s=config.daemon.rejection_log_interval_s), collector])
+        pipeline = Pipeline([Accounting(log_interval_s=config.daemon.rejection_log_interval_s), collector, *extra_sinks])
     await run_source(source, pipeline)
     summary = pipeline.find(Accounting)[0].summary()
     summary["log_problems"] = [

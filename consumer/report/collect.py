@@ -1,0 +1,202 @@
+"""What a report shows, gathered from a replay of the logs.
+
+:class:`SeriesRecorder` is a pipeline stage: it rides along in the same replay that runs the real
+analysis rules, so the alerts in a report are the alerts the daemon raised (or would raise with
+the configuration given). It keeps, per ``(run_id, rank)``, one :class:`Series` per measured
+quantity, with the training step as x.
+
+A value the producer sent as missing (``None``) is kept as ``None`` and drawn as a gap; NaN and
+Inf are kept as they are (the figures draw them as gaps too, and mark them). A step with no event
+of a kind is simply absent: lines connect the steps that were measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
+
+from ..config import ConsumerConfig
+from ..pipeline import Batch, Stage
+from ..replay import replay
+
+__all__ = ["Series", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
+
+GroupKey = tuple[str, int]
+"""``(run_id, rank)``"""
+
+LSTM_FIELDS = ("h_norm", "c_norm", "h_max_abs", "c_max_abs", "h_rms", "c_rms", "h_env_max_rms", "c_env_max_rms")
+"""The LstmHealth numbers the report draws."""
+PPO_FIELDS = ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_min", "ratio_max", "explained_variance", "learning_rate")
+"""The PpoUpdate scalars the report draws (entropy, per head, is separate)."""
+
+
+@dataclass(slots=True)
+class Series:
+    """One quantity over steps. ``None`` is a missing value; NaN/Inf are kept as sent."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float | None] = field(default_factory=list)
+
+    def add(self, step: int, value: float | None) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+
+    def sorted(self) -> "Series":
+        """The same points in step order (stable: repeated steps keep their arrival order)."""
+        if all(a <= b for a, b in zip(self.steps, self.steps[1:])):
+            return self
+        order = sorted(range(len(self.steps)), key=self.steps.__getitem__)
+        return Series([self.steps[i] for i in order], [self.values[i] for i in order])
+
+    def nonfinite(self) -> list[tuple[int, float]]:
+        """``(step, value)`` of every NaN or infinite point."""
+        return [(s, v) for s, v in zip(self.steps, self.values) if v is not None and not math.isfinite(v)]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def _series_dict() -> defaultdict[str, Series]:
+    return defaultdict(Series)
+
+
+@dataclass
+class RankSeries:
+    """Everything measured for one ``(run_id, rank)``, each group keyed by a name."""
+
+    timing_ms: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """Phase name to its step time (milliseconds)."""
+    head_norms: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """Head name to its gradient norm, before clipping (or of unknown stage)."""
+    head_norms_post_clip: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """Head name to its gradient norm measured after clipping."""
+    clip: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """``pre_clip``, ``post_clip``, ``total`` (stage not said) and ``max_norm`` (the threshold)."""
+    lstm: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """LstmHealth field to its series (see :data:`LSTM_FIELDS`)."""
+    ppo: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """PpoUpdate field to its series (see :data:`PPO_FIELDS`)."""
+    entropy: defaultdict[str, Series] = field(default_factory=_series_dict)
+    """Head name to its mean entropy."""
+    nonfinite_grads: list[tuple[int, str, int]] = field(default_factory=list)
+    """``(step, head, count)`` where the producer counted non-finite gradient elements."""
+    lstm_flags: list[tuple[int, str]] = field(default_factory=list)
+    """``(step, "has_nan" | "has_inf")`` where the LSTM state was flagged."""
+
+
+@dataclass
+class ReportData:
+    """What :func:`collect` found: series per ``(run_id, rank)``, sessions, alerts and the log's summary."""
+
+    groups: dict[GroupKey, RankSeries]
+    starts: list[RunStart]
+    ends: list[RunEnd]
+    alerts: list[Alert]
+    summary: dict[str, Any]
+    sources: list[str]
+
+    @property
+    def step_range(self) -> tuple[int, int] | None:
+        """Smallest and largest step of anything drawn (alerts included)."""
+        steps = [a.step for a in self.alerts]
+        for group in self.groups.values():
+            for section in (group.timing_ms, group.head_norms, group.head_norms_post_clip, group.clip, group.lstm, group.ppo, group.entropy):
+                for series in section.values():
+                    if series.steps:
+                        steps.extend((min(series.steps), max(series.steps)))
+        return (min(steps), max(steps)) if steps else None
+
+
+class SeriesRecorder(Stage):
+    """A pipeline stage that turns events into :class:`RankSeries` (one per run and rank)."""
+
+    name = "report_recorder"
+
+    def __init__(self) -> None:
+        self.groups: dict[GroupKey, RankSeries] = {}
+        self.starts: list[RunStart] = []
+        self.ends: list[RunEnd] = []
+        self._record = {
+            StepTiming: self._timing,
+            HeadGradNorms: self._grads,
+            LstmHealth: self._lstm,
+            PpoUpdate: self._ppo,
+            RunStart: self.starts.append,
+            RunEnd: self.ends.append,
+        }
+
+    async def consume(self, batch: Batch) -> None:
+        for event in batch.events:
+            record = self._record.get(type(event))
+            if record is not None:
+                record(event)
+
+    def _group(self, event: Event) -> RankSeries:
+        key = (event.run_id, event.rank)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = RankSeries()
+        return group
+
+    def _timing(self, event: StepTiming) -> None:
+        group = self._group(event)
+        for phase, ms in event.phases_ms.items():
+            group.timing_ms[phase].add(event.step, ms)
+
+    def _grads(self, event: HeadGradNorms) -> None:
+        group, step = self._group(event), event.step
+        heads = group.head_norms_post_clip if event.stage == "post_clip" else group.head_norms
+        for head, norm in event.norms.items():
+            heads[head].add(step, norm)
+        # Explicit pre/post totals win; otherwise ``total`` goes where its stage says.
+        pre, post = event.pre_clip_total, event.post_clip_total
+        if event.total is not None or event.stage is not None:
+            if event.stage == "pre_clip" and pre is None:
+                pre = event.total
+            elif event.stage == "post_clip" and post is None:
+                post = event.total
+            elif event.stage is None and not (event.total is not None and event.total in (pre, post)):
+                group.clip["total"].add(step, event.total)  # unless it repeats an explicit pre/post total
+        if pre is not None or event.stage == "pre_clip":
+            group.clip["pre_clip"].add(step, pre)
+        if post is not None or event.stage == "post_clip":
+            group.clip["post_clip"].add(step, post)
+        if event.max_norm is not None:
+            group.clip["max_norm"].add(step, event.max_norm)
+        group.nonfinite_grads.extend((step, head, count) for head, count in event.nonfinite.items() if count)
+
+    def _lstm(self, event: LstmHealth) -> None:
+        group = self._group(event)
+        for name in LSTM_FIELDS:
+            group.lstm[name].add(event.step, getattr(event, name))
+        if event.has_nan:
+            group.lstm_flags.append((event.step, "has_nan"))
+        if event.has_inf:
+            group.lstm_flags.append((event.step, "has_inf"))
+
+    def _ppo(self, event: PpoUpdate) -> None:
+        group = self._group(event)
+        for name in PPO_FIELDS:
+            group.ppo[name].add(event.step, getattr(event, name))
+        for head, value in event.entropy.items():
+            group.entropy[head].add(event.step, value)
+
+
+async def collect(targets: Sequence[str | os.PathLike[str]], config: ConsumerConfig) -> ReportData:
+    """Replay logs through the real analysis (alerts from the real rules) while recording series."""
+    recorder = SeriesRecorder()
+    result = await replay(targets, config, extra_sinks=[recorder])
+    # A series whose values were all missing still says the field was sent: keep it, it draws as a gap.
+    return ReportData(
+        groups=dict(sorted(recorder.groups.items())),
+        starts=recorder.starts,
+        ends=recorder.ends,
+        alerts=result.alerts,
+        summary=result.summary,
+        sources=[str(target) for target in targets],
+    )

@@ -1,0 +1,229 @@
+"""Prometheus metrics: what the sidecar received, lost, refused and raised, served over HTTP.
+
+``simic-consumer run --metrics-port N`` adds this stage. It owns a private
+:class:`prometheus_client.CollectorRegistry` (never the global one, so two daemons in one process,
+as in tests, do not collide) and its HTTP server (started by :meth:`start`, stopped by
+:meth:`close`). Counters are updated in the pipeline, once per batch; the server thread only reads.
+
+Metrics (``_total`` counters count from this process's start, as Prometheus expects)::
+
+    simic_messages_received_total                        messages that reached the pipeline
+    simic_events_received_total{kind}                    valid events, by kind
+    simic_events_lost_total{run_id,rank}                 sequence numbers that never arrived (gaps)
+    simic_producer_dropped_events{run_id,rank}           events the producer says it dropped itself (its own count)
+    simic_messages_rejected_total{reason}                whole messages refused
+    simic_events_rejected_total{reason}                  single events refused
+    simic_alerts_total{rule,severity}                    alerts fired
+    simic_alerts_cleared_total{rule}                     alerts cleared
+    simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
+    simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
+    simic_log_frames_lost_total                          event-log frames that could not be written
+    simic_last_step{run_id,rank}                         newest training step
+    simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived
+    simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
+    simic_grad_norm_global{run_id,rank,stage}            newest total norm: pre_clip, post_clip, total
+    simic_lstm_state_rms{run_id,rank,state}              newest RMS of h and c
+    simic_ppo_approx_kl{run_id,rank} / simic_ppo_entropy{run_id,rank,head}
+    simic_pipeline_last_batch_age_seconds                seconds since the pipeline last ran (ticks included): liveness
+
+A value the producer sent as missing removes its sample (no sample, not 0); NaN is exported as NaN.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
+from prometheus_client.exposition import start_http_server
+
+from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
+
+from ..accounting import Accounting
+from ..pipeline import Batch, Pipeline, Stage
+from .event_log import EventLogSink
+
+__all__ = ["MetricsSink"]
+
+
+class MetricsSink(Stage):
+    """Exports the daemon's counts as Prometheus metrics on ``http://host:port/metrics``.
+
+    Args:
+        port: TCP port to serve on; 0 lets the system choose (see :attr:`port` after ``start``).
+        host: address to bind; loopback by default. Prometheus on another host needs ``0.0.0.0``.
+        serve: start the HTTP server (tests of the stage alone pass False and read :attr:`registry`).
+    """
+
+    name = "metrics"
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, serve: bool = True) -> None:
+        self.host = host
+        self.port = port
+        self.serve = serve
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._server = None
+        self._thread = None
+        self._accounting: Accounting | None = None
+        self._logs: list[EventLogSink] = []
+        self._lost_seen: dict[tuple[str, int, int], int] = {}
+        self._frames_lost_seen = 0
+        self._last_recv_ns: dict[tuple[str, int], int] = {}
+        self._last_batch_ns = time.time_ns()
+        self._active: Counter[tuple[str, str, str]] = Counter()
+        r = self.registry
+        self.messages = PromCounter("simic_messages_received", "Messages that reached the pipeline.", registry=r)
+        self.events = PromCounter("simic_events_received", "Valid events received, by kind.", ["kind"], registry=r)
+        self.lost = PromCounter("simic_events_lost", "Events lost: sequence numbers that never arrived.", ["run_id", "rank"], registry=r)
+        self.producer_dropped = Gauge("simic_producer_dropped_events", "Events the producer session reports it dropped itself (queue full, no consumer).",
+                                      ["run_id", "rank"], registry=r)
+        self.rejected_messages = PromCounter("simic_messages_rejected", "Whole messages refused, by reason.", ["reason"], registry=r)
+        self.rejected_events = PromCounter("simic_events_rejected", "Single events refused, by reason.", ["reason"], registry=r)
+        self.alerts = PromCounter("simic_alerts", "Alerts fired, by rule and severity.", ["rule", "severity"], registry=r)
+        self.alerts_cleared = PromCounter("simic_alerts_cleared", "Alerts cleared, by rule.", ["rule"], registry=r)
+        self.alerts_active = Gauge("simic_alerts_active", "Alert conditions fired and not yet cleared.", ["rule", "run_id", "rank"], registry=r)
+        self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
+        self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
+        self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
+        self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
+        self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
+        self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
+        self.grad_norm_global = Gauge("simic_grad_norm_global", "Newest total gradient norm: pre_clip, post_clip or total (stage not given).",
+                                      ["run_id", "rank", "stage"], registry=r)
+        self.lstm_rms = Gauge("simic_lstm_state_rms", "Newest RMS of the LSTM hidden (h) and cell (c) state.", ["run_id", "rank", "state"], registry=r)
+        self.approx_kl = Gauge("simic_ppo_approx_kl", "Newest approximate KL of a PPO update.", ["run_id", "rank"], registry=r)
+        self.entropy = Gauge("simic_ppo_entropy", "Newest mean entropy per action head.", ["run_id", "rank", "head"], registry=r)
+        self.batch_age = Gauge("simic_pipeline_last_batch_age_seconds", "Seconds since the pipeline last processed a message or clock tick.", registry=r)
+        self.batch_age.set_function(lambda: (time.time_ns() - self._last_batch_ns) / 1e9)
+        ProcessCollector(registry=r)
+
+    # -- wiring ----------------------------------------------------------------------------------------
+
+    def watch(self, pipeline: Pipeline) -> None:
+        """Read losses from the pipeline's accounting and event-log stages (call once it is built)."""
+        found = pipeline.find(Accounting)
+        self._accounting = found[0] if found else None
+        self._logs = pipeline.find(EventLogSink)
+
+    def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
+        """Export the daemon's queue depth (read when scraped) and capacity."""
+        self.queue_depth.set_function(lambda: float(depth()))
+        self.queue_capacity.set(capacity)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # What the accounting holds now (restored from a checkpoint, caught up from the log) was
+        # counted by an earlier process: counters start from here.
+        if self._accounting is not None:
+            self._lost_seen = {key: state.lost for key, state in self._accounting.producers.items()}
+        self._frames_lost_seen = sum(sink.frames_lost for sink in self._logs)
+        if self.serve and self._server is None:
+            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+            self.port = self._server.server_port
+
+    async def consume(self, batch: Batch) -> None:
+        self._last_batch_ns = time.time_ns()
+        if batch.catching_up:
+            return
+        self._count_frames_lost()
+        if batch.tick:
+            return
+        self.messages.inc()
+        if batch.rejected is not None:
+            self.rejected_messages.labels(batch.rejected.reason.value).inc()
+        for error in batch.errors:
+            self.rejected_events.labels(error.reason.value).inc()
+        for alert in batch.alerts:
+            labels = (alert.rule, alert.run_id, str(alert.rank))
+            if alert.cleared:
+                self.alerts_cleared.labels(alert.rule).inc()
+                self._active[labels] = max(0, self._active[labels] - 1)
+            else:
+                self.alerts.labels(alert.rule, alert.severity).inc()
+                self._active[labels] += 1
+            self.alerts_active.labels(*labels).set(self._active[labels])
+        if not batch.events:
+            return
+        kinds = Counter(event.kind for event in batch.events)
+        for kind, count in kinds.items():
+            self.events.labels(kind).inc(count)
+        head = batch.events[0]
+        run_id, rank = head.run_id, str(head.rank)
+        self._per_rank(head.run_id, head.rank, head.session, max(e.step for e in batch.events), batch.recv_ns)
+        for event in batch.events:
+            if isinstance(event, HeadGradNorms):
+                self._grads(run_id, rank, event)
+            elif isinstance(event, LstmHealth):
+                self._set(self.lstm_rms, (run_id, rank, "h"), event.h_rms)
+                self._set(self.lstm_rms, (run_id, rank, "c"), event.c_rms)
+            elif isinstance(event, PpoUpdate):
+                self._set(self.approx_kl, (run_id, rank), event.approx_kl)
+                for name, value in event.entropy.items():
+                    self.entropy.labels(run_id, rank, name).set(value)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _per_rank(self, run_id: str, rank: int, session: int, step: int, recv_ns: int) -> None:
+        labels = (run_id, str(rank))
+        self.last_step.labels(*labels).set(step)
+        if (run_id, rank) not in self._last_recv_ns:
+            key = (run_id, rank)
+            self.last_event_age.labels(*labels).set_function(lambda: (time.time_ns() - self._last_recv_ns[key]) / 1e9)
+        self._last_recv_ns[(run_id, rank)] = recv_ns
+        state = self._accounting.producers.get((run_id, rank, session)) if self._accounting is not None else None
+        if state is not None:
+            seen = self._lost_seen.get(state.key, 0)
+            if state.lost > seen:
+                self.lost.labels(*labels).inc(state.lost - seen)
+            else:
+                self.lost.labels(*labels)  # the series exists (at 0) from the first event on
+            self._lost_seen[state.key] = state.lost
+            self.producer_dropped.labels(*labels).set(state.producer_dropped)
+
+    def _grads(self, run_id: str, rank: str, event: HeadGradNorms) -> None:
+        if event.stage != "post_clip":
+            for name, norm in event.norms.items():
+                self._set(self.grad_norm, (run_id, rank, name), norm)
+        pre = event.pre_clip_total if event.pre_clip_total is not None else (event.total if event.stage == "pre_clip" else None)
+        post = event.post_clip_total if event.post_clip_total is not None else (event.total if event.stage == "post_clip" else None)
+        if pre is not None:
+            self.grad_norm_global.labels(run_id, rank, "pre_clip").set(pre)
+        if post is not None:
+            self.grad_norm_global.labels(run_id, rank, "post_clip").set(post)
+        if event.stage is None:
+            self._set(self.grad_norm_global, (run_id, rank, "total"), event.total)
+
+    def _count_frames_lost(self) -> None:
+        if not self._logs:
+            return
+        lost = sum(sink.frames_lost for sink in self._logs)
+        if lost > self._frames_lost_seen:
+            self.frames_lost.inc(lost - self._frames_lost_seen)
+            self._frames_lost_seen = lost
+
+    @staticmethod
+    def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+        """Set a sample, or remove it when the value is missing (no sample, never a made-up 0)."""
+        if value is None:
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+        else:
+            gauge.labels(*labels).set(value)

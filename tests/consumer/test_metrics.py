@@ -1,0 +1,150 @@
+"""Prometheus metrics: the real daemon with --metrics-port, a real Emitter, scraped over HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from simic.consumer import ConsumerConfig, build_pipeline
+from simic.consumer.sinks.metrics import MetricsSink
+from simic.producer import Emitter
+from simic.schemas.codec import KINDS, encode_message
+
+from .conftest import WAIT_S
+
+HEADS = ["slot", "blueprint", "blend", "op", "value"]
+STEPS = 20
+NAN_AT = 5
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape_after(url: str, ready) -> Samples:
+    """Scrape once the daemon's own signal has been seen; ``ready`` covers the few microseconds
+    between the accounting stage printing "ended" and the metrics stage (later in the same batch)
+    counting it. Bounded by WAIT_S; never sleeps."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        samples = scrape(url)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+
+
+def row(kind: str, seq: int, step: int, *payload) -> list:
+    return [KINDS[kind].code, seq, time.monotonic_ns(), step, *payload]
+
+
+class TestMetricsEndpoint:
+    def test_counts_match_what_was_sent(self, tmp_path, ipc_endpoint, daemons):
+        """Events per kind, losses, rejections, alerts and last values per head and rank are exported as sent."""
+        daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0")
+        url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+
+        with Emitter(daemon.endpoint, run_id="metrics", heads=HEADS) as emitter:
+            for step in range(STEPS):
+                norms = {head: 0.25 + step / 100 for head in HEADS}
+                emitter.emit("head_grad_norms", step=step, norms=norms, total=float("nan") if step == NAN_AT else 1.0)
+                emitter.emit("lstm_health", step=step, h_rms=0.3, c_rms=None)
+                emitter.emit("ppo_update", step=step, approx_kl=0.02, entropy={"slot": 1.5})
+                emitter.flush()
+        # A foreign sender on its own socket: garbage, then a session with a gap (seq 2..4 never sent), then its end.
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(daemon.endpoint)
+        push.send(b"\xc1 not msgpack")
+        push.send(encode_message("gappy", 1, 7, [row("run_start", 0, 0, "host", 1), row("step_timing", 1, 1, {"update": 2.0})]))
+        push.send(encode_message("gappy", 1, 7, [row("step_timing", 5, 2, {"update": 2.0}), row("run_end", 6, 2)]))
+        push.close()
+        context.term()
+        daemon.wait_for("run metrics rank 0 session")
+        daemon.wait_for("run gappy rank 1 session")  # the daemon's own "... ended (ok)" lines: everything was processed
+
+        samples = scrape_after(url, lambda s: value(s, "simic_events_received_total", kind="run_end") == 2)
+        assert value(samples, "simic_events_received_total", kind="head_grad_norms") == STEPS
+        assert value(samples, "simic_events_received_total", kind="run_start") == 2
+        assert value(samples, "simic_events_received_total", kind="run_end") == 2
+        assert value(samples, "simic_events_received_total", kind="step_timing") == 2
+        assert value(samples, "simic_messages_rejected_total", reason="malformed_msgpack") == 1
+        assert value(samples, "simic_events_lost_total", run_id="gappy", rank="1") == 3
+        assert value(samples, "simic_events_lost_total", run_id="metrics", rank="0") == 0
+        assert value(samples, "simic_alerts_total", rule="non_finite", severity="critical") == 1
+        assert value(samples, "simic_alerts_cleared_total", rule="non_finite") == 1
+        assert value(samples, "simic_alerts_active", rule="non_finite", run_id="metrics", rank="0") == 0
+        assert value(samples, "simic_grad_norm", run_id="metrics", rank="0", head="slot") == 0.25 + (STEPS - 1) / 100
+        assert value(samples, "simic_grad_norm_global", run_id="metrics", rank="0", stage="total") == 1.0
+        assert value(samples, "simic_lstm_state_rms", run_id="metrics", rank="0", state="h") == 0.3
+        assert value(samples, "simic_lstm_state_rms", run_id="metrics", rank="0", state="c") is None  # missing, not 0
+        assert value(samples, "simic_ppo_entropy", run_id="metrics", rank="0", head="slot") == 1.5
+        assert value(samples, "simic_last_step", run_id="metrics", rank="0") == STEPS - 1
+        assert value(samples, "simic_last_step", run_id="gappy", rank="1") == 2
+        assert value(samples, "simic_last_event_age_seconds", run_id="metrics", rank="0") >= 0
+        assert value(samples, "simic_queue_capacity_messages") == ConsumerConfig().daemon.queue_messages
+        assert value(samples, "simic_queue_depth_messages") is not None
+        assert value(samples, "simic_log_frames_lost_total") == 0
+        assert value(samples, "simic_producer_dropped_events", run_id="metrics", rank="0") == 0
+        assert daemon.stop() == 0
+
+    def test_healthcheck_says_healthy_then_unhealthy(self, tmp_path, ipc_endpoint, daemons):
+        """The image's health check exits 0 against a running daemon and 1, with a reason, once it stopped."""
+        daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0")
+        url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
+        check = [sys.executable, "-m", "simic.consumer.healthcheck", "--url", url]
+        healthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
+        assert healthy.returncode == 0, healthy.stderr
+        assert daemon.stop() == 0
+        unhealthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
+        assert unhealthy.returncode == 1
+        assert "does not answer" in unhealthy.stderr
+
+    def test_a_taken_port_is_one_clear_error(self, tmp_path, ipc_endpoint, daemons):
+        """A metrics port already in use stops the daemon at start with one line naming the problem."""
+        first = daemons(ipc_endpoint, tmp_path / "a", "--metrics-port", "0")
+        port = first.wait_for("serving metrics on").rsplit(":", 1)[1].split("/")[0]
+        result = subprocess.run([sys.executable, "-m", "simic.consumer", "run", "--bind", "tcp://127.0.0.1:*", "--log-dir", str(tmp_path / "b"),
+                                 "--metrics-port", port], capture_output=True, text=True, timeout=WAIT_S)
+        assert result.returncode == 1
+        assert "Address already in use" in result.stderr
+        assert first.stop() == 0
+
+
+class TestMetricsSink:
+    def test_each_sink_has_its_own_registry(self):
+        """Two metrics stages in one process do not collide (no global registry)."""
+        first, second = MetricsSink(serve=False), MetricsSink(serve=False)
+        assert first.registry is not second.registry
+
+    async def test_a_missing_value_removes_its_sample(self):
+        """A head sent as None has no sample afterwards (missing, not 0); NaN is exported as NaN."""
+        sink = MetricsSink(serve=False)
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        sink.watch(pipeline)
+        await pipeline.start()
+        grads = KINDS["head_grad_norms"].code
+        await pipeline.consume(encode_message("r", 0, 1, [[grads, 0, 1, 0, {"slot": 1.0, "op": 2.0}]]), 1)
+        await pipeline.consume(encode_message("r", 0, 1, [[grads, 1, 2, 1, {"slot": None, "op": float("nan")}]]), 2)
+        await pipeline.close()
+        assert sink.registry.get_sample_value("simic_grad_norm", {"run_id": "r", "rank": "0", "head": "slot"}) is None
+        op = sink.registry.get_sample_value("simic_grad_norm", {"run_id": "r", "rank": "0", "head": "op"})
+        assert op != op  # NaN
+        assert sink.registry.get_sample_value("simic_events_received_total", {"kind": "head_grad_norms"}) == 2
