@@ -164,4 +164,5 @@ def rules(as_json: bool) -> None:
         click.echo(f"[rules.{name}]")
         click.echo(click.wrap_text(doc, initial_indent="  # ", subsequent_indent="  # ", width=100))
         for key, field in rule.Config.model_fields.items():
-            click.echo(f"  {key} = {json.dumps(field.default)}" + (f"    # {field.description}" if field.description else ""))
+            description = " ".join((field.description or "").split())
+            click.echo(f"  {key} = {json.dumps(field.default)}" + (f"    # {description}" if description else ""))

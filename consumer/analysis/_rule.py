@@ -63,19 +63,26 @@ class Rule(Stage):
 
     name: ClassVar[str] = "rule"
     Config: ClassVar[type[RuleConfig]] = RuleConfig
+    kinds: ClassVar[frozenset[str] | None] = None
+    """Event kinds :meth:`check` is given (None: every kind). Saves a call per event of other kinds."""
 
     def __init__(self, config: RuleConfig, alerts: AlertMaker) -> None:
         self.config = config
         self.alerts = alerts
         self._conditions: dict[str, _Condition] = {}
+        self._checks = type(self).check is not Rule.check  # decided once: a tick-only rule skips the event loop
+        self._ticks = type(self).tick is not Rule.tick
 
     async def consume(self, batch: Batch) -> None:
         now = batch.recv_ns
-        for event in batch.events:
-            fired = self.check(event, now)
-            if fired:
-                batch.alerts.extend(fired)
-        if batch.tick or batch.events:
+        if self._checks:
+            kinds = self.kinds
+            for event in batch.events:
+                if kinds is None or event.kind in kinds:
+                    fired = self.check(event, now)
+                    if fired:
+                        batch.alerts.extend(fired)
+        if self._ticks and (batch.tick or batch.events):
             fired = self.tick(now, batch)
             if fired:
                 batch.alerts.extend(fired)
@@ -100,8 +107,13 @@ class Rule(Stage):
         *,
         severity: Severity | None = None,
         clear_message: str | None = None,
+        fire_after: int | None = None,
+        clear_after: int | None = None,
     ) -> Alert | None:
-        """Record one observation of a condition; returns the alert when it fires or clears."""
+        """Record one observation of a condition; returns the alert when it fires or clears.
+
+        ``fire_after``/``clear_after`` override the config's counts for a condition of the rule that
+        needs its own (a dead head waits longer than a dominating one)."""
         condition = self._conditions.get(subject)
         if condition is None:
             if not bad:
@@ -110,14 +122,14 @@ class Rule(Stage):
         if bad:
             condition.good = 0
             condition.bad += 1
-            if not condition.active and condition.bad >= self.config.fire_after:
+            if not condition.active and condition.bad >= (fire_after or self.config.fire_after):
                 condition.active = True
                 return self.alerts.make(event, self.name, severity or self.config.severity, message, values)
             return None
         condition.bad = 0
         if condition.active:
             condition.good += 1
-            if condition.good >= self.config.clear_after:
+            if condition.good >= (clear_after or self.config.clear_after):
                 del self._conditions[subject]
                 return self.alerts.make(
                     event, self.name, "info", clear_message or f"cleared: {message}", values, cleared=True

@@ -6,7 +6,7 @@ import math
 
 from pydantic import Field
 
-from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, iter_numbers
+from simic.schemas.models import EVENT_TYPES, Alert, Event, HeadGradNorms, LstmHealth, iter_numbers
 
 from ._rule import Rule, RuleConfig, Severity, register, subject_key
 
@@ -21,6 +21,44 @@ class NonFiniteConfig(RuleConfig):
     ignore: list[str] = ["ppo_update.explained_variance"]
     """``kind.field`` paths that may be non-finite by design. CleanRL-style trainers report an
     undefined explained variance (constant returns) as NaN, which is not a fault."""
+
+
+def _float_fields(model) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The payload fields of a kind that hold floats: scalars, mappings of floats, lists of floats."""
+    scalars, mappings, lists = [], [], []
+    for name in model.payload_fields():
+        text = str(model.model_fields[name].annotation)
+        if "float" not in text:
+            continue
+        (mappings if "dict" in text else lists if "list" in text else scalars).append(name)
+    return tuple(scalars), tuple(mappings), tuple(lists)
+
+
+_FLOAT_FIELDS = {model.model_fields["kind"].default: _float_fields(model) for model in EVENT_TYPES}
+
+
+def _clearly_finite(event: Event) -> bool:
+    """Fast path: the sum of all the event's floats is finite only if every one of them is (an
+    overflow or a NaN sends the event to the exact per-field scan). ~5x cheaper than the scan."""
+    scalars, mappings, lists = _FLOAT_FIELDS[event.kind]
+    total = 0.0
+    for name in scalars:
+        value = getattr(event, name)
+        if value is not None:
+            total += value
+    for name in mappings:
+        for value in getattr(event, name).values():
+            if value is not None:
+                total += value
+    for name in lists:
+        total += sum(getattr(event, name))
+    if total - total != 0.0:
+        return False
+    if isinstance(event, HeadGradNorms):
+        return not any(event.nonfinite.values())
+    if isinstance(event, LstmHealth):
+        return not (event.has_nan or event.has_inf)
+    return True
 
 
 @register
@@ -38,6 +76,8 @@ class NonFinite(Rule):
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind == "alert":
+            return None
+        if not self._conditions and _clearly_finite(event):
             return None
         bad = {
             path: value

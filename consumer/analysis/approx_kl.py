@@ -1,0 +1,82 @@
+"""approx_kl: approximate KL divergence spikes between the old and new policy."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field, model_validator
+
+from simic.schemas.models import Alert, Event
+
+from ._rule import Rule, RuleConfig, Severity, register, subject_key
+
+_INF = math.inf
+
+
+class ApproxKlConfig(RuleConfig):
+    warning_kl: float = Field(0.1, gt=0)
+    """``approx_kl`` above this is a warning (a mature PPO codebase's 0.1): typical updates stay
+    near 0.01 to 0.02 (the usual ``target_kl``), so 0.1 is a policy moving five to ten times faster."""
+    critical_kl: float = Field(0.5, gt=0)
+    """``approx_kl`` above this is critical (the same codebase's 0.5): the update has left the
+    trust region and the policy may collapse."""
+    severity: Severity = "warning"
+    """Severity at ``warning_kl`` (at ``critical_kl`` it is always critical)."""
+    fire_after: int = Field(1, ge=1)
+    """A KL spike is one update: it fires at once."""
+    clear_after: int = Field(3, ge=1)
+    """Updates in a row below the level before it clears (a run hovering at the level raises one
+    alert, not one per update)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ApproxKlConfig":
+        if self.critical_kl < self.warning_kl:
+            raise ValueError("critical_kl must not be below warning_kl")
+        return self
+
+
+@register
+class ApproxKl(Rule):
+    """Approximate KL between the rollout policy and the updated one spiking, in ``ppo_update``.
+
+    Two levels, each its own subject per (run, rank), so severity escalates: above ``warning_kl``
+    a warning, above ``critical_kl`` also a critical alert; each clears on its own after
+    ``clear_after`` updates below its level. A KL spike is the direct measure of an update that
+    moved the policy too far (learning rate, advantage scale, too many epochs); PPO implementations
+    with ``target_kl`` stop the epoch for much less. Missing and non-finite values are not observed.
+    """
+
+    name = "approx_kl"
+    Config = ApproxKlConfig
+    kinds = frozenset({"ppo_update"})
+
+    def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        if event.kind != "ppo_update":
+            return None
+        kl = event.approx_kl
+        if kl is None or not -_INF < kl < _INF:
+            return None
+        config = self.config
+        warning = kl > config.warning_kl
+        if not (warning or self._conditions):
+            return None
+        fired: list[Alert] | None = None
+        levels = (
+            ("warning", config.warning_kl, warning, config.severity),
+            ("critical", config.critical_kl, kl > config.critical_kl, "critical"),
+        )
+        for level, threshold, bad, severity in levels:
+            subject = subject_key(event, level)
+            if bad or subject in self._conditions:
+                alert = self.observe(
+                    event,
+                    subject,
+                    bad,
+                    f"approx KL {kl:.4g} > {threshold:g} at step {event.step}: the update moved the policy too far",
+                    {"approx_kl": kl, "threshold": threshold},
+                    severity=severity,
+                    clear_message=f"approx KL back below {threshold:g} at step {event.step}: {kl:.4g}",
+                )
+                if alert:
+                    fired = (fired or []) + [alert]
+        return fired

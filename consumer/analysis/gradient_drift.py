@@ -1,0 +1,200 @@
+"""gradient_drift: the seed plan's EMA drift check, per (run, rank), on the total norm and per head."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import Field
+
+from simic.schemas.models import Alert, Event
+
+from ._rule import Rule, RuleConfig, register, subject_key
+from .ema import GradientEMATracker
+
+_INF = math.inf
+
+
+class GradientDriftConfig(RuleConfig):
+    momentum: float = Field(0.99, gt=0, lt=1)
+    """EMA momentum (the seed plan's 0.99: a memory of about 100 updates), for the total and every head."""
+    drift_threshold: float = Field(0.5, gt=0)
+    """Relative drift ``|x - ema| / ema`` above which an update drifts: the seed plan's 0.5, i.e. the
+    norm (or grad health) is 50% away from its recent average."""
+    warmup: int = Field(10, ge=0)
+    """Updates (10) averaged with equal weights before drift is judged; the EMAs then start from that
+    average. Seeded by its first sample, a 0.99 EMA is still mostly that one sample ten updates
+    later, so early "drift" would be the noise of one minibatch, not a change. 0 gives the seed
+    plan's behaviour: seeded by the first update, judged from the second."""
+    vanishing_floor: float = Field(1e-8, ge=0)
+    """A head whose norm is at or below this is not healthy (1e-8 moves no float32 weight)."""
+    per_head: bool = True
+    """Also track each head's norm, with an alert per head."""
+    fire_after: int = Field(3, ge=1)
+    """Three drifting updates in a row fire: single noisy minibatches are common in PPO, a lasting
+    shift is not (the seed plan fired on one; on real runs that is a false alarm every few hundred updates)."""
+    clear_after: int = Field(5, ge=1)
+    """Five quiet updates in a row clear it."""
+
+
+class _Run:
+    __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects")
+
+    def __init__(self, tracker: GradientEMATracker, subject: str) -> None:
+        self.tracker = tracker
+        self.warm = [0.0, 0.0, 0]  # running means of norm and health during the warmup, and their count
+        self.heads: dict[str, list[float]] = {}  # head -> [ema, updates folded in, counted up to the warmup]
+        self.subject = subject
+        self.head_subjects: dict[str, str] = {}
+
+
+@register
+class GradientDrift(Rule):
+    """The gradient norm (or its health) moving away from its own recent average.
+
+    Per (run, rank), a :class:`GradientEMATracker` follows the total norm and the *grad health* of
+    every ``head_grad_norms`` update, and a same-formula EMA follows each head's norm. Grad health is
+    the share of the heads named in the event whose norm is finite and above ``vanishing_floor``
+    (a head sent as None, without a gradient, counts as unhealthy): 1.0 when every head learns,
+    0.8 when one of five died or went non-finite. An event without per-head norms leaves the health
+    EMA where it is. A drifting norm is the earliest sign of a learning-rate or reward-scale problem
+    and of a head starting to take over; falling health is a head dying.
+
+    Only pre-clip measurements are used (an event with ``stage = "post_clip"`` is skipped: clipping
+    hides exactly the drift looked for). Non-finite values are left out of the EMAs (the
+    ``non_finite`` rule alerts on them); an unhealthy head is left out of its own EMA (``head_balance``
+    reports dead heads) but lowers grad health. No flapping: the first ``warmup`` updates only
+    set the EMAs (their mean seeds them), then ``fire_after`` drifting updates in a row fire and
+    ``clear_after`` quiet ones clear.
+    """
+
+    name = "gradient_drift"
+    Config = GradientDriftConfig
+    kinds = frozenset({"head_grad_norms"})
+
+    def __init__(self, config: GradientDriftConfig, alerts) -> None:
+        super().__init__(config, alerts)
+        self._runs: dict[tuple[str, int], _Run] = {}
+
+    def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        if event.kind != "head_grad_norms" or event.stage == "post_clip":
+            return None
+        config = self.config
+        run = self._runs.get((event.run_id, event.rank))
+        if run is None:
+            run = self._runs[(event.run_id, event.rank)] = _Run(GradientEMATracker(momentum=config.momentum), subject_key(event, "total"))
+        norms = event.norms
+        floor = config.vanishing_floor
+        threshold = config.drift_threshold
+        warmup = config.warmup
+        momentum = config.momentum
+        heads = run.heads
+        per_head = config.per_head
+        rest = 1.0 - momentum
+        conditions = self._conditions
+        head_alerts: list[Alert] | None = None
+
+        # Per head (and the count of healthy heads on the way).
+        healthy = 0
+        for name, value in norms.items():
+            if value is None or not floor < value < _INF:
+                continue  # unhealthy: lowers grad health, left out of the head's own EMA
+            healthy += 1
+            if not per_head:
+                continue
+            ema_count = heads.get(name)
+            if ema_count is None:
+                heads[name] = [value, 1]
+                continue
+            ema, count = ema_count
+            if count < warmup:  # a running mean until the warmup is over (the count stops there), then the EMA
+                ema_count[0] = ema + (value - ema) / (count + 1)
+                ema_count[1] = count + 1
+                continue
+            ema_count[0] = momentum * ema + rest * value
+            drift = abs(value - ema) / (ema + 1e-8)
+            bad = drift > threshold
+            if not (bad or conditions):
+                continue
+            subject = run.head_subjects.get(name)
+            if subject is None:
+                subject = run.head_subjects[name] = subject_key(event, "head", name)
+            if bad or subject in conditions:
+                alert = self.observe(
+                    event,
+                    subject,
+                    bad,
+                    f"head {name!r} gradient drift at step {event.step}: norm {value:.4g} vs EMA {ema:.4g} "
+                    f"(drift {drift:.2f}, threshold {threshold})",
+                    {"head": name, "norm": value, "ema_norm": ema, "norm_drift": drift, "drift_threshold": threshold},
+                    clear_message=f"head {name!r} gradient drift over at step {event.step}: norm {value:.4g}",
+                )
+                if alert:
+                    head_alerts = (head_alerts or []) + [alert]
+
+        # The total, and grad health.
+        total = event.total
+        if total is None or not 0.0 <= total < _INF:
+            return head_alerts
+        tracker = run.tracker
+        warm = run.warm
+        if norms:
+            health = healthy / len(norms)
+        else:  # no per-head norms: no news about health
+            health = tracker.ema_health if warm[2] >= warmup else (warm[1] if warm[2] else 1.0)
+        if warm[2] < warmup:
+            count = warm[2] + 1
+            warm[0] += (total - warm[0]) / count
+            warm[1] += (health - warm[1]) / count
+            warm[2] = count
+            if count == warmup:  # the EMAs start from the warmup's means, not from its first sample
+                tracker.load_state_dict({"ema_norm": warm[0], "ema_health": warm[1], "initialized": True, "update_count": count})
+            return head_alerts
+        metrics = tracker.update(total, health)
+        norm_drift, health_drift = metrics["norm_drift"], metrics["health_drift"]
+        bad = norm_drift > threshold or health_drift > threshold
+        if not (bad or run.subject in self._conditions):
+            return head_alerts
+        alert = self.observe(
+            event,
+            run.subject,
+            bad,
+            f"gradient drift at step {event.step}: total norm {total:.4g} vs EMA {metrics['ema_grad_norm']:.4g} "
+            f"(drift {norm_drift:.2f}), grad health {health:.2f} vs EMA {metrics['ema_grad_health']:.2f} "
+            f"(drift {health_drift:.2f}); threshold {threshold}",
+            {
+                "total": total,
+                "ema_grad_norm": metrics["ema_grad_norm"],
+                "norm_drift": norm_drift,
+                "grad_health": health,
+                "ema_grad_health": metrics["ema_grad_health"],
+                "health_drift": health_drift,
+                "drift_threshold": threshold,
+            },
+            clear_message=f"gradient drift over at step {event.step}: total norm {total:.4g}, grad health {health:.2f}",
+        )
+        if alert:
+            return [alert] + (head_alerts or [])
+        return head_alerts
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            run.subject: {
+                "run_id": run_id,
+                "rank": rank,
+                "warmup": list(run.warm),
+                "total": run.tracker.state_dict(),
+                "heads": {name: list(ema_count) for name, ema_count in run.heads.items()},
+            }
+            for (run_id, rank), run in self._runs.items()
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._runs = {}
+        for subject, saved in state.items():
+            tracker = GradientEMATracker(momentum=self.config.momentum)
+            tracker.load_state_dict(saved["total"])
+            run = self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(tracker, subject)
+            norm, health, count = saved["warmup"]
+            run.warm = [float(norm), float(health), int(count)]
+            run.heads = {name: [float(ema), int(count)] for name, (ema, count) in saved["heads"].items()}

@@ -1,0 +1,117 @@
+"""step_time: a phase of the training step getting slower than its own baseline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import Field
+
+from simic.schemas.models import Alert, Event
+
+from ._rule import Rule, RuleConfig, register, subject_key
+from ._support import Baseline
+
+_INF = math.inf
+
+
+class StepTimeConfig(RuleConfig):
+    regression_factor: float = Field(1.5, gt=1)
+    """A phase taking more than this many times its baseline is slow: 1.5 is well outside the
+    few-percent jitter of GPU-timed phases, and a 50% slower step is worth knowing about (a
+    thermal throttle, a data-loader stall, a host-device sync someone added)."""
+    momentum: float = Field(0.99, gt=0, lt=1)
+    """Baseline EMA momentum, 0.99: a slow baseline (memory of about 100 steps) that follows gradual
+    change (an episode length that grows with skill) but not a sudden one."""
+    warmup: int = Field(10, ge=1)
+    """Observations of a phase (10) before it is judged; the baseline starts at their median, because
+    the first steps carry compilation, autotuning and allocator warm-up."""
+    min_baseline_ms: float = Field(1.0, ge=0)
+    """Phases whose baseline is below this are not judged: sub-millisecond host timings jitter by
+    more than 1.5x from scheduling alone, and cost little either way."""
+    fire_after: int = Field(3, ge=1)
+    """Steps in a row: one slow step (a checkpoint save, a garbage collection) is not a regression."""
+    clear_after: int = Field(3, ge=1)
+    """Steps in a row back under the factor before it clears."""
+
+
+class _Phase:
+    __slots__ = ("baseline", "subject")
+
+    def __init__(self, baseline: Baseline, subject: str) -> None:
+        self.baseline = baseline
+        self.subject = subject
+
+
+@register
+class StepTime(Rule):
+    """A phase of the training step (``step_timing.phases_ms``) getting slower than its own baseline.
+
+    Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
+    slow EMA. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
+    (the message says which clock measured it: ``cuda_event`` GPU time or ``cpu`` host time);
+    ``clear_after`` steps back under it clear. Slow samples are not folded into the baseline, and
+    the baseline is frozen while the alert is active, so a lasting regression does not become the
+    new normal: it stays reported until the phase is fast again. A slower step is lost throughput
+    for every remaining step of the run, and often the first sign of a host-device sync, a
+    data-loader or I/O stall, or a throttling GPU.
+    """
+
+    name = "step_time"
+    Config = StepTimeConfig
+    kinds = frozenset({"step_timing"})
+
+    def __init__(self, config: StepTimeConfig, alerts) -> None:
+        super().__init__(config, alerts)
+        self._phases: dict[tuple[str, int, str], _Phase] = {}
+
+    def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        if event.kind != "step_timing":
+            return None
+        config = self.config
+        phases = self._phases
+        conditions = self._conditions
+        fired: list[Alert] | None = None
+        run_id, rank = event.run_id, event.rank
+        for name, ms in event.phases_ms.items():
+            if not 0.0 <= ms < _INF:
+                continue
+            phase = phases.get((run_id, rank, name))
+            if phase is None:
+                phase = phases[(run_id, rank, name)] = _Phase(Baseline(), subject_key(event, name))
+            baseline = phase.baseline.value
+            if baseline is None or baseline < config.min_baseline_ms:
+                phase.baseline.add(ms, config.momentum, config.warmup)
+                continue
+            bad = ms > config.regression_factor * baseline
+            active = bad or phase.subject in conditions
+            if not active:
+                phase.baseline.add(ms, config.momentum, config.warmup)
+                continue
+            alert = self.observe(
+                event,
+                phase.subject,
+                bad,
+                f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
+                f"{baseline:.4g} ms ({event.clock} clock) for {config.fire_after} steps",
+                {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock},
+                clear_message=f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
+                f"(baseline {baseline:.4g} ms, {event.clock} clock)",
+            )
+            if alert:
+                fired = (fired or []) + [alert]
+            if not bad and phase.subject not in conditions:
+                phase.baseline.add(ms, config.momentum, config.warmup)  # a good sample with nothing pending
+        return fired
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            phase.subject: {"run_id": run_id, "rank": rank, "phase": name, "baseline": phase.baseline.state()}
+            for (run_id, rank, name), phase in self._phases.items()
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._phases = {
+            (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject)
+            for subject, saved in state.items()
+        }
