@@ -2,8 +2,34 @@
 
 ``Emitter`` batches events and hands them to ZeroMQ without ever waiting; ``NullEmitter`` is the
 same interface doing nothing (telemetry off). ``Emitter.from_env()`` picks between them.
+
+The GPU collectors are methods of the emitter (``timer``, ``head_grad_norms``, ``lstm_state``,
+``ppo_update``; see ``simic.producer.collectors``): they never wait for the GPU. The seed plan's
+synchronous API (``CUDATimer``, ``LSTMHealthMetrics``, ``compute_lstm_health``) and
+``training_profiler`` are exported as well. Importing this package does not import torch.
 """
 
+from .collectors import (
+    CollectorSettings,
+    CollectorStats,
+    CUDATimer,
+    HeadGroups,
+    LSTMHealthMetrics,
+    compute_lstm_health,
+    training_profiler,
+)
 from .emitter import Emitter, EmitterSettings, EmitterStats, NullEmitter
 
-__all__ = ["Emitter", "NullEmitter", "EmitterSettings", "EmitterStats"]
+__all__ = [
+    "Emitter",
+    "NullEmitter",
+    "EmitterSettings",
+    "EmitterStats",
+    "CollectorSettings",
+    "CollectorStats",
+    "HeadGroups",
+    "CUDATimer",
+    "LSTMHealthMetrics",
+    "compute_lstm_health",
+    "training_profiler",
+]

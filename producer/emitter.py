@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import atexit
 import logging
+import operator
 import os
 import secrets
+import signal
 import socket as _socket
 import sys
 import threading
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,7 +33,11 @@ import msgpack
 import zmq
 
 from simic.schemas.codec import KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION
-from simic.schemas.endpoints import ENDPOINT_ENV, RUN_ID_ENV
+from simic.producer.collectors.mixin import CollectorsMixin, NullCollectorsMixin
+from simic.producer._kind_methods import emit_methods, null_emit_methods
+from simic.schemas.codec import DecodeError, decode_message
+from simic.schemas.endpoints import ENDPOINT_ENV, RUN_ID_ENV, alerts_endpoint_for
+from simic.schemas.models import Alert
 
 __all__ = ["Emitter", "NullEmitter", "EmitterSettings", "EmitterStats"]
 
@@ -56,7 +61,8 @@ class EmitterSettings:
     heartbeat_interval_s: float = 5.0
     """``flush()`` adds a heartbeat (sent and dropped counts) when this long has passed since the last."""
     exit_hooks: bool = True
-    """Flush and send ``run_end`` at interpreter exit and when an uncaught exception ends the program."""
+    """Flush and send ``run_end`` at interpreter exit, when an uncaught exception ends the program,
+    and on SIGTERM (only when the program has no SIGTERM handler of its own; then it still dies)."""
 
 
 @dataclass
@@ -90,13 +96,15 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot send a value of type {type(value).__name__}")
 
 
-_live: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
+# Open emitters, held strongly until close(): an emitter the trainer dropped without closing (a local of
+# a main() that returned) must still send its pending events and run_end at exit.
+_live: "set[Emitter]" = set()
 _abandoned: list[Any] = []  # ZeroMQ objects inherited over fork: never touched, never freed, in the child
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 
 
-class Emitter:
+class Emitter(CollectorsMixin):
     """Sends telemetry events to a ``simic-consumer`` over ZeroMQ. Never blocks, never raises.
 
     Args:
@@ -109,6 +117,8 @@ class Emitter:
         config: free-form run configuration, recorded in ``run_start``.
         device: device name, recorded in ``run_start``.
         settings: queueing and batching knobs (:class:`EmitterSettings`).
+        alerts_endpoint: where the consumer publishes alerts, read by :meth:`poll_alerts`;
+            ``"auto"`` derives it from ``endpoint`` as the consumer does; None: no alerts.
 
     Use it as a context manager, or call :meth:`close` at the end: that sends ``run_end``.
     """
@@ -124,27 +134,30 @@ class Emitter:
         config: Mapping[str, Any] | None = None,
         device: str | None = None,
         settings: EmitterSettings | None = None,
+        alerts_endpoint: str | None = "auto",
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"endpoint must look like ipc:///path or tcp://host:port, got {endpoint!r}")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
         self.endpoint = endpoint
+        self.alerts_endpoint = alerts_endpoint_for(endpoint) if alerts_endpoint == "auto" else alerts_endpoint
         self.run_id = run_id
         self.rank = rank
         self.world_size = world_size
         self.heads = tuple(heads)
-        self.config = dict(config or {})
+        self.config = _plain_config(config or {})
         self.device = device
         self.settings = settings or EmitterSettings()
         self.stats = EmitterStats()
         self._flush_hooks: list[Callable[[], None]] = []
         self._delay_ns = int(self.settings.max_batch_delay_ms * 1e6)
+        self._max_batch = self.settings.max_batch_events
         self._heartbeat_ns = int(self.settings.heartbeat_interval_s * 1e9)
         self._warned: set[str] = set()
         self._closed = False
+        self._open_socket()  # before the session: run_start may be sent at once (max_batch_events=1)
         self._new_session()
-        self._open_socket()
         self.flush()
         _live.add(self)
         if self.settings.exit_hooks:
@@ -162,7 +175,7 @@ class Emitter:
         self._batch: list[list[Any]] = []
         self._batch_since = 0
         self._packer = msgpack.Packer(default=_plain)
-        self._last_send_ns = _monotonic_ns()
+        self._last_send_ns = self._last_heartbeat_ns = _monotonic_ns()
         torch = sys.modules.get("torch")
         self.emit(
             "run_start",
@@ -183,12 +196,44 @@ class Emitter:
         self._socket.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
         self._socket.setsockopt(zmq.LINGER, self.settings.linger_ms)
         self._socket.connect(self.endpoint)
+        self._alerts: zmq.Socket | None = None
+        if self.alerts_endpoint:
+            self._alerts = self._context.socket(zmq.SUB)
+            self._alerts.setsockopt(zmq.LINGER, 0)
+            self._alerts.setsockopt(zmq.RCVHWM, 1000)
+            self._alerts.setsockopt(zmq.SUBSCRIBE, self.run_id.encode())
+            self._alerts.connect(self.alerts_endpoint)
+
+    def poll_alerts(self) -> list[Alert]:
+        """Alerts the consumer published about this run since the last call. Never blocks.
+
+        The consumer publishes on ``alerts_endpoint`` (by default next to ``endpoint``, see
+        ``simic.schemas.endpoints.alerts_endpoint_for``). A trainer can checkpoint or stop on a
+        critical one: ``if any(a.severity == "critical" and not a.cleared for a in emitter.poll_alerts()): ...``
+        """
+        alerts: list[Alert] = []
+        sock = getattr(self, "_alerts", None)
+        if sock is None or self._closed:
+            return alerts
+        for _ in range(1000):
+            try:
+                topic, raw = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except (zmq.ZMQError, ValueError):
+                break
+            try:
+                decoded = decode_message(raw)
+            except DecodeError:
+                continue
+            alerts.extend(event for event in decoded.events if isinstance(event, Alert) and event.run_id == self.run_id)
+        return alerts
 
     def _after_fork(self) -> None:
         """In a forked child: leave the parent's ZeroMQ objects alone (touching them would corrupt the
         parent's) and start an own session; the child's socket opens when it first sends."""
-        _abandoned.append((self._socket, self._context))
-        self._socket = self._context = None
+        _abandoned.append((self._socket, getattr(self, "_alerts", None), self._context))
+        self._socket = self._context = self._alerts = None
         self._new_session()
 
     def close(self, status: str = "ok", error: str | None = None) -> None:
@@ -199,9 +244,14 @@ class Emitter:
             self._closed = True
             _live.discard(self)
             return
+        # From here on a full queue is waited for, up to linger_ms in all: the last events (the
+        # one showing the fault, and run_end with the counts) matter most.
+        self._close_deadline_ns = _monotonic_ns() + self.settings.linger_ms * 1_000_000
         try:
+            self._drain_readouts()  # GPU readouts still in flight (bounded wait): the last ones matter most
             self._run_flush_hooks()
-            self.emit("run_end", step=self._step, status=status, sent=self.stats.sent + len(self._batch),
+            self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
+            self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
                       dropped=self.stats.dropped, error=error)
             self._send_batch()
         finally:
@@ -209,7 +259,10 @@ class Emitter:
             _live.discard(self)
             try:
                 if self._socket is not None:
-                    self._socket.close(linger=self.settings.linger_ms)
+                    remaining_ms = max(0, (self._close_deadline_ns - _monotonic_ns()) // 1_000_000)
+                    self._socket.close(linger=remaining_ms)
+                    if self._alerts is not None:
+                        self._alerts.close(linger=0)
                     self._context.term()
             except zmq.ZMQError as exc:  # never raise into the trainer
                 log.warning("simic emitter close: %s", exc)
@@ -234,25 +287,30 @@ class Emitter:
     def emit(self, kind: str, *, step: int, **fields: Any) -> None:
         """Add one event to the current batch. Fields are the kind's payload fields (see ``simic.schemas``)."""
         spec = KINDS.get(kind)
-        if spec is None or not spec.field_set.issuperset(fields):
-            self._refuse(kind, fields)
+        if type(step) is not int:
+            step = _as_step(step)
+        if spec is None or step is None or not spec.field_set.issuperset(fields):
+            self._refuse(kind, fields, step)
             return
         if self._closed:
             self.stats.dropped += 1
             return
         now = _monotonic_ns()
-        self._step = step
-        row = [spec.code, self._seq, now, step]
-        row += [fields.get(name) for name in spec.fields]
+        row = [spec.code, self._seq, now, step, *map(fields.get, spec.fields)]
         while row[-1] is None:
             row.pop()
+        self._append(row, step, now)
+
+    def _append(self, row: list[Any], step: int, now: int) -> None:
+        """Add a built row to the batch (it took sequence number ``self._seq``); send when due."""
+        self._step = step
         self._seq += 1
         self.stats.produced += 1
         batch = self._batch
         batch.append(row)
         if len(batch) == 1:
             self._batch_since = now
-        elif len(batch) >= self.settings.max_batch_events or now - self._batch_since >= self._delay_ns:
+        if len(batch) >= self._max_batch or now - self._batch_since >= self._delay_ns:
             self._send_batch()
 
     def flush(self) -> None:
@@ -260,8 +318,10 @@ class Emitter:
         if self._closed:
             return
         self._run_flush_hooks()
-        if self._heartbeat_ns and _monotonic_ns() - self._last_send_ns >= self._heartbeat_ns:
-            self.emit("heartbeat", step=self._step, sent=self.stats.sent + len(self._batch), dropped=self.stats.dropped)
+        now = _monotonic_ns()
+        if self._heartbeat_ns and now - max(self._last_send_ns, self._last_heartbeat_ns) >= self._heartbeat_ns:
+            self._last_heartbeat_ns = now
+            self.emit("heartbeat", step=self._step, sent=self.stats.sent, dropped=self.stats.dropped)
         self._send_batch()
 
     def _send_batch(self) -> None:
@@ -285,7 +345,10 @@ class Emitter:
         try:
             self._socket.send(data, zmq.NOBLOCK, copy=True)
         except zmq.Again:
-            self.stats.dropped += events
+            if not self._wait_for_room():
+                self.stats.dropped += events
+                return
+            self._send(data, events)
             return
         except zmq.ZMQError as exc:
             self.stats.dropped += events
@@ -295,6 +358,18 @@ class Emitter:
         self.stats.batches += 1
         self.stats.bytes += len(data)
         self._last_send_ns = _monotonic_ns()
+
+    _close_deadline_ns = 0
+
+    def _wait_for_room(self) -> bool:
+        """While closing (only then), wait for queue room until the close deadline."""
+        remaining_ms = (self._close_deadline_ns - _monotonic_ns()) // 1_000_000
+        if remaining_ms <= 0:
+            return False
+        try:
+            return bool(self._socket.poll(remaining_ms, zmq.POLLOUT))
+        except zmq.ZMQError:
+            return False
 
     def _send_rows_apart(self, batch: list[list[Any]]) -> None:
         """Slow path: a batch that cannot be packed whole. Keep every row that can be sent."""
@@ -322,10 +397,12 @@ class Emitter:
                 else:
                     self._send(data, len(chunk))
 
-    def _refuse(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def _refuse(self, kind: str, fields: Mapping[str, Any], step: Any) -> None:
         self.stats.invalid += 1
         spec = KINDS.get(kind)
-        if spec is None:
+        if step is None:
+            self._warn_once(f"step:{kind}", "simic emitter: step must be an integer (%s not sent)", kind)
+        elif spec is None:
             self._warn_once(f"kind:{kind}", "simic emitter: unknown event kind %r (known: %s)", kind, ", ".join(KINDS))
         else:
             unknown = sorted(set(fields) - spec.field_set)
@@ -364,7 +441,7 @@ class Emitter:
         return cls(endpoint, **kwargs)
 
 
-class NullEmitter:
+class NullEmitter(NullCollectorsMixin):
     """Telemetry switched off: the :class:`Emitter` interface, doing nothing, so trainers never branch."""
 
     endpoint = None
@@ -382,8 +459,11 @@ class NullEmitter:
     def flush(self) -> None:
         pass
 
+    def poll_alerts(self) -> list:
+        return []
+
     def close(self, status: str = "ok", error: str | None = None) -> None:
-        pass
+        self.closed = True
 
     def add_flush_hook(self, hook: Callable[[], None]) -> None:
         pass
@@ -395,13 +475,21 @@ class NullEmitter:
         pass
 
 
-def _version() -> str | None:
-    try:
-        from importlib.metadata import version
+_VERSION_UNKNOWN = object()
+_version_cache: Any = _VERSION_UNKNOWN
 
-        return version("simic-telemetry")
-    except Exception:
-        return None
+
+def _version() -> str | None:
+    # Looked up once: a forked child starts its session from the at-fork hook and must not do file I/O there.
+    global _version_cache
+    if _version_cache is _VERSION_UNKNOWN:
+        try:
+            from importlib.metadata import version
+
+            _version_cache = version("simic-telemetry")
+        except Exception:
+            _version_cache = None
+    return _version_cache
 
 
 # -- process hooks: fork, exit, uncaught exceptions -----------------------------------------------
@@ -413,6 +501,36 @@ def _close_all(status: str, error: str | None = None) -> None:
             emitter.close(status, error)
         except Exception:  # at exit, nothing may propagate
             pass
+
+
+def _as_step(step: Any) -> int | None:
+    """An integer step from numpy or CPU torch integers; None for anything else (CUDA tensors too:
+    reading one would stall the GPU)."""
+    if isinstance(step, bool) or getattr(step, "is_cuda", False):
+        return None
+    try:
+        return operator.index(step)
+    except TypeError:
+        return None
+
+
+def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config as JSON-like data (paths, enums and other objects become strings), so
+    ``run_start`` can always be sent. Checked once, at construction."""
+    import json
+
+    try:
+        return json.loads(json.dumps(dict(config), default=str, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config must be a mapping of JSON-like values: {exc}") from None
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler's preemption, ``kill``): send what is pending and run_end, then die as
+    the default action would. Installed only where the program had no handler of its own."""
+    _close_all("interrupted", "SIGTERM")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _excepthook(exc_type, exc, tb) -> None:
@@ -433,6 +551,8 @@ def _install_process_hooks() -> None:
         atexit.register(_close_all, "exit")
         _previous_excepthook = sys.excepthook
         sys.excepthook = _excepthook
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _after_fork_in_child() -> None:
@@ -442,3 +562,11 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# emit_<kind>(step=..., **fields) methods, generated from the models (see _kind_methods).
+for _name, _method in emit_methods().items():
+    setattr(Emitter, _name, _method)
+for _name, _method in null_emit_methods().items():
+    setattr(NullEmitter, _name, _method)
+del _name, _method

@@ -1,0 +1,32 @@
+"""simic.producer.collectors: GPU measurements that never stall the GPU.
+
+Device values are reduced on the device, copied ``non_blocking`` into a pinned ring behind a CUDA
+event and become events at a later ``flush()`` (``readout``). On top of it: phase timers
+(``timing``), per-head gradient norms (``grad_norms``), LSTM state statistics (``lstm_state``),
+PPO update metrics (``ppo``), the profiler wrapper (``profiler``) and the seed plan's synchronous
+API (``seed_api``). ``Emitter`` gets the collector methods from :class:`CollectorsMixin`;
+``NullEmitter`` the no-op twins from :class:`NullCollectorsMixin`.
+
+Importing this package does not import torch; the collectors import it when first used.
+"""
+
+from .grad_norms import HeadGroups
+from .mixin import CollectorSettings, CollectorsMixin, NullCollectorsMixin
+from .profiler import training_profiler
+from .readout import CollectorStats
+from .seed_api import CUDATimer, LSTMHealthMetrics, compute_lstm_health
+from .timing import NullTimer, Timer
+
+__all__ = [
+    "CollectorsMixin",
+    "NullCollectorsMixin",
+    "CollectorSettings",
+    "CollectorStats",
+    "HeadGroups",
+    "Timer",
+    "NullTimer",
+    "training_profiler",
+    "CUDATimer",
+    "LSTMHealthMetrics",
+    "compute_lstm_health",
+]

@@ -1,0 +1,285 @@
+"""Per-head gradient norms in one ``torch._foreach_norm`` pass, read back without a sync.
+
+A *head* is a named group of gradients: a module, an iterable of parameters, or rows of a shared
+tensor, written ``(param, rows)`` where ``rows`` is an ``int`` or a ``slice`` over the first dimension
+(for example the rows of one Linear layer that score the sub-actions of one head)::
+
+    groups = emitter.head_groups(
+        {
+            "slot": net.slot_head,                                   # a module
+            "op": [net.op_head.weight, net.op_head.bias],            # parameters
+            "blend": [(net.shared.weight, slice(0, 4)), (net.shared.bias, slice(0, 4))],  # rows
+            "value": net.value_head,
+        },
+        params=net.parameters(),   # what the total covers (what you clip); default: the heads' union
+    )
+    loss.backward()
+    emitter.head_grad_norms(step, groups, stage="pre_clip", max_norm=0.5)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+
+On the device: one ``_foreach_norm`` over every gradient (whole parameters and row views); its
+results go to the readout path as they are. On the host, after a later ``flush()``: head norm =
+sqrt(sum of its parts' squared norms); total = sqrt(sum of the squared norms of the distinct
+parameters), which is how ``clip_grad_norm_`` computes it. A head none of whose parameters has a
+gradient is reported as missing (``None``), never 0.0.
+
+Pre- and post-clip: measured before clipping with ``max_norm``, the event carries the total and the
+post-clip total ``clip_grad_norm_`` will produce (``total * min(1, max_norm / (total + 1e-6))``).
+Measured after clipping (``stage="post_clip"``), pass the tensor ``clip_grad_norm_`` returned as
+``clip_total``: it travels in the same readout and becomes ``pre_clip_total``.
+
+Non-finite gradients always show: a head's norm (and the total) is NaN or Inf exactly when one of
+its gradient elements is. ``count_nonfinite=True`` also counts those elements per head (``nonfinite``)
+with four more fused passes over the gradients (x*0 -> +1 -> sign -> L1 norm: finite elements
+count 1, NaN and Inf count 0). It is off by default because it costs several times the norms
+themselves in host time (see docs/BENCHMARKS.md); without it ``nonfinite`` is not sent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from simic.schemas.models import MAX_ITEMS, MAX_NAME
+
+from .readout import torch_module
+
+__all__ = ["HeadGroups", "submit_head_grad_norms"]
+
+class HeadGroups:
+    """Which gradients make up each head, resolved once (module parameters listed, rows checked).
+
+    Args:
+        heads: head name -> ``nn.Module`` | iterable of parameters and ``(param, rows)`` pairs.
+        params: the parameters the total covers (pass what you clip). Default: every parameter
+            named by the heads (a sliced parameter counts whole, once).
+
+    Raises:
+        ValueError: an empty or over-long name, an empty head, something that is not a tensor, or
+            rows outside the parameter.
+    """
+
+    def __init__(self, heads: Mapping[str, Any], params: Iterable[Any] | None = None) -> None:
+        torch = torch_module()
+        if not isinstance(heads, Mapping) or not heads:
+            raise ValueError("heads must be a non-empty mapping of head name -> module or parameters")
+        if len(heads) > MAX_ITEMS:
+            raise ValueError(f"at most {MAX_ITEMS} heads")
+        self.names: list[str] = []
+        self.params: list[Any] = []
+        """Distinct parameters, in first-seen order (entry ``i < len(params)`` is param ``i`` whole)."""
+        index: dict[int, int] = {}
+
+        def param_index(p: Any, where: str) -> int:
+            if not isinstance(p, torch.Tensor):
+                raise ValueError(f"{where}: expected a tensor (parameter), got {type(p).__name__}")
+            i = index.get(id(p))
+            if i is None:
+                i = index[id(p)] = len(self.params)
+                self.params.append(p)
+            return i
+
+        parts: list[list[tuple[int, Any]]] = []
+        for name, spec in heads.items():
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+                raise ValueError(f"head names must be strings of 1..{MAX_NAME} characters, got {name!r}")
+            members: list[tuple[int, Any]] = []
+            items = spec.parameters() if isinstance(spec, torch.nn.Module) else spec
+            if isinstance(items, torch.Tensor) or (isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], (int, slice))):
+                items = [items]
+            try:
+                items = list(items)
+            except TypeError:
+                raise ValueError(f"head {name!r}: expected a module or an iterable of parameters, got {type(spec).__name__}") from None
+            for item in items:
+                if isinstance(item, tuple):
+                    if len(item) != 2:
+                        raise ValueError(f"head {name!r}: a slice of a shared tensor is written (param, rows)")
+                    p, rows = item
+                    i = param_index(p, f"head {name!r}")
+                    members.append((i, _check_rows(p, rows, name)))
+                else:
+                    members.append((param_index(item, f"head {name!r}"), None))
+            if not members:
+                raise ValueError(f"head {name!r} has no parameters")
+            self.names.append(name)
+            parts.append(members)
+
+        if params is None:
+            total = list(range(len(self.params)))
+        else:
+            total = sorted({param_index(p, "params") for p in params})
+            if not total:
+                raise ValueError("params is empty")
+        self.total: list[int] = total
+        """Indices (into ``params``) of the parameters the total covers."""
+
+        # Entries: every distinct parameter whole, then each row view. Heads refer to entries.
+        self.entries: list[tuple[int, Any]] = [(i, None) for i in range(len(self.params))]
+        self.head_entries: list[list[int]] = []
+        for members in parts:
+            refs = []
+            for i, rows in members:
+                if rows is None:
+                    refs.append(i)
+                else:
+                    refs.append(len(self.entries))
+                    self.entries.append((i, rows))
+            self.head_entries.append(refs)
+        self.entry_numel: list[int] = [_numel(self.params[i], rows) for i, rows in self.entries]
+        self.whole = len(self.entries) == len(self.params)
+        """No row slices: every entry is a whole parameter."""
+        self.identity = list(range(len(self.entries)))
+
+    def __repr__(self) -> str:
+        return f"HeadGroups({self.names}, params={len(self.params)}, entries={len(self.entries)})"
+
+
+def _check_rows(p: Any, rows: Any, head: str) -> Any:
+    if p.dim() == 0:
+        raise ValueError(f"head {head!r}: rows of a 0-d tensor")
+    n = p.shape[0]
+    if isinstance(rows, bool) or not isinstance(rows, (int, slice)):
+        raise ValueError(f"head {head!r}: rows must be an int or a slice over the first dimension, got {rows!r}")
+    if isinstance(rows, int):
+        if not -n <= rows < n:
+            raise ValueError(f"head {head!r}: row {rows} outside 0..{n - 1}")
+        return rows
+    for bound in (rows.start, rows.stop):
+        if bound is not None and (not isinstance(bound, int) or not -n <= bound <= n):
+            raise ValueError(f"head {head!r}: rows {rows!r} outside the {n} rows of the tensor")
+    start, stop, step = rows.indices(n)
+    if step != 1 or stop <= start:
+        raise ValueError(f"head {head!r}: rows must be a non-empty slice with step 1, got {rows!r}")
+    return slice(start, stop)
+
+
+def _numel(p: Any, rows: Any) -> int:
+    if rows is None:
+        return p.numel()
+    inner = p[0].numel() if p.dim() > 1 else 1
+    return inner if isinstance(rows, int) else (rows.stop - rows.start) * inner
+
+
+def submit_head_grad_norms(
+    readouts: Any,
+    emit: Any,
+    step: int,
+    groups: HeadGroups,
+    *,
+    stage: str | None,
+    max_norm: float | None,
+    clip_total: Any,
+    count_nonfinite: bool,
+) -> None:
+    """Queue the reduction of the current gradients; ``emit(step=..., **fields)`` gets the event when read."""
+    torch = torch_module()
+    if groups.whole:  # no row slices: the gradients are the tensors (the common case, no loop)
+        tensors = [p.grad for p in groups.params]
+        if any(g is None for g in tensors):
+            tensors, positions = _with_missing(groups, tensors)
+        else:
+            positions = groups.identity
+    else:
+        tensors, positions = _with_missing(groups, [p.grad for p in groups.params])
+
+    host_clip = device_clip = None
+    if clip_total is not None:
+        if isinstance(clip_total, torch.Tensor) and clip_total.is_cuda:
+            device_clip = clip_total
+        else:
+            host_clip = float(clip_total)  # a float, or a CPU tensor: already on the host
+
+    count = len(tensors)
+    context = (groups, positions, count, step, stage, max_norm, host_clip, device_clip is not None, count_nonfinite, emit)
+    if not tensors and device_clip is None:
+        readouts.resolve_now([], _resolve, context)
+        return
+    if tensors and tensors[0].requires_grad:  # gradients made with create_graph=True
+        tensors = [t.detach() for t in tensors]
+    parts = list(torch._foreach_norm(tensors, 2)) if tensors else []
+    if count_nonfinite and tensors:
+        # finite -> 1, NaN/Inf -> 0 (x*0 is NaN exactly for non-finite x; sign(NaN) == 0); the
+        # L1 norm of that counts the finite elements of each gradient: four more fused passes.
+        probe = torch._foreach_mul(tensors, 0.0)
+        torch._foreach_add_(probe, 1.0)
+        torch._foreach_sign_(probe)
+        parts.extend(torch._foreach_norm(probe, 1, dtype=torch.float32))  # exact counts up to 2**24
+    if device_clip is not None:
+        parts.append(device_clip.detach().reshape(()).clone())  # a snapshot: the caller may reuse it
+    device = parts[0].device
+    if device.type == "cuda":
+        readouts.add(device, len(parts), _resolve, context, scalars=parts)
+    else:
+        readouts.resolve_now(torch.stack(parts).float().tolist(), _resolve, context)
+
+
+
+def _with_missing(groups: HeadGroups, grads: list) -> tuple[list, list[int]]:
+    """Tensors to measure (whole gradients and row views) and, per entry, its index (-1: no gradient)."""
+    tensors = []
+    positions: list[int] = []
+    for i, rows in groups.entries:
+        g = grads[i]
+        if g is None:
+            positions.append(-1)
+        else:
+            positions.append(len(tensors))
+            tensors.append(g if rows is None else g[rows])
+    return tensors, positions
+
+
+def _resolve(values: list, context: tuple) -> None:
+    groups, positions, count, step, stage, max_norm, host_clip, has_device_clip, counted, emit = context
+    squares = [v * v for v in values[:count]]
+    norms: dict[str, float | None] = {}
+    for name, entries in zip(groups.names, groups.head_entries):
+        total = 0.0
+        seen = False
+        for e in entries:
+            k = positions[e]
+            if k >= 0:
+                total += squares[k]
+                seen = True
+        norms[name] = math.sqrt(total) if seen else None
+    total = 0.0
+    seen = False
+    for e in groups.total:
+        k = positions[e]
+        if k >= 0:
+            total += squares[k]
+            seen = True
+    total = math.sqrt(total) if seen else None
+
+    nonfinite: dict[str, int] | None = None
+    if counted:
+        finite_of = values[count : 2 * count]
+        numel = groups.entry_numel
+        nonfinite = {}
+        for name, entries in zip(groups.names, groups.head_entries):
+            bad = 0
+            for e in entries:
+                k = positions[e]
+                if k >= 0:
+                    bad += max(0, numel[e] - int(round(finite_of[k])))
+            if bad:
+                nonfinite[name] = bad
+
+    clip_total = values[-1] if has_device_clip else host_clip
+    pre = post = None
+    if stage == "post_clip":
+        post, pre = total, clip_total
+    else:
+        pre = total if stage == "pre_clip" else clip_total
+        if stage == "pre_clip" and max_norm is not None and total is not None:
+            post = total * min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else math.nan
+    emit(
+        step=step,
+        norms=norms,
+        total=total,
+        pre_clip_total=pre,
+        post_clip_total=post,
+        nonfinite=nonfinite or None,
+        stage=stage,
+        max_norm=None if max_norm is None else float(max_norm),
+    )

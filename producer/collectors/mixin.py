@@ -1,0 +1,294 @@
+"""The collector methods of :class:`simic.producer.Emitter`, and their no-op twins on ``NullEmitter``.
+
+::
+
+    emitter.timer("rollout")                      -> Timer: start() / stop(step), or a with-block
+    emitter.head_groups(heads, params=...)        -> HeadGroups (setup: raises ValueError)
+    emitter.head_grad_norms(step, groups, ...)    -> head_grad_norms event, later
+    emitter.lstm_state(step, (h, c), env_mask)    -> lstm_health event, later
+    emitter.ppo_update(step, **metrics)           -> ppo_update event, later (or now, if all on host)
+    emitter.flush()                               -> ready readouts and timings become events
+    emitter.close()                               -> waits (bounded) for what is in flight, then sends
+
+"Later" is a ``flush()`` after the one that sealed the readout, once the GPU has reached it
+(usually the next step's); nothing here waits for the GPU, and nothing raises into the trainer once set up (failures are counted in
+``emitter.collector_stats`` and logged once). The state lives on the emitter, created at the first
+collector call, which also registers the flush hook.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .grad_norms import HeadGroups, submit_head_grad_norms
+from .lstm_state import submit_lstm_state
+from .ppo import PPO_FIELDS, submit_ppo_update
+from .readout import CollectorStats, Readouts
+from .timing import NullTimer, Timer, Timings, group_by_step, resolve_stream
+
+__all__ = ["CollectorSettings", "CollectorsMixin", "NullCollectorsMixin"]
+
+log = logging.getLogger("simic.producer")
+
+_STAGES = (None, "pre_clip", "post_clip")
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """How much the GPU collectors keep in flight. Defaults suit a trainer that flushes once per step."""
+
+    readout_slots: int = 64
+    """Pinned host rows per device, each holding one sealed batch (the readouts of one ``flush()``):
+    batches in flight before the oldest is dropped and its readouts counted."""
+    max_pending_timers: int = 256
+    """Timer measurements in flight before the oldest is dropped and counted (also the event-pair pool size)."""
+    drain_timeout_s: float = 2.0
+    """Longest ``close()`` waits for readouts still in flight, so a crash's last events are kept."""
+
+    def __post_init__(self) -> None:
+        if self.readout_slots < 1 or self.max_pending_timers < 1 or self.drain_timeout_s < 0:
+            raise ValueError(f"invalid collector settings: {self}")
+
+
+class _State:
+    """Per-emitter collector state (created at the first collector call)."""
+
+    def __init__(self, emitter: Any, settings: CollectorSettings) -> None:
+        self.emitter = emitter
+        self.settings = settings
+        self.stats = CollectorStats()
+        self.readouts = Readouts(settings.readout_slots, self.stats, emitter._collector_failed)
+        self.timings = Timings(settings.max_pending_timers, self.stats)
+        self.group_cache: dict[tuple, Any] = {}
+        self.emit_grad_norms = functools.partial(emitter.emit, "head_grad_norms")
+        self.emit_lstm = functools.partial(emitter.emit, "lstm_health")
+        self.emit_ppo = functools.partial(emitter.emit, "ppo_update")
+
+    def poll(self) -> None:
+        """Flush hook: ready timings and readouts become events (restoring the emitter's last step)."""
+        emitter = self.emitter
+        step = getattr(emitter, "_step", None)
+        try:
+            done = self.timings.poll()
+            for s, clock, phases in group_by_step(done) if done else ():
+                emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock)
+            self.readouts.poll()
+        finally:
+            if step is not None:
+                emitter._step = step
+
+
+_with_state: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_abandoned: list[Any] = []  # CUDA objects inherited over fork: never touched, never freed, in the child
+
+
+def _forget_after_fork() -> None:
+    for emitter in list(_with_state):
+        state = emitter.__dict__.pop("_collectors", None)
+        if state is not None:
+            _abandoned.append((state.readouts.abandon(), state.timings.abandon()))
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class CollectorsMixin:
+    """GPU collectors for an emitter that has ``emit(kind, *, step, **fields)`` and ``add_flush_hook``."""
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def configure_collectors(self, settings: CollectorSettings) -> None:
+        """Set ring and timer bounds. Call before the first collector call (later calls raise ValueError)."""
+        if "_collectors" in self.__dict__:
+            raise ValueError("configure_collectors() must come before the first collector call")
+        if not isinstance(settings, CollectorSettings):
+            raise ValueError("settings must be a CollectorSettings")
+        self.__dict__["_collector_settings"] = settings
+
+    @property
+    def collector_stats(self) -> CollectorStats:
+        """Counts of readouts submitted, resolved, dropped, pending and of failures."""
+        state = self.__dict__.get("_collectors")
+        return state.stats if state is not None else CollectorStats()
+
+    def head_groups(self, heads: Mapping[str, Any], *, params: Any = None) -> Any:
+        """Resolve heads once (see :class:`~simic.producer.collectors.grad_norms.HeadGroups`). Raises ValueError."""
+        return HeadGroups(heads, params)
+
+    def _collector_state(self) -> _State:
+        state = self.__dict__.get("_collectors")
+        if state is None:
+            settings = self.__dict__.get("_collector_settings") or CollectorSettings()
+            state = self.__dict__["_collectors"] = _State(self, settings)
+            _with_state.add(self)
+            self.add_flush_hook(state.poll)
+        return state
+
+    def _collector_failed(self, key: str, exc: BaseException | str) -> None:
+        """Count a failure and log it once per kind; never raise."""
+        state = self.__dict__.get("_collectors")
+        if state is not None:
+            state.stats.errors += 1
+        warned = self.__dict__.setdefault("_collector_warned", set())
+        if key not in warned and len(warned) < 100:
+            warned.add(key)
+            log.warning("simic collector %s failed: %s (counted in collector_stats.errors; logged once)", key, exc)
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def timer(self, name: str, *, step: int | None = None, stream: Any = None, device: Any = None) -> Timer:
+        """A timer for the phase ``name``, recording on ``stream`` (default: the current CUDA stream).
+
+        Host timing (``clock="cpu"``) when ``device="cpu"``, when CUDA is unavailable, or when the
+        trainer never imported torch. Use ``start()``/``stop(step)`` or ``with emitter.timer(name, step=s):``.
+        """
+        state = self._collector_state()
+        try:
+            torch, stream = resolve_stream(device, stream)
+        except Exception as exc:
+            self._collector_failed(f"timer:{name}", exc)
+            torch, stream = None, None
+        return Timer(name, state.timings, self, step=step, torch=torch, stream=stream)
+
+    def head_grad_norms(
+        self,
+        step: int,
+        heads: Any,
+        *,
+        stage: str | None = None,
+        max_norm: float | None = None,
+        clip_total: Any = None,
+        count_nonfinite: bool = False,
+    ) -> None:
+        """Per-head and total gradient L2 norms of the current ``.grad``\\ s, read back later.
+
+        Args:
+            step: training step the event is about.
+            heads: a :class:`HeadGroups` from :meth:`head_groups` (cheapest), or the mapping itself.
+            stage: ``"pre_clip"`` or ``"post_clip"`` (where in the step you call this), or None.
+            max_norm: the clipping threshold; with ``stage="pre_clip"`` the post-clip total is derived.
+            clip_total: what ``clip_grad_norm_`` returned (device tensor or float): the pre-clip total.
+            count_nonfinite: also count NaN/Inf gradient elements per head (four more fused passes;
+                off by default: a NaN/Inf norm already tells which heads are non-finite).
+        """
+        if self.closed:
+            return
+        state = self._collector_state()
+        try:
+            if stage not in _STAGES:
+                raise ValueError(f"stage must be None, 'pre_clip' or 'post_clip', got {stage!r}")
+            groups = heads if type(heads) is HeadGroups else self._groups_for(state, heads)
+            submit_head_grad_norms(
+                state.readouts, state.emit_grad_norms, step, groups,
+                stage=stage, max_norm=max_norm, clip_total=clip_total, count_nonfinite=count_nonfinite,
+            )
+        except Exception as exc:
+            self._collector_failed("head_grad_norms", exc)
+
+    def _groups_for(self, state: _State, heads: Any) -> Any:
+        if isinstance(heads, HeadGroups):
+            return heads
+        values = tuple(heads.values())
+        if all(isinstance(v, (list, tuple)) or hasattr(v, "parameters") for v in values):
+            key = tuple((name, id(v)) for name, v in heads.items())
+            cached = state.group_cache.get(key)
+            if cached is not None:
+                return cached[0]
+            groups = HeadGroups(heads)
+            if len(state.group_cache) >= 16:
+                state.group_cache.clear()
+            state.group_cache[key] = (groups, values)  # values kept alive so their ids stay theirs
+            return groups
+        return HeadGroups(heads)  # generators: resolved every call (pass a HeadGroups instead)
+
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None) -> None:
+        """Statistics of an LSTM state ``(h, c)`` (each ``(layers, envs, hidden)``), read back later.
+
+        ``env_mask`` (``(envs,)``, bool or 0/1) keeps only the environments to include.
+        """
+        if self.closed:
+            return
+        state = self._collector_state()
+        try:
+            submit_lstm_state(state.readouts, state.emit_lstm, step, hidden, env_mask)
+        except Exception as exc:
+            self._collector_failed("lstm_state", exc)
+
+    def ppo_update(self, step: int, **metrics: Any) -> None:
+        """PPO update metrics (numbers or one-element tensors; ``entropy`` maps head -> value).
+
+        Accepted names are the ``ppo_update`` event's fields: policy_loss, value_loss, entropy,
+        approx_kl, clip_fraction, ratio_min, ratio_max, explained_variance, learning_rate.
+        """
+        if self.closed:
+            return
+        state = self._collector_state()
+        try:
+            if not PPO_FIELDS.issuperset(metrics):
+                unknown = sorted(set(metrics) - PPO_FIELDS)
+                raise ValueError(f"ppo_update has no metric(s) {unknown} (known: {sorted(PPO_FIELDS)})")
+            submit_ppo_update(state.readouts, state.emit_ppo, step, metrics, self._collector_failed)
+        except Exception as exc:
+            self._collector_failed("ppo_update", exc)
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def poll_readouts(self) -> None:
+        """Turn ready readouts and timings into events now (``flush()`` does this too). Never waits."""
+        state = self.__dict__.get("_collectors")
+        if state is not None:
+            state.poll()
+
+    def _drain_readouts(self) -> None:
+        """At close: wait (at most ``drain_timeout_s``) for readouts in flight, then poll them."""
+        state = self.__dict__.get("_collectors")
+        if state is None:
+            return
+        try:
+            deadline = time.monotonic() + state.settings.drain_timeout_s
+            left = state.readouts.drain(state.settings.drain_timeout_s) if state.readouts.pending else 0
+            while state.timings.pending and time.monotonic() < deadline and not state.timings.all_done():
+                time.sleep(0.0005)
+            if left:
+                log.warning("simic collectors: %d readout(s) still in flight at close were abandoned", left)
+        except Exception as exc:
+            self._collector_failed("drain", exc)
+
+
+class NullCollectorsMixin:
+    """The collector methods doing nothing (telemetry off): same names, same arguments, no torch."""
+
+    def configure_collectors(self, settings: CollectorSettings) -> None:
+        pass
+
+    @property
+    def collector_stats(self) -> CollectorStats:
+        return CollectorStats()
+
+    def head_groups(self, heads: Mapping[str, Any], *, params: Any = None) -> Any:
+        return heads
+
+    def timer(self, name: str, *, step: int | None = None, stream: Any = None, device: Any = None) -> NullTimer:
+        return NullTimer(name, step)
+
+    def head_grad_norms(self, step: int, heads: Any, *, stage: str | None = None, max_norm: float | None = None,
+                        clip_total: Any = None, count_nonfinite: bool = False) -> None:
+        pass
+
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None) -> None:
+        pass
+
+    def ppo_update(self, step: int, **metrics: Any) -> None:
+        pass
+
+    def poll_readouts(self) -> None:
+        pass
+
+    def _drain_readouts(self) -> None:
+        pass

@@ -1,0 +1,239 @@
+"""Step timing that never waits: CUDA event pairs from a pool, read once ``query()`` says they are done.
+
+::
+
+    timer.start()  -> start_event.record(stream)       (pair taken from the pool)
+    ... GPU work queued on that stream ...
+    timer.stop(step) -> end_event.record(stream)        (pair joins the pending queue)
+    flush()        -> end_event.query()? -> elapsed_time -> one step_timing event per step
+                      (pair back to the pool); not done yet: stays pending
+
+The time measured is GPU time between the two records on the timer's stream, which is fixed when the
+timer is made (the caller's current stream unless one is given). Without CUDA, or for a timer made
+with ``device="cpu"``, ``time.perf_counter_ns`` measures host time and the event says
+``clock="cpu"``. Phases with the same name at the same step add up.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from .readout import CollectorStats
+
+__all__ = ["Timer", "NullTimer", "Timings"]
+
+_perf_ns = time.perf_counter_ns
+
+
+class Timings:
+    """Pending and finished measurements of all timers of one emitter, and the event-pair pool.
+
+    Args:
+        max_pending: CUDA measurements in flight before the oldest is dropped (counted in
+            ``stats.timers_dropped``); also the most event pairs the pool ever holds.
+    """
+
+    def __init__(self, max_pending: int, stats: CollectorStats) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max pending timers must be >= 1, got {max_pending}")
+        self.max_pending = max_pending
+        self.stats = stats
+        self._pool: list[tuple[Any, Any]] = []
+        self._pending: deque[tuple[tuple[Any, Any], str, int]] = deque()
+        self._done: list[tuple[str, int, float, str]] = []  # (name, step, ms, clock)
+
+    # -- CUDA ---------------------------------------------------------------------------------
+
+    def take_pair(self, torch: Any) -> tuple[Any, Any]:
+        if self._pool:
+            return self._pool.pop()
+        return (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+
+    def give_back(self, pair: tuple[Any, Any]) -> None:
+        self._pool.append(pair)
+
+    def cuda_done(self, pair: tuple[Any, Any], name: str, step: int) -> None:
+        """The end event was recorded: queue the pair until it can be read."""
+        pending = self._pending
+        pending.append((pair, name, step))
+        if len(pending) > self.max_pending:
+            old = pending.popleft()
+            self._pool.append(old[0])
+            self.stats.timers_dropped += 1
+
+    # -- CPU ----------------------------------------------------------------------------------
+
+    def cpu_done(self, name: str, step: int, ms: float) -> None:
+        self._done.append((name, step, ms, "cpu"))
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def all_done(self) -> bool:
+        """Whether every pending measurement has reached its end event (a query, never a wait)."""
+        try:
+            return all(item[0][1].query() for item in self._pending)
+        except Exception:
+            return True
+
+    def poll(self) -> list[tuple[str, int, float, str]]:
+        """Finished measurements (name, step, ms, clock), oldest first. Never waits."""
+        pending = self._pending
+        for _ in range(len(pending)):
+            item = pending.popleft()
+            start, end = item[0]
+            try:
+                if not end.query():
+                    pending.append(item)
+                    continue
+                ms = start.elapsed_time(end)
+            except Exception:  # never recorded on the GPU, or a CUDA error: lost, counted
+                self.stats.timers_dropped += 1
+                self._pool.append(item[0])
+                continue
+            self._pool.append(item[0])
+            self._done.append((item[1], item[2], float(ms), "cuda_event"))
+        done, self._done = self._done, []
+        return done
+
+    def abandon(self) -> list[Any]:
+        """Forget all CUDA events without touching them (after a fork)."""
+        kept = [self._pool, list(self._pending)]
+        self._pool, self._pending = [], deque()
+        return kept
+
+
+def group_by_step(done: list[tuple[str, int, float, str]]) -> list[tuple[int, str, dict[str, float]]]:
+    """``[(step, clock, {phase: ms})]`` in order of first appearance; equal phases of a step add up."""
+    groups: dict[tuple[int, str], dict[str, float]] = {}
+    for name, step, ms, clock in done:
+        phases = groups.get((step, clock))
+        if phases is None:
+            phases = groups[(step, clock)] = {}
+        phases[name] = phases.get(name, 0.0) + ms
+    return [(step, clock, phases) for (step, clock), phases in groups.items()]
+
+
+class Timer:
+    """A named phase timer: ``start()`` / ``stop(step)``, or ``with emitter.timer("update", step=s):``.
+
+    Made by :meth:`CollectorsMixin.timer`; reusable (start again after stop). ``stop`` never waits:
+    the measurement becomes a ``step_timing`` event at a later ``flush()``.
+    """
+
+    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_emitter")
+
+    def __init__(self, name: str, timings: Timings, emitter: Any, *, step: int | None, torch: Any = None, stream: Any = None) -> None:
+        self.name = name
+        self.step = step
+        self.stream = stream
+        self.clock = "cuda_event" if stream is not None else "cpu"
+        """``"cuda_event"`` (GPU time on ``stream``) or ``"cpu"`` (host time)."""
+        self._timings = timings
+        self._torch = torch
+        self._emitter = emitter
+        self._pair: tuple[Any, Any] | None = None
+        self._t0 = 0
+
+    def start(self) -> "Timer":
+        """Mark the start (records a CUDA event on the timer's stream, or reads the host clock)."""
+        try:
+            if self.stream is None:
+                self._t0 = _perf_ns()
+                return self
+            pair = self._pair
+            if pair is None:
+                pair = self._pair = self._timings.take_pair(self._torch)
+            pair[0].record(self.stream)
+        except Exception as exc:
+            self._fail(exc)
+        return self
+
+    def stop(self, step: int | None = None) -> None:
+        """Mark the end of the phase for training ``step`` (default: the timer's step, else the emitter's last)."""
+        try:
+            if step is None:
+                step = self.step if self.step is not None else getattr(self._emitter, "_step", 0)
+            if self.stream is None:
+                if self._t0:
+                    self._timings.cpu_done(self.name, step, (_perf_ns() - self._t0) / 1e6)
+                    self._t0 = 0
+                return
+            pair = self._pair
+            if pair is None:  # stop without start: nothing to measure
+                return
+            self._pair = None
+            pair[1].record(self.stream)
+            self._timings.cuda_done(pair, self.name, step)
+        except Exception as exc:
+            self._fail(exc)
+
+    def __enter__(self) -> "Timer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _fail(self, exc: BaseException) -> None:
+        fail = getattr(self._emitter, "_collector_failed", None)
+        if fail is not None:
+            fail(f"timer:{self.name}", exc)
+
+
+class NullTimer:
+    """The :class:`Timer` interface doing nothing (telemetry off)."""
+
+    __slots__ = ("name", "step")
+    clock = "cpu"
+    stream = None
+
+    def __init__(self, name: str = "", step: int | None = None) -> None:
+        self.name = name
+        self.step = step
+
+    def start(self) -> "NullTimer":
+        return self
+
+    def stop(self, step: int | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "NullTimer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def resolve_stream(device: Any, stream: Any) -> tuple[Any, Any]:
+    """``(torch, stream)`` for a timer: the given stream, or the current stream of ``device``;
+    ``(None, None)`` for host timing (device ``"cpu"``, or CUDA absent / torch never imported)."""
+    if stream is not None:
+        return torch_if_loaded() or _import_torch(), stream
+    if device is not None and str(device).startswith("cpu"):
+        return None, None
+    torch = torch_if_loaded()
+    if torch is None:
+        if device is None:
+            return None, None  # the trainer never imported torch: it is not timing GPU work
+        torch = _import_torch()
+    if not torch.cuda.is_available():
+        return None, None
+    if device is None or str(device) == "cuda":
+        return torch, torch.cuda.current_stream()
+    return torch, torch.cuda.current_stream(torch.device(device))
+
+
+def torch_if_loaded() -> Any:
+    return sys.modules.get("torch")
+
+
+def _import_torch() -> Any:
+    import torch
+
+    return torch

@@ -1,0 +1,464 @@
+"""The collectors on a CUDA GPU: right values, no host sync, bounded when the GPU falls behind.
+
+Each collector's values are compared with a straightforward synchronous computation (``.item()``
+and friends, in float64) on the same tensors. The hot-path calls (and ``flush()``) run under
+``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing CUDA call: the
+collectors count failures instead of raising, so each test also asserts that nothing was counted.
+``torch.cuda._sleep`` keeps the GPU busy for a known time, to show that nothing waits for it and
+that a full ring drops (and counts) its oldest readouts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import zmq
+
+torch = pytest.importorskip("torch")
+
+from simic.producer import CollectorSettings, CUDATimer, Emitter, EmitterSettings  # noqa: E402
+from simic.schemas import Event, decode_message  # noqa: E402
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+RECV_TIMEOUT_MS = 10_000
+DEVICE = "cuda"
+
+
+class Consumer:
+    """A PULL socket bound on ipc in the test's directory, decoding what arrives."""
+
+    def __init__(self, directory: Path) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"ipc://{directory}/c.ipc"
+        self.socket.bind(self.endpoint)
+
+    def until_run_end(self) -> list[Event]:
+        events: list[Event] = []
+        while not any(e.kind == "run_end" for e in events):
+            assert self.socket.poll(RECV_TIMEOUT_MS), "no message in time"
+            decoded = decode_message(self.socket.recv())
+            assert decoded.errors == []
+            events += decoded.events
+        return events
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture
+def consumer(tmp_path: Path):
+    consumer = Consumer(tmp_path)
+    yield consumer
+    consumer.close()
+
+
+def make_emitter(consumer: Consumer, **settings) -> Emitter:
+    emitter = Emitter(consumer.endpoint, run_id="collectors-cuda", settings=EmitterSettings(exit_hooks=False))
+    if settings:
+        emitter.configure_collectors(CollectorSettings(**settings))
+    return emitter
+
+
+@pytest.fixture
+def emitter(consumer: Consumer):
+    emitter = make_emitter(consumer)
+    yield emitter
+    emitter.close()
+
+
+def received(consumer: Consumer, emitter: Emitter, kind: str) -> list[Event]:
+    """Close the emitter (which drains what is in flight) and return the events of ``kind``."""
+    emitter.close()
+    return [e for e in consumer.until_run_end() if e.kind == kind]
+
+
+@contextmanager
+def sync_forbidden():
+    """Any synchronizing CUDA call in the block raises."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def close(a: float | None, b: float, rel: float = 1e-5) -> bool:
+    return a is not None and math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
+
+
+_cycles_per_ms: list[float] = []
+
+
+def sleep_cycles(ms: float) -> int:
+    """GPU clock cycles that ``torch.cuda._sleep`` needs to keep the GPU busy for about ``ms``."""
+    if not _cycles_per_ms:
+        for _ in range(2):  # the first call may include lazy initialisation
+            timer = CUDATimer(DEVICE)
+            timer.start()
+            torch.cuda._sleep(10_000_000)
+            elapsed = timer.stop()
+        _cycles_per_ms.append(10_000_000 / elapsed)
+    return int(_cycles_per_ms[0] * ms)
+
+
+# -- gradient norms ----------------------------------------------------------------------------------
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = torch.nn.LSTM(16, 32)
+        self.shared = torch.nn.Linear(32, 12)  # rows 0..4: "slot", 5..11: "op"
+        self.value = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        self.unused = torch.nn.Linear(32, 3)
+
+    def loss(self) -> torch.Tensor:
+        out, _ = self.core(torch.randn(8, 6, 16, device=DEVICE))
+        return (self.shared(out) ** 2).mean() * 10 + self.value(out).pow(2).mean()
+
+
+def heads_of(net: Net) -> dict:
+    w, b = net.shared.weight, net.shared.bias
+    return {
+        "slot": [(w, slice(0, 5)), (b, slice(0, 5))],
+        "op": [(w, slice(5, 12)), (b, slice(5, 12))],
+        "value": net.value,
+        "core": net.core,
+        "unused": net.unused,
+    }
+
+
+def reference_norms(net: Net) -> dict[str, float | None]:
+    """Per-head norms the slow way: float64, one .item() per head."""
+    def norm(*ts):
+        return torch.sqrt(sum(t.double().pow(2).sum() for t in ts)).item()
+
+    w, b = net.shared.weight.grad, net.shared.bias.grad
+    return {
+        "slot": norm(w[:5], b[:5]),
+        "op": norm(w[5:], b[5:]),
+        "value": norm(*(p.grad for p in net.value.parameters())),
+        "core": norm(*(p.grad for p in net.core.parameters())),
+        "unused": None,
+    }
+
+
+class TestHeadGradNormsOnCuda:
+    def test_pre_and_post_clip_norms_match_a_synchronous_reference(self, consumer, emitter) -> None:
+        """Per-head norms (row slices included) and totals equal the synchronous computation; no sync."""
+        torch.manual_seed(0)
+        net = Net().to(DEVICE)
+        groups = emitter.head_groups(heads_of(net), params=net.parameters())
+        net.loss().backward()
+        emitter.head_grad_norms(0, groups, stage="pre_clip", max_norm=0.5)  # warm-up: allocates the ring
+        pre = reference_norms(net)
+        with sync_forbidden():
+            emitter.head_grad_norms(1, groups, stage="pre_clip", max_norm=0.5)
+        total = torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        post = reference_norms(net)
+        with sync_forbidden():
+            emitter.head_grad_norms(1, groups, stage="post_clip", clip_total=total, max_norm=0.5)
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        events = received(consumer, emitter, "head_grad_norms")
+        before, after = events[1], events[2]
+        clip_total = total.item()
+        for name, value in pre.items():
+            assert (before.norms[name] is None) if value is None else close(before.norms[name], value), name
+        for name, value in post.items():
+            assert (after.norms[name] is None) if value is None else close(after.norms[name], value), name
+        assert close(before.total, clip_total) and close(after.pre_clip_total, clip_total)
+        assert close(before.post_clip_total, clip_total * min(1.0, 0.5 / (clip_total + 1e-6)))
+        assert close(after.post_clip_total, min(0.5, clip_total), rel=1e-4)
+        assert before.nonfinite == {} and after.stage == "post_clip"
+
+    def test_non_finite_elements_are_counted_per_head(self, consumer, emitter) -> None:
+        """With count_nonfinite, NaN and Inf gradient elements are counted exactly, per head, on the device."""
+        net = Net().to(DEVICE)
+        net.loss().backward()
+        with torch.no_grad():
+            net.shared.weight.grad[1, :3] = float("nan")
+            net.shared.weight.grad[7, 0] = float("inf")
+            net.shared.bias.grad[8] = float("-inf")
+            next(net.value.parameters()).grad[0, :10] = float("nan")
+        emitter.head_grad_norms(0, heads_of(net), count_nonfinite=True)
+        with sync_forbidden():
+            emitter.head_grad_norms(1, heads_of(net), count_nonfinite=True)
+        assert emitter.collector_stats.errors == 0
+        event = received(consumer, emitter, "head_grad_norms")[1]
+        assert event.nonfinite == {"slot": 3, "op": 2, "value": 10}
+        assert math.isnan(event.norms["slot"]) and event.norms["op"] == math.inf and math.isnan(event.total)
+        assert math.isfinite(event.norms["core"])
+
+
+# -- LSTM state --------------------------------------------------------------------------------------
+
+
+def lstm_reference(h: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    """The statistics the slow way (float64, boolean indexing, .item())."""
+    if mask is not None:
+        h, c = h[:, mask], c[:, mask]
+    out: dict = {"envs": h.shape[1]}
+    for name, x in (("h", h), ("c", c)):
+        x = x.double()
+        out[f"{name}_norm"] = torch.linalg.vector_norm(x).item()
+        out[f"{name}_rms"] = x.pow(2).mean().sqrt().item()
+        out[f"{name}_max_abs"] = x.abs().max().item()
+        out[f"{name}_env_max_rms"] = x.pow(2).mean(dim=(0, 2)).sqrt().max().item()
+        out[f"layer_{name}_rms"] = x.pow(2).mean(dim=(1, 2)).sqrt().tolist()
+    out["has_nan"] = bool(torch.isnan(h).any().item() or torch.isnan(c).any().item())
+    out["has_inf"] = bool(torch.isinf(h).any().item() or torch.isinf(c).any().item())
+    return out
+
+
+def assert_matches(event: Event, expected: dict, rel: float = 1e-5) -> None:
+    for key, value in expected.items():
+        got = getattr(event, key)
+        if isinstance(value, list):
+            assert len(got) == len(value), key
+            assert all((math.isnan(g) and math.isnan(v)) or g == v or close(g, v, rel) for g, v in zip(got, value)), key
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(got), key
+        elif isinstance(value, float) and math.isinf(value):
+            assert got == value, key
+        elif isinstance(value, float):
+            assert close(got, value, rel), (key, got, value)
+        else:
+            assert got == value, (key, got, value)
+
+
+class TestLstmStateOnCuda:
+    def test_values_match_a_synchronous_reference(self, consumer, emitter) -> None:
+        """All statistics of a (layers, envs, hidden) state equal the reference; no sync."""
+        torch.manual_seed(1)
+        h = torch.randn(2, 64, 256, device=DEVICE)
+        c = torch.randn(2, 64, 256, device=DEVICE) * 3
+        h[1, 17] *= 20  # one runaway environment
+        emitter.lstm_state(0, (h, c))
+        with sync_forbidden():
+            emitter.lstm_state(1, (h, c))
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        event = received(consumer, emitter, "lstm_health")[1]
+        assert_matches(event, lstm_reference(h, c))
+
+    def test_env_mask_on_the_device(self, consumer, emitter) -> None:
+        """A device mask keeps only its environments (a NaN in a masked-out one does not count)."""
+        torch.manual_seed(2)
+        h, c = torch.randn(1, 16, 32, device=DEVICE), torch.randn(1, 16, 32, device=DEVICE)
+        h[0, 3, 5] = float("nan")
+        mask = torch.ones(16, dtype=torch.bool, device=DEVICE)
+        mask[3] = False
+        mask[10] = False
+        emitter.lstm_state(0, (h, c), env_mask=mask)
+        with sync_forbidden():
+            emitter.lstm_state(1, (h, c), env_mask=mask)
+            emitter.lstm_state(2, (h, c), env_mask=mask.float())
+        assert emitter.collector_stats.errors == 0
+        events = received(consumer, emitter, "lstm_health")
+        for event in events[1:]:
+            assert_matches(event, lstm_reference(h, c, mask))
+            assert event.envs == 14 and event.has_nan is False
+
+    def test_nan_and_inf_flags(self, consumer, emitter) -> None:
+        """NaN in h and Inf in c (and in h) are flagged; NaN propagates to norm and max-abs as in torch."""
+        h, c = torch.randn(1, 8, 16, device=DEVICE), torch.randn(1, 8, 16, device=DEVICE)
+        h[0, 2, 3] = float("nan")
+        h[0, 2, 4] = float("inf")
+        c[0, 5, 0] = float("-inf")
+        emitter.lstm_state(0, (h, c))
+        with sync_forbidden():
+            emitter.lstm_state(1, (h, c))
+        assert emitter.collector_stats.errors == 0
+        event = received(consumer, emitter, "lstm_health")[1]
+        assert_matches(event, lstm_reference(h, c))
+        assert event.has_nan is True and event.has_inf is True and event.c_max_abs == math.inf
+
+    def test_bfloat16_state(self, consumer, emitter) -> None:
+        """A bf16 state is reduced in float32 on the device and matches the float64 reference."""
+        torch.manual_seed(3)
+        h = torch.randn(1, 32, 128, device=DEVICE).bfloat16()
+        c = (torch.randn(1, 32, 128, device=DEVICE) * 2).bfloat16()
+        with sync_forbidden():
+            emitter.lstm_state(0, (h, c))
+        assert emitter.collector_stats.errors == 0
+        [event] = received(consumer, emitter, "lstm_health")
+        assert_matches(event, lstm_reference(h, c), rel=1e-4)
+
+
+# -- PPO update --------------------------------------------------------------------------------------
+
+
+class TestPpoUpdateOnCuda:
+    def test_device_tensors_match_item(self, consumer, emitter) -> None:
+        """Device metrics (and per-head entropies) arrive equal to their .item(); host values beside them."""
+        torch.manual_seed(4)
+        ratio = torch.rand(512, device=DEVICE) + 0.5
+        logratio = ratio.log()
+        metrics = {
+            "policy_loss": torch.randn((), device=DEVICE),
+            "value_loss": torch.rand(1, device=DEVICE),
+            "approx_kl": ((ratio - 1) - logratio).mean(),
+            "clip_fraction": ((ratio - 1).abs() > 0.2).float().mean(),
+            "ratio_min": ratio.min(),
+            "ratio_max": ratio.max(),
+            "entropy": {"slot": torch.rand((), device=DEVICE), "op": torch.rand((), device=DEVICE).double(), "blend": 0.75},
+            "explained_variance": torch.tensor(float("nan"), device=DEVICE),
+        }
+        emitter.ppo_update(0, **metrics)
+        with sync_forbidden():
+            emitter.ppo_update(1, learning_rate=3e-4, **metrics)
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        event = received(consumer, emitter, "ppo_update")[1]
+        for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_min", "ratio_max"):
+            assert close(getattr(event, name), metrics[name].item()), name
+        assert close(event.entropy["slot"], metrics["entropy"]["slot"].item())
+        assert close(event.entropy["op"], metrics["entropy"]["op"].item())
+        assert event.entropy["blend"] == 0.75 and event.learning_rate == 3e-4
+        assert math.isnan(event.explained_variance)
+
+
+# -- timers --------------------------------------------------------------------------------------------
+
+
+class TestTimerOnCuda:
+    def test_gpu_time_of_a_known_sleep(self, consumer, emitter) -> None:
+        """A timer around a ~50 ms GPU sleep reports it (GPU clock), bounded generously; no sync."""
+        cycles = sleep_cycles(50)
+        reference = CUDATimer(DEVICE)
+        reference.start()
+        torch.cuda._sleep(cycles)
+        expected = reference.stop()
+        timer = emitter.timer("sleep")
+        assert timer.clock == "cuda_event"
+        with sync_forbidden():
+            timer.start()
+            torch.cuda._sleep(cycles)
+            timer.stop(3)
+            emitter.flush()
+        torch.cuda.synchronize()
+        assert emitter.collector_stats.errors == 0
+        [event] = received(consumer, emitter, "step_timing")
+        assert event.step == 3 and event.clock == "cuda_event"
+        assert 0.5 * expected <= event.phases_ms["sleep"] <= 2.0 * expected
+        assert 20.0 <= event.phases_ms["sleep"] <= 500.0
+
+    def test_explicit_stream_and_context_manager(self, consumer, emitter) -> None:
+        """A timer made for a side stream measures the work queued on that stream."""
+        cycles = sleep_cycles(20)
+        side = torch.cuda.Stream()
+        with sync_forbidden():
+            with torch.cuda.stream(side):
+                with emitter.timer("side", step=1, stream=side):
+                    torch.cuda._sleep(cycles)
+        torch.cuda.synchronize()
+        [event] = received(consumer, emitter, "step_timing")
+        assert 8.0 <= event.phases_ms["side"] <= 400.0
+
+
+# -- the ring: never waits, bounded --------------------------------------------------------------------
+
+
+class TestReadoutRing:
+    def test_flush_does_not_wait_for_a_busy_gpu(self, consumer, emitter) -> None:
+        """With the GPU busy for ~300 ms, flush() returns at once and the readout stays pending."""
+        state = (torch.ones(1, 4, 8, device=DEVICE), torch.ones(1, 4, 8, device=DEVICE))
+        emitter.lstm_state(0, state)  # warm-up
+        emitter.flush()
+        torch.cuda.synchronize()
+        emitter.flush()
+        assert emitter.collector_stats.pending == 0
+        with sync_forbidden():
+            torch.cuda._sleep(sleep_cycles(300))
+            emitter.lstm_state(1, state)
+            t0 = time.perf_counter()
+            emitter.flush()
+            flush_ms = (time.perf_counter() - t0) * 1000
+        assert flush_ms < 50.0
+        assert emitter.collector_stats.pending == 1
+        torch.cuda.synchronize()
+        emitter.flush()
+        assert emitter.collector_stats.pending == 0
+        assert [e.step for e in received(consumer, emitter, "lstm_health")] == [0, 1]
+
+    def test_full_ring_drops_and_counts_the_oldest(self, consumer) -> None:
+        """When the host outruns the GPU, the oldest pending readouts (and timings) are dropped and counted."""
+        emitter = make_emitter(consumer, readout_slots=4, max_pending_timers=3)
+        states = [(torch.full((1, 4, 8), float(i + 1), device=DEVICE),) * 2 for i in range(10)]
+        emitter.lstm_state(-1, states[0])  # warm-up: the buffers exist
+        emitter.flush()
+        torch.cuda.synchronize()
+        emitter.flush()
+        with sync_forbidden():
+            torch.cuda._sleep(sleep_cycles(400))
+            for i, state in enumerate(states):
+                emitter.lstm_state(i, state)
+                emitter.flush()  # one sealed ring row per step: the ring holds 4
+            for i in range(5):
+                with emitter.timer("t", step=i):
+                    pass
+            stats = emitter.collector_stats
+            assert (stats.dropped, stats.pending, stats.timers_dropped) == (6, 4, 2)
+        torch.cuda.synchronize()
+        emitter.close()
+        got = consumer.until_run_end()
+        lstm = [e for e in got if e.kind == "lstm_health"]
+        assert [e.step for e in lstm] == [-1, 6, 7, 8, 9]
+        assert [e.h_max_abs for e in lstm[1:]] == [7.0, 8.0, 9.0, 10.0]  # each slot holds its own readout
+        assert sorted(e.step for e in got if e.kind == "step_timing") == [2, 3, 4]
+        assert emitter.collector_stats.errors == 0
+
+    def test_a_wide_readout_and_a_second_stream(self, consumer, emitter) -> None:
+        """A readout wider than the first buffers gets wider ones; a side stream's readout is sealed apart."""
+        small = (torch.ones(1, 4, 8, device=DEVICE), torch.ones(1, 4, 8, device=DEVICE))
+        emitter.lstm_state(0, small)
+        wide = [torch.nn.Parameter(torch.ones(2, device=DEVICE)) for _ in range(5000)]  # > 4096 values
+        for p in wide:
+            p.grad = torch.full((2,), 2.0, device=DEVICE)
+        groups = emitter.head_groups({"wide": wide})
+        side = torch.cuda.Stream()
+        with sync_forbidden():
+            emitter.head_grad_norms(1, groups)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                emitter.lstm_state(2, small)
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        emitter.close()
+        got = [e for e in consumer.until_run_end() if e.kind in ("lstm_health", "head_grad_norms")]
+        assert sorted(e.step for e in got) == [0, 1, 2]
+        [norms] = [e for e in got if e.kind == "head_grad_norms"]
+        assert close(norms.norms["wide"], math.sqrt(5000 * 2 * 4.0))
+
+    def test_close_delivers_readouts_still_in_flight(self, consumer, emitter) -> None:
+        """close() waits (bounded) for what the GPU has not reached yet: the last event is not lost."""
+        state = (torch.ones(1, 4, 8, device=DEVICE), torch.ones(1, 4, 8, device=DEVICE))
+        torch.cuda._sleep(sleep_cycles(100))
+        emitter.lstm_state(5, state)
+        assert [e.step for e in received(consumer, emitter, "lstm_health")] == [5]
+
+    def test_first_calls_under_sync_debug_mode(self, consumer, emitter) -> None:
+        """Even the first calls (creating the pinned ring and the event pool) do not sync."""
+        net = Net().to(DEVICE)
+        net.loss().backward()
+        groups = emitter.head_groups(heads_of(net))
+        state = (torch.randn(1, 4, 8, device=DEVICE), torch.randn(1, 4, 8, device=DEVICE))
+        with sync_forbidden():
+            with emitter.timer("all", step=0):
+                emitter.head_grad_norms(0, groups, stage="pre_clip")
+                emitter.lstm_state(0, state)
+                emitter.ppo_update(0, approx_kl=state[0].mean())
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        emitter.close()
+        got = {e.kind for e in consumer.until_run_end()}
+        assert {"head_grad_norms", "lstm_health", "ppo_update", "step_timing"} <= got
