@@ -52,6 +52,8 @@ class ProducerState:
     ended: RunEnd | None = None
     producer_dropped: int = 0
     """Events the producer says it dropped itself (from its latest heartbeat or run_end)."""
+    readouts_dropped: int = 0
+    """GPU measurements the producer's collectors dropped unread (from its latest heartbeat or run_end)."""
 
     @property
     def key(self) -> ProducerKey:
@@ -73,6 +75,7 @@ class ProducerState:
             "received": self.received,
             "lost": self.lost,
             "dropped_by_producer": self.producer_dropped,
+            "readouts_dropped": self.readouts_dropped,
             "lost_in_transit": self.lost_in_transit,
             "duplicates": self.duplicates,
             "events_by_kind": dict(sorted(self.kinds.items())),
@@ -165,22 +168,22 @@ class Accounting(Stage):
         state.last_clock_ns = event.clock_ns
         if isinstance(event, RunStart):
             state.started = event
-        elif isinstance(event, Heartbeat):
+        elif isinstance(event, (Heartbeat, RunEnd)):
             if event.dropped is not None:
                 state.producer_dropped = event.dropped
-        elif isinstance(event, RunEnd):
-            state.ended = event
-            if event.dropped is not None:
-                state.producer_dropped = event.dropped
-            log.info(
-                "run %s rank %d session %d ended (%s): received %d, lost %d (dropped by producer %d)",
-                state.run_id, state.rank, state.session, event.status, state.received, state.lost, state.producer_dropped,
-            )
+            if event.readouts_dropped is not None:
+                state.readouts_dropped = event.readouts_dropped
+            if isinstance(event, RunEnd):
+                state.ended = event
+                log.info(
+                    "run %s rank %d session %d ended (%s): received %d, lost %d (dropped by producer %d)",
+                    state.run_id, state.rank, state.session, event.status, state.received, state.lost, state.producer_dropped,
+                )
 
     # -- state (checkpointed by the daemon) -----------------------------------------------------------
 
     _SCALARS = ("received", "next_seq", "lost", "duplicates", "first_step", "last_step", "first_recv_ns",
-                "last_recv_ns", "last_clock_ns", "producer_dropped")
+                "last_recv_ns", "last_clock_ns", "producer_dropped", "readouts_dropped")
 
     def state_dict(self) -> dict[str, Any]:
         producers = []

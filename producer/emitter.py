@@ -252,7 +252,7 @@ class Emitter(CollectorsMixin):
             self._run_flush_hooks()
             self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
             self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
-                      dropped=self.stats.dropped, error=error)
+                      dropped=self.stats.dropped, error=error, readouts_dropped=self._readouts_dropped())
             self._send_batch()
         finally:
             self._closed = True
@@ -321,7 +321,8 @@ class Emitter(CollectorsMixin):
         now = _monotonic_ns()
         if self._heartbeat_ns and now - max(self._last_send_ns, self._last_heartbeat_ns) >= self._heartbeat_ns:
             self._last_heartbeat_ns = now
-            self.emit("heartbeat", step=self._step, sent=self.stats.sent, dropped=self.stats.dropped)
+            self.emit("heartbeat", step=self._step, sent=self.stats.sent, dropped=self.stats.dropped,
+                      readouts_dropped=self._readouts_dropped())
         self._send_batch()
 
     def _send_batch(self) -> None:
@@ -360,6 +361,13 @@ class Emitter(CollectorsMixin):
         self._last_send_ns = _monotonic_ns()
 
     _close_deadline_ns = 0
+
+    def _readouts_dropped(self) -> int | None:
+        """GPU measurements dropped unread by the collectors (None when no collector ran)."""
+        if self.__dict__.get("_collectors") is None:
+            return None
+        stats = self.collector_stats
+        return stats.dropped + stats.timers_dropped
 
     def _wait_for_room(self) -> bool:
         """While closing (only then), wait for queue room until the close deadline."""

@@ -98,7 +98,7 @@ class Event(BaseModel):
     are the same for every event a producer sends); after decoding each event carries them all.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
 
     code: ClassVar[int] = 0
     """Wire code of the kind (rule 1: never changes)."""
@@ -261,6 +261,9 @@ class Heartbeat(Event):
     """Events of this session handed to the transport before the message carrying this heartbeat."""
     dropped: Count | None = None
     """Events this session dropped before they left the process (queue full, no consumer)."""
+    readouts_dropped: Count | None = None
+    """GPU measurements the collectors dropped unread (readout ring full, timers backlogged): lost
+    before they became events, so no sequence gap shows them."""
 
 
 class RunEnd(Event):
@@ -278,6 +281,8 @@ class RunEnd(Event):
     """Events dropped inside the producer (queue full, no consumer) before this one."""
     error: Text | None = None
     """The exception that ended the run, when ``status`` is ``error``."""
+    readouts_dropped: Count | None = None
+    """GPU measurements the collectors dropped unread over the session (see ``Heartbeat``)."""
 
 
 AlertValue = float | int | str | bool | None

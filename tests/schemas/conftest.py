@@ -37,8 +37,8 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
             ratio_min=0.8, ratio_max=1.2, explained_variance=0.9, learning_rate=3e-4,
         ),
         "profiler_trace": dict(path="/tmp/trace.json", format="chrome_trace_gz"),
-        "heartbeat": dict(sent=10, dropped=2),
-        "run_end": dict(status="error", sent=100, dropped=5, error="RuntimeError: boom"),
+        "heartbeat": dict(sent=10, dropped=2, readouts_dropped=1),
+        "run_end": dict(status="error", sent=100, dropped=5, error="RuntimeError: boom", readouts_dropped=3),
         "alert": dict(
             rule="non_finite", severity="critical", message="h holds NaN.",
             values={"h_norm": 1.5, "count": 3, "head": "slot", "flag": True, "none": None}, cleared=True,

@@ -83,7 +83,7 @@ ROW_CASES = {
     "row a map": ({"code": 7}, RejectReason.INVALID_EVENT, "event row"),
     "row a scalar": (7, RejectReason.INVALID_EVENT, "event row"),
     "row too short": ([7, 0, 1], RejectReason.INVALID_EVENT, "event row"),
-    "too many payload fields": ([7, 0, 1, 2, 1, 2, 3], RejectReason.INVALID_EVENT, "heartbeat has 2 payload fields, got 3"),
+    "too many payload fields": ([7, 0, 1, 2, 1, 2, 3, 4], RejectReason.INVALID_EVENT, "heartbeat has 3 payload fields, got 4"),
     "negative seq": ([7, -1, 1, 2], RejectReason.INVALID_EVENT, "heartbeat.seq"),
     "seq nil": ([7, None, 1, 2], RejectReason.INVALID_EVENT, "heartbeat.seq"),
     "clock beyond int64": ([7, 0, 2**63, 2], RejectReason.INVALID_EVENT, "heartbeat.clock_ns"),
