@@ -416,6 +416,7 @@ class TestReadoutRing:
         assert [e.h_max_abs for e in lstm[1:]] == [7.0, 8.0, 9.0, 10.0]  # each slot holds its own readout
         assert sorted(e.step for e in got if e.kind == "step_timing") == [2, 3, 4]
         assert emitter.collector_stats.errors == 0
+        assert got[-1].kind == "run_end" and got[-1].readouts_dropped == 6 + 2  # the consumer learns of the loss
 
     def test_a_wide_readout_and_a_second_stream(self, consumer, emitter) -> None:
         """A readout wider than the first buffers gets wider ones; a side stream's readout is sealed apart."""
