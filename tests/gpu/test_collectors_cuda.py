@@ -16,51 +16,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import zmq
 
 torch = pytest.importorskip("torch")
 
 from simic.producer import CollectorSettings, CUDATimer, Emitter, EmitterSettings  # noqa: E402
-from simic.schemas import Event, decode_message  # noqa: E402
+from simic.schemas import Event  # noqa: E402
+from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-RECV_TIMEOUT_MS = 10_000
 DEVICE = "cuda"
-
-
-class Consumer:
-    """A PULL socket bound on ipc in the test's directory, decoding what arrives."""
-
-    def __init__(self, directory: Path) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.PULL)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.endpoint = f"ipc://{directory}/c.ipc"
-        self.socket.bind(self.endpoint)
-
-    def until_run_end(self) -> list[Event]:
-        events: list[Event] = []
-        while not any(e.kind == "run_end" for e in events):
-            assert self.socket.poll(RECV_TIMEOUT_MS), "no message in time"
-            decoded = decode_message(self.socket.recv())
-            assert decoded.errors == []
-            events += decoded.events
-        return events
-
-    def close(self) -> None:
-        self.socket.close()
-        self.context.term()
 
 
 @pytest.fixture
 def consumer(tmp_path: Path):
-    consumer = Consumer(tmp_path)
-    yield consumer
-    consumer.close()
+    """A real PULL socket bound on ipc in the test's directory, decoding what arrives."""
+    receiver = ipc_receiver(tmp_path)
+    yield receiver
+    close_all(receiver)
 
 
-def make_emitter(consumer: Consumer, **settings) -> Emitter:
+def make_emitter(consumer: Receiver, **settings) -> Emitter:
     emitter = Emitter(consumer.endpoint, run_id="collectors-cuda", settings=EmitterSettings(exit_hooks=False))
     if settings:
         emitter.configure_collectors(CollectorSettings(**settings))
@@ -68,13 +44,13 @@ def make_emitter(consumer: Consumer, **settings) -> Emitter:
 
 
 @pytest.fixture
-def emitter(consumer: Consumer):
+def emitter(consumer: Receiver):
     emitter = make_emitter(consumer)
     yield emitter
     emitter.close()
 
 
-def received(consumer: Consumer, emitter: Emitter, kind: str) -> list[Event]:
+def received(consumer: Receiver, emitter: Emitter, kind: str) -> list[Event]:
     """Close the emitter (which drains what is in flight) and return the events of ``kind``."""
     emitter.close()
     return [e for e in consumer.until_run_end() if e.kind == kind]

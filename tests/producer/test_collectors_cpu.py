@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 torch = pytest.importorskip("torch")
 
@@ -33,50 +32,27 @@ from simic.producer import (  # noqa: E402
     training_profiler,
 )
 from simic.producer.collectors import NullTimer, Timer  # noqa: E402
-from simic.schemas import Event, decode_message  # noqa: E402
+from simic.schemas import Event  # noqa: E402
+from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
 
-RECV_TIMEOUT_MS = 10_000
-
-
-class Consumer:
-    """A PULL socket bound on ipc in the test's directory, decoding what arrives."""
-
-    def __init__(self, directory: Path) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.PULL)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.endpoint = f"ipc://{directory}/c.ipc"
-        self.socket.bind(self.endpoint)
-
-    def until_run_end(self) -> list[Event]:
-        events: list[Event] = []
-        while not any(e.kind == "run_end" for e in events):
-            assert self.socket.poll(RECV_TIMEOUT_MS), "no message in time"
-            decoded = decode_message(self.socket.recv())
-            assert decoded.errors == []
-            events += decoded.events
-        return events
-
-    def close(self) -> None:
-        self.socket.close()
-        self.context.term()
 
 
 @pytest.fixture
 def consumer(tmp_path: Path):
-    consumer = Consumer(tmp_path)
-    yield consumer
-    consumer.close()
+    """A real PULL socket bound on ipc in the test's directory, decoding what arrives."""
+    receiver = ipc_receiver(tmp_path)
+    yield receiver
+    close_all(receiver)
 
 
 @pytest.fixture
-def emitter(consumer: Consumer):
+def emitter(consumer: Receiver):
     emitter = Emitter(consumer.endpoint, run_id="collectors-cpu", settings=EmitterSettings(exit_hooks=False))
     yield emitter
     emitter.close()
 
 
-def received(consumer: Consumer, emitter: Emitter, kind: str) -> list[Event]:
+def received(consumer: Receiver, emitter: Emitter, kind: str) -> list[Event]:
     """Close the emitter and return the events of ``kind`` the consumer received."""
     emitter.close()
     return [e for e in consumer.until_run_end() if e.kind == kind]
