@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import shutil
 import struct
 import subprocess
+import sys
+import textwrap
 import tempfile
 from pathlib import Path
 
@@ -366,20 +367,6 @@ def full_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
-@pytest.fixture
-def file_size_limit():
-    """Set RLIMIT_FSIZE for this process (writes past it fail with EFBIG; Python ignores SIGXFSZ)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-
-    def limit(size: int) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
-
-    try:
-        yield limit
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
 class TestWriteFailure:
     def test_disk_full_raises_and_leaves_no_partial_frame(self, full_filesystem):
         """When the disk fills mid-flush, LogWriteError is raised, the file holds only whole frames, and writing goes on once space returns."""
@@ -399,24 +386,38 @@ class TestWriteFailure:
         frames, reader = read(writer.path)
         assert [f.payload for f in frames] == [b"kept", b"after"] and reader.problems == []
 
-    def test_file_size_limit_raises_and_leaves_no_partial_frame(self, tmp_path, file_size_limit):
+    def test_file_size_limit_raises_and_leaves_no_partial_frame(self, tmp_path):
         """A write cut short by the file size limit raises LogWriteError, leaves only whole frames, and the next flush lands right after them."""
-        writer = LogWriter(tmp_path, buffer_bytes=1 << 30)
-        writer.write(b"kept", recv_ns=1)
-        writer.flush()
-        size = writer.path.stat().st_size
-        for i in range(10):
-            writer.write(bytes([i]) * 1000, recv_ns=2)
-        file_size_limit(size + 2500)  # the flush writes 2500 bytes, then fails
-        with pytest.raises(LogWriteError) as caught:
+        # RLIMIT_FSIZE applies to every file of a process (pytest's own output too): use a child process.
+        script = textwrap.dedent(
+            f"""
+            import errno, resource, sys
+            from pathlib import Path
+            from simic.schemas.eventlog import LogReader, LogWriteError, LogWriter
+
+            writer = LogWriter(Path({str(tmp_path)!r}), buffer_bytes=1 << 30)
+            writer.write(b"kept", recv_ns=1)
             writer.flush()
-        assert caught.value.errno == errno.EFBIG
-        assert writer.path.stat().st_size == size
-        writer.write(b"after", recv_ns=3)
-        writer.flush()
-        frames, reader = read(writer.path)
-        assert [f.payload for f in frames] == [b"kept", b"after"] and reader.problems == []
-        writer.close()
+            size = writer.path.stat().st_size
+            for i in range(10):
+                writer.write(bytes([i]) * 1000, recv_ns=2)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size + 2500, resource.RLIM_INFINITY))  # the flush writes 2500 bytes, then fails
+            try:
+                writer.flush()
+            except LogWriteError as error:
+                assert error.errno == errno.EFBIG, error
+            else:
+                sys.exit("no LogWriteError")
+            assert writer.path.stat().st_size == size
+            writer.write(b"after", recv_ns=3)
+            writer.flush()
+            reader = LogReader(writer.path)
+            assert [f.payload for f in reader] == [b"kept", b"after"] and reader.problems == []
+            writer.close()
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
 
 
 log_payloads = st.lists(st.binary(max_size=60), min_size=1, max_size=8)
