@@ -61,7 +61,7 @@ from simic.schemas import SCHEMA_VERSION, decode_message  # noqa: E402
 
 EVENTS_PER_STEP = len(STEP_EVENTS[0])
 TARGET_US = 1.5
-"""Issue target: simic batched per step costs at most this many microseconds per event..."""
+"""Target: simic batched per step costs at most this many microseconds per event..."""
 TARGET_RATIO = 1.5
 """...and at most this many times the raw floor."""
 
@@ -401,7 +401,7 @@ def machine() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Prints markdown tables (one per pacing) and whether the issue's targets are met.")
+                                     epilog="Prints markdown tables (one per pacing) and whether the targets are met.")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per variant (default 9)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per round, back to back (default 1000)")
     parser.add_argument("--paced-steps", type=int, default=400, help="steps per round when paced (default 400)")

@@ -1,4 +1,4 @@
-"""GPU overhead of training telemetry on a factored-head LSTM PPO workload (issue 3).
+"""GPU overhead of training telemetry on a factored-head LSTM PPO workload.
 
 The workload is a recurrent PPO trainer in the CleanRL ``ppo_atari_lstm`` shape: an MLP encoder,
 an LSTM core and five heads (slot, blueprint, blend, op: categorical actions; value), a synthetic
@@ -68,7 +68,7 @@ HEADS = ("slot", "blueprint", "blend", "op")
 ACTIONS = {"slot": 8, "blueprint": 12, "blend": 4, "op": 5}
 """Choices per action head."""
 TARGET = 1.02
-"""Issue target: simic at most this times ``off``."""
+"""Target: simic at most this times ``off``."""
 
 
 @dataclass
