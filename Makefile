@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-deps test-cuda bench clean
+.PHONY: setup demo test test-deps test-cuda bench detection clean
 
 setup: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[producer,dev]"
+	$(PY) -m pip install -q -e ".[producer,dev,report]"
 	touch $@
 
 demo: setup
@@ -38,5 +38,9 @@ bench: setup
 	$(PY) bench/emit_cost.py
 	$(PY) bench/wire_size.py
 
+# Injected faults on the reference trainer vs the rules (about 5 minutes; docs/DETECTION.md).
+detection: setup
+	$(PY) bench/detection.py --what-if bench/detection-proposed.toml
+
 clean:
-	rm -rf $(VENV) demo-out simic-logs .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-out simic-logs detection-results .pytest_cache .hypothesis

@@ -6,7 +6,9 @@ same interface doing nothing (telemetry off). ``Emitter.from_env()`` picks betwe
 The GPU collectors are methods of the emitter (``timer``, ``head_grad_norms``, ``lstm_state``,
 ``ppo_update``; see ``simic.producer.collectors``): they never wait for the GPU. The seed plan's
 synchronous API (``CUDATimer``, ``LSTMHealthMetrics``, ``compute_lstm_health``) and
-``training_profiler`` are exported as well. Importing this package does not import torch.
+``training_profiler`` are exported as well. ``spawn_consumer`` starts a ``simic-consumer`` sidecar
+for a trainer (``Emitter(..., spawn_consumer=True)`` does it for you). Importing this package does
+not import torch.
 """
 
 from .collectors import (
@@ -19,6 +21,7 @@ from .collectors import (
     training_profiler,
 )
 from .emitter import Emitter, EmitterSettings, EmitterStats, NullEmitter
+from .sidecar import Sidecar, spawn_consumer
 
 __all__ = [
     "Emitter",
@@ -32,4 +35,6 @@ __all__ = [
     "LSTMHealthMetrics",
     "compute_lstm_health",
     "training_profiler",
+    "Sidecar",
+    "spawn_consumer",
 ]

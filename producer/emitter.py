@@ -119,13 +119,20 @@ class Emitter(CollectorsMixin):
         settings: queueing and batching knobs (:class:`EmitterSettings`).
         alerts_endpoint: where the consumer publishes alerts, read by :meth:`poll_alerts`;
             ``"auto"`` derives it from ``endpoint`` as the consumer does; None: no alerts.
+        spawn_consumer: start a ``simic-consumer`` sidecar when none listens at ``endpoint`` (None:
+            a private one), and stop it at :meth:`close`; True, or a mapping of keyword arguments for
+            :func:`simic.producer.spawn_consumer` (``{"log_dir": ...}``). Raises RuntimeError when
+            it cannot start. The sidecar is :attr:`sidecar`.
 
     Use it as a context manager, or call :meth:`close` at the end: that sends ``run_end``.
     """
 
+    sidecar = None
+    """The consumer started by ``spawn_consumer`` (a :class:`simic.producer.Sidecar`), else None."""
+
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None,
         *,
         run_id: str,
         rank: int = 0,
@@ -135,11 +142,20 @@ class Emitter(CollectorsMixin):
         device: str | None = None,
         settings: EmitterSettings | None = None,
         alerts_endpoint: str | None = "auto",
+        spawn_consumer: bool | Mapping[str, Any] = False,
     ) -> None:
-        if not isinstance(endpoint, str) or "://" not in endpoint:
+        if not (spawn_consumer and endpoint is None) and (not isinstance(endpoint, str) or "://" not in endpoint):
             raise ValueError(f"endpoint must look like ipc:///path or tcp://host:port, got {endpoint!r}")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
+        if spawn_consumer:
+            from .sidecar import spawn_consumer as _spawn
+
+            _plain_config(config or {})  # a bad config raises before a process is started
+            self.sidecar = _spawn(endpoint, **({} if spawn_consumer is True else dict(spawn_consumer)))
+            endpoint = self.sidecar.endpoint
+            if alerts_endpoint == "auto" and self.sidecar.alerts_endpoint:
+                alerts_endpoint = self.sidecar.alerts_endpoint
         self.endpoint = endpoint
         self.alerts_endpoint = alerts_endpoint_for(endpoint) if alerts_endpoint == "auto" else alerts_endpoint
         self.run_id = run_id
@@ -266,6 +282,11 @@ class Emitter(CollectorsMixin):
                     self._context.term()
             except zmq.ZMQError as exc:  # never raise into the trainer
                 log.warning("simic emitter close: %s", exc)
+            if self.sidecar is not None:  # after the consumer has logged this session's end (bounded wait)
+                try:
+                    self.sidecar.close(after_line=f"run {self.run_id} rank {self.rank} session {self.session} ended")
+                except Exception as exc:
+                    log.warning("simic emitter close: stopping the sidecar consumer failed: %r", exc)
 
     def __enter__(self) -> "Emitter":
         return self
@@ -439,14 +460,15 @@ class Emitter(CollectorsMixin):
     @classmethod
     def from_env(cls, **kwargs: Any) -> "Emitter | NullEmitter":
         """An emitter configured by ``SIMIC_ENDPOINT`` and ``SIMIC_RUN_ID`` (and ``RANK``/``WORLD_SIZE``
-        as torchrun sets them). Without ``SIMIC_ENDPOINT`` telemetry is off: a :class:`NullEmitter`."""
+        as torchrun sets them). Without ``SIMIC_ENDPOINT`` telemetry is off: a :class:`NullEmitter`
+        (unless ``spawn_consumer`` is given: then a private sidecar is started)."""
         endpoint = os.environ.get(ENDPOINT_ENV, "").strip()
-        if not endpoint:
+        if not endpoint and not kwargs.get("spawn_consumer"):
             return NullEmitter()
         kwargs.setdefault("run_id", os.environ.get(RUN_ID_ENV) or f"{_socket.gethostname()}-{os.getpid()}-{int(time.time())}")
         kwargs.setdefault("rank", int(os.environ.get("RANK", "0")))
         kwargs.setdefault("world_size", int(os.environ.get("WORLD_SIZE", "1")))
-        return cls(endpoint, **kwargs)
+        return cls(endpoint or None, **kwargs)
 
 
 class NullEmitter(NullCollectorsMixin):
@@ -457,6 +479,7 @@ class NullEmitter(NullCollectorsMixin):
     rank = 0
     session = 0
     closed = False
+    sidecar = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stats = EmitterStats()

@@ -1,0 +1,35 @@
+"""bench/detection.py --quick: real trainer runs with injected faults, real consumers, replayed logs. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "detection.py"
+
+
+class TestDetectionBenchmark:
+    def test_quick_run_reports_every_fault_and_the_healthy_run(self, tmp_path):
+        """--quick exits 0, prints both tables, finds the NaN and the hang at their onset, and writes its logs and results."""
+        results = tmp_path / "results"
+        result = subprocess.run([sys.executable, str(BENCH), "--quick", "--jobs", "2", "--results", str(results)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert "| fault | onset | expected rule(s) |" in out and "| healthy run | updates |" in out
+        assert "| nan_lstm | 18 | non_finite | non_finite @ 18 (critical) | 0 |" in out
+        assert "| hang | 18 | silent_producer | silent_producer @ 18 (critical)" in out
+        for fault in ("head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase"):
+            assert f"| {fault} | 18 |" in out
+        runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
+        assert set(runs) == {"healthy-1", "nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang"}
+        assert all((results / name / "log").is_dir() for name in runs)
+        assert (results / "detection.md").read_text().startswith("Machine: ")
+
+    def test_help_describes_the_options(self):
+        """--help exits 0 and names --quick and --what-if."""
+        result = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "--quick" in result.stdout and "--what-if" in result.stdout

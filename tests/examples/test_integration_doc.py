@@ -1,0 +1,122 @@
+"""docs/INTEGRATION.md: its snippets, taken from the markdown, run for real against a real simic-consumer."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+with warnings.catch_warnings():  # torch without numpy says so once, at import: not this test's business
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch
+    import torch.nn as nn
+
+from simic.producer import spawn_consumer
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "INTEGRATION.md"
+HEADS = ["slot", "blueprint", "blend", "op"]
+WAIT_S = 60.0
+"""Hang guard for waiting on the consumer (not a timing assertion)."""
+
+
+def snippet(name: str) -> str:
+    """The python block that follows ``<!-- test: NAME -->`` in the document."""
+    match = re.search(rf"<!-- test: {name} -->\s*```python\n(.*?)```", DOC.read_text(), re.S)
+    assert match, f"no snippet {name!r} in {DOC}"
+    return match.group(1)
+
+
+def kinds(log_dir: Path, run_id: str) -> dict[str, int]:
+    result = subprocess.run([sys.executable, "-m", "simic.consumer", "inspect", str(log_dir), "--json"],
+                            capture_output=True, text=True, timeout=WAIT_S, check=True)
+    (session,) = json.loads(result.stdout)["runs"][run_id]
+    assert session["status"] == "ok" and session["lost"] == 0
+    return session["events_by_kind"]
+
+
+class TinyAgent(nn.Module):
+    """A factored recurrent policy small enough to train in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(6, 8)
+        self.lstm = nn.LSTM(8, 8)
+        self.heads = nn.ModuleDict({head: nn.Linear(8, 3) for head in HEADS})
+        self.actor = self.heads["slot"]
+        self.critic = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        hidden, state = self.lstm(torch.tanh(self.encoder(x)), state)
+        return hidden, state
+
+
+@pytest.fixture
+def consumer(tmp_path, monkeypatch):
+    """A real consumer; SIMIC_ENDPOINT and SIMIC_RUN_ID point the snippets' Emitter.from_env() at it."""
+    sidecar = spawn_consumer(log_dir=tmp_path / "logs")
+    monkeypatch.setenv("SIMIC_ENDPOINT", sidecar.endpoint)
+    monkeypatch.setenv("SIMIC_RUN_ID", "doc")
+    yield sidecar
+    sidecar.close()
+
+
+def ended(sidecar) -> None:
+    line = sidecar.wait_for_line("run doc rank 0 session", timeout_s=WAIT_S)
+    assert line is not None and "ended (ok)" in line, "".join(sidecar.lines)
+
+
+class TestIntegrationDoc:
+    def test_own_loop_snippet_sends_every_kind_in_at_most_15_added_lines(self, consumer):
+        """The CleanRL-style snippet runs as written and the consumer logs timings, grad norms, LSTM state and PPO metrics per update."""
+        code = snippet("own-loop")
+        added = [line for line in code.splitlines() if line.rstrip().endswith("# simic") or "# simic:" in line]
+        assert len(added) <= 15
+        torch.manual_seed(0)
+        agent = TinyAgent()
+        x = torch.randn(5, 4, 6)
+
+        def rollout(agent, state):
+            with torch.no_grad():
+                return agent(x, state)[1]
+
+        def ppo_loss(agent):
+            hidden, _ = agent(x, (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)))
+            dists = [torch.distributions.Categorical(logits=head(hidden)) for head in agent.heads.values()]
+            entropy = {head: d.entropy().mean() for head, d in zip(HEADS, dists)}
+            loss = -sum(entropy.values()) + agent.critic(hidden).pow(2).mean()
+            return loss, torch.tensor(0.01), {head: e.detach() for head, e in entropy.items()}
+
+        namespace = {"agent": agent, "rollout": rollout, "ppo_loss": ppo_loss, "torch": torch, "num_iterations": 6,
+                     "optimizer": torch.optim.Adam(agent.parameters(), lr=1e-3),
+                     "next_lstm_state": (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8))}
+        exec(compile(code, f"{DOC}:own-loop", "exec"), namespace)
+        ended(consumer)
+        events = kinds(consumer.log_dir, "doc")
+        assert events["step_timing"] == events["head_grad_norms"] == events["lstm_health"] == events["ppo_update"] == 6
+
+    def test_hooks_snippet_instruments_a_loop_it_does_not_edit(self, consumer):
+        """The optimizer/forward-hook snippet, added to an untouched training loop, sends grad norms and LSTM state per optimizer step."""
+        code = snippet("hooks")
+        assert len([line for line in code.splitlines() if line.strip()]) <= 15
+        torch.manual_seed(0)
+        model = TinyAgent()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        namespace = {"model": model, "optimizer": optimizer}
+        exec(compile(code, f"{DOC}:hooks", "exec"), namespace)
+
+        for _ in range(5):  # "the library's loop": it knows nothing of simic
+            hidden, _ = model(torch.randn(5, 4, 6), (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)))
+            loss = model.actor(hidden).logsumexp(-1).mean() + model.critic(hidden).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            optimizer.step()
+        namespace["emitter"].close()
+        ended(consumer)
+        events = kinds(consumer.log_dir, "doc")
+        assert events["head_grad_norms"] == events["lstm_health"] == 5
