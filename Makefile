@@ -40,7 +40,7 @@ bench: setup
 
 # Injected faults on the reference trainer vs the rules (about 5 minutes; docs/DETECTION.md).
 detection: setup
-	$(PY) bench/detection.py --what-if bench/detection-proposed.toml
+	$(PY) bench/detection.py --what-if bench/seed-drift.toml
 
 clean:
 	rm -rf $(VENV) demo-out simic-logs detection-results .pytest_cache .hypothesis

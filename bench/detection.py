@@ -20,7 +20,7 @@ heard (K) and comes ``min_silence_s`` later in wall time (the seconds are in the
 
     .venv/bin/python bench/detection.py                 # 5 healthy seeds + 7 faults, about 5 minutes on 2 cores
     .venv/bin/python bench/detection.py --quick         # smoke run: 1 healthy seed, small runs, about a minute
-    .venv/bin/python bench/detection.py --what-if bench/detection-proposed.toml   # also: what other thresholds would say
+    .venv/bin/python bench/detection.py --what-if bench/seed-drift.toml   # also: what other thresholds would say
 
 ``--what-if FILE`` replays the same logs once more with that configuration (the consumer's
 what-if replay) and adds its table.

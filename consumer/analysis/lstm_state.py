@@ -24,9 +24,12 @@ class LstmStateConfig(RuleConfig):
     max_env_rms: float = Field(10.0, gt=0)
     """Largest per-environment RMS of h or c above this (10, as ``max_rms``): one runaway
     environment hides in the mean over all of them."""
-    saturation_level: float = Field(0.999, gt=0)
-    """``h_max_abs`` at or above this is saturated: tanh's bound is 1, and at 0.999 its gradient
-    is 2e-3 of its peak, so the units pinned there have stopped learning."""
+    saturation_rms: float = Field(0.9, gt=0)
+    """``h_rms`` at or above this is saturated: h = o * tanh(c) is bounded by 1, so an rms of 0.9
+    means most units of most environments sit near the bound, where tanh's gradient is small and
+    the gates have stopped learning. (The largest |h| is no measure: in the detection benchmark
+    some unit of every healthy, well-trained LSTM reaches 0.999.) Above ``max_rms`` it is an
+    explosion instead, reported as such."""
     fire_after: int = Field(3, ge=1)
     """Events in a row: one odd rollout batch is not a trend."""
     clear_after: int = Field(5, ge=1)
@@ -36,7 +39,7 @@ class LstmStateConfig(RuleConfig):
 @register
 class LstmState(Rule):
     """LSTM h/c state exploding (rms above ``max_rms``, or one environment's above ``max_env_rms``),
-    vanishing (rms below ``min_rms``) or saturating (``h_max_abs`` at ``saturation_level``).
+    vanishing (rms below ``min_rms``) or saturating (``h_rms`` at ``saturation_rms``).
 
     An exploding cell state is how a recurrent PPO policy usually diverges (the NaN comes a few
     updates later); a vanished one means the policy has become memoryless; a saturated h means the
@@ -63,7 +66,7 @@ class LstmState(Rule):
              "h explosion in one environment"),
             ("c_env_explosion", "c_env_max_rms", lambda x: c.max_env_rms < x, f"above {c.max_env_rms:g}",
              "c explosion in one environment"),
-            ("h_saturation", "h_max_abs", lambda x: c.saturation_level <= x, f"at or above {c.saturation_level:g}",
+            ("h_saturation", "h_rms", lambda x: c.saturation_rms <= x <= c.max_rms, f"at or above {c.saturation_rms:g}",
              "h saturation"),
         )
 
