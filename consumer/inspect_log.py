@@ -31,7 +31,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for s in sessions:
             transit = "" if s["lost_in_transit"] is None else f", lost in transit {s['lost_in_transit']}"
             lines.append(
-                f"  rank {s['rank']} session {s['session']:016x} ({s['status']}; host {s['host'] or '?'}, pid {s['pid'] or '?'}): "
+                f"  rank {s['rank']} session {s['session']} ({s['status']}; host {s['host'] or '?'}, pid {s['pid'] or '?'}): "
                 f"{s['received']} events, steps {s['first_step']}..{s['last_step']}, "
                 f"{_when(s['first_recv_ns'])} .. {_when(s['last_recv_ns'])}, "
                 f"lost {s['lost']} (dropped by producer {s['dropped_by_producer']}{transit}), duplicates {s['duplicates']}"
