@@ -34,6 +34,10 @@ def _float_fields(model) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, .
     return tuple(scalars), tuple(mappings), tuple(lists)
 
 
+_NOT_MEASUREMENTS = frozenset({"alert", "run_start"})
+"""Kinds whose numbers are not training signals: alerts, and a run's free-form configuration (an
+``inf`` timeout there is a setting, not a fault)."""
+
 _FLOAT_FIELDS = {model.model_fields["kind"].default: _float_fields(model) for model in EVENT_TYPES}
 
 
@@ -75,7 +79,7 @@ class NonFinite(Rule):
         self._ignore = frozenset(config.ignore)
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
-        if event.kind == "alert":
+        if event.kind in _NOT_MEASUREMENTS:
             return None
         if not self._conditions and _clearly_finite(event):
             return None

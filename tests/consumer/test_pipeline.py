@@ -235,3 +235,15 @@ class TestServeInProcess:
         assert await task == 0
         result = await replay([tmp_path / "logs"], ConsumerConfig(), analysis=False)
         assert result.summary["events"] == emitter.stats.produced == 52
+
+
+class TestNonFiniteScope:
+    async def test_an_infinite_setting_in_the_run_config_is_not_a_fault(self):
+        """run_start's free-form config may hold inf (a timeout, say): no alert, whether or not another condition is open."""
+        start = [1, 0, 0, 0, "host", 1, 1, None, None, [], {"timeout_s": float("inf")}]
+        sink = RecordingSink()
+        await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink]), [
+            message("r", 1, [lstm(0, 0, float("nan"))]),  # an open non_finite condition (slow path for every event)
+            message("r", 2, [start]),
+        ])
+        assert [(a.rule, a.run_id, a.session) for a in sink.alerts] == [("non_finite", "r", 1)]
