@@ -140,45 +140,45 @@ def _busy(ns: int) -> None:
         pass
 
 
-def simic_methods_block(emitter: Emitter) -> StepBlock:
-    """Batched per step through the generated ``emit_<kind>`` methods."""
-    flush = emitter.flush
+def timed_steps(data: list[Any], one_step: Callable[[int, Any], None]) -> StepBlock:
+    """A block of steps: ``one_step(step, data[step % VARIANTS])`` timed alone, after ``pace_ns`` of host work."""
 
     def block(steps: int, first: int, pace_ns: int) -> list[int]:
         times = [0] * steps
         for j in range(steps):
             step = first + j
-            values = STEP_VALUES[step % VARIANTS]
+            item = data[step % VARIANTS]
             if pace_ns:
                 _busy(pace_ns)
             t0 = _clock()
-            emit_step_methods(emitter, step, values)
-            flush()
+            one_step(step, item)
             times[j] = _clock() - t0
         return times
 
     return block
+
+
+def simic_methods_block(emitter: Emitter) -> StepBlock:
+    """Batched per step through the generated ``emit_<kind>`` methods."""
+    flush = emitter.flush
+
+    def one_step(step: int, values: tuple[Any, ...]) -> None:
+        emit_step_methods(emitter, step, values)
+        flush()
+
+    return timed_steps(STEP_VALUES, one_step)
 
 
 def simic_block(emitter: Emitter, per_event_flush: bool) -> StepBlock:
     emit, flush = emitter.emit, emitter.flush
     each = flush if per_event_flush else None
 
-    def block(steps: int, first: int, pace_ns: int) -> list[int]:
-        times = [0] * steps
-        for j in range(steps):
-            step = first + j
-            values = STEP_VALUES[step % VARIANTS]
-            if pace_ns:
-                _busy(pace_ns)
-            t0 = _clock()
-            emit_step(emit, step, values, each)
-            if each is None:
-                flush()
-            times[j] = _clock() - t0
-        return times
+    def one_step(step: int, values: tuple[Any, ...]) -> None:
+        emit_step(emit, step, values, each)
+        if each is None:
+            flush()
 
-    return block
+    return timed_steps(STEP_VALUES, one_step)
 
 
 @dataclass
@@ -201,49 +201,31 @@ class FloorSender:
         packb, send, noblock, monotonic_ns = msgpack.packb, self.sock.send, zmq.NOBLOCK, time.monotonic_ns
         run_id, session, version, rows_of = RUN_ID, self.session, SCHEMA_VERSION, self.rows
 
-        def batched(steps: int, first: int, pace_ns: int) -> list[int]:
-            times = [0] * steps
+        def batched(step: int, rows: list[tuple[int, tuple[Any, ...]]]) -> None:
             seq = self.seq
-            for j in range(steps):
-                step = first + j
-                rows = rows_of[step % VARIANTS]
-                if pace_ns:
-                    _busy(pace_ns)
-                t0 = _clock()
-                batch = []
-                for code, values in rows:
-                    batch.append([code, seq, monotonic_ns(), step, *values])
-                    seq += 1
+            batch = []
+            for code, values in rows:
+                batch.append([code, seq, monotonic_ns(), step, *values])
+                seq += 1
+            self.seq = seq
+            try:
+                send(packb([version, run_id, 0, session, batch]), noblock)
+                self.messages += 1
+            except zmq.Again:
+                self.dropped += len(batch)
+
+        def single(step: int, rows: list[tuple[int, tuple[Any, ...]]]) -> None:
+            seq = self.seq
+            for code, values in rows:
                 try:
-                    send(packb([version, run_id, 0, session, batch]), noblock)
+                    send(packb([version, run_id, 0, session, [[code, seq, monotonic_ns(), step, *values]]]), noblock)
                     self.messages += 1
                 except zmq.Again:
-                    self.dropped += len(batch)
-                times[j] = _clock() - t0
+                    self.dropped += 1
+                seq += 1
             self.seq = seq
-            return times
 
-        def single(steps: int, first: int, pace_ns: int) -> list[int]:
-            times = [0] * steps
-            seq = self.seq
-            for j in range(steps):
-                step = first + j
-                rows = rows_of[step % VARIANTS]
-                if pace_ns:
-                    _busy(pace_ns)
-                t0 = _clock()
-                for code, values in rows:
-                    try:
-                        send(packb([version, run_id, 0, session, [[code, seq, monotonic_ns(), step, *values]]]), noblock)
-                        self.messages += 1
-                    except zmq.Again:
-                        self.dropped += 1
-                    seq += 1
-                times[j] = _clock() - t0
-            self.seq = seq
-            return times
-
-        return single if per_event else batched
+        return timed_steps(rows_of, single if per_event else batched)
 
 
 def logging_block(path: str) -> tuple[StepBlock, logging.Handler]:
@@ -258,19 +240,7 @@ def logging_block(path: str) -> tuple[StepBlock, logging.Handler]:
     def log_emit(kind: str, *, step: int, **fields: Any) -> None:
         info("%s step=%d %s", kind, step, fields)
 
-    def block(steps: int, first: int, pace_ns: int) -> list[int]:
-        times = [0] * steps
-        for j in range(steps):
-            step = first + j
-            values = STEP_VALUES[step % VARIANTS]
-            if pace_ns:
-                _busy(pace_ns)
-            t0 = _clock()
-            emit_step(log_emit, step, values)
-            times[j] = _clock() - t0
-        return times
-
-    return block, handler
+    return timed_steps(STEP_VALUES, lambda step, values: emit_step(log_emit, step, values)), handler
 
 
 def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Callable[[], None]]]:
@@ -287,25 +257,16 @@ def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Call
         closers.append(writer.close)
         add_scalar = writer.add_scalar
 
-        def tbx(steps: int, first: int, pace_ns: int) -> list[int]:
-            times = [0] * steps
-            for j in range(steps):
-                step = first + j
-                events = STEP_EVENTS[step % VARIANTS]
-                if pace_ns:
-                    _busy(pace_ns)
-                t0 = _clock()
-                for kind, fields in events:
-                    for name, value in fields.items():
-                        if isinstance(value, dict):
-                            for key, item in value.items():
-                                add_scalar(f"{kind}/{name}/{key}", item, step)
-                        elif isinstance(value, float):
-                            add_scalar(f"{kind}/{name}", value, step)
-                times[j] = _clock() - t0
-            return times
+        def tbx(step: int, events: list[tuple[str, dict[str, Any]]]) -> None:
+            for kind, fields in events:
+                for name, value in fields.items():
+                    if isinstance(value, dict):
+                        for key, item in value.items():
+                            add_scalar(f"{kind}/{name}/{key}", item, step)
+                    elif isinstance(value, float):
+                        add_scalar(f"{kind}/{name}", value, step)
 
-        blocks["tensorboardX add_scalar per value"] = tbx
+        blocks["tensorboardX add_scalar per value"] = timed_steps(STEP_EVENTS, tbx)
     if importlib.util.find_spec("wandb") is None:
         notes.append("wandb: not installed, skipped (not a project dependency)")
     else:
@@ -314,27 +275,18 @@ def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Call
         run = wandb.init(mode="offline", dir=tmp, project="simic-bench")
         closers.append(run.finish)
 
-        def wb(steps: int, first: int, pace_ns: int) -> list[int]:
-            times = [0] * steps
-            for j in range(steps):
-                step = first + j
-                events = STEP_EVENTS[step % VARIANTS]
-                if pace_ns:
-                    _busy(pace_ns)
-                t0 = _clock()
-                metrics = {}
-                for i, (kind, fields) in enumerate(events):
-                    for name, value in fields.items():
-                        if isinstance(value, dict):
-                            for key, item in value.items():
-                                metrics[f"{i}.{kind}/{name}/{key}"] = item
-                        elif isinstance(value, float):
-                            metrics[f"{i}.{kind}/{name}"] = value
-                run.log(metrics, step=step)
-                times[j] = _clock() - t0
-            return times
+        def wb(step: int, events: list[tuple[str, dict[str, Any]]]) -> None:
+            metrics = {}
+            for i, (kind, fields) in enumerate(events):
+                for name, value in fields.items():
+                    if isinstance(value, dict):
+                        for key, item in value.items():
+                            metrics[f"{i}.{kind}/{name}/{key}"] = item
+                    elif isinstance(value, float):
+                        metrics[f"{i}.{kind}/{name}"] = value
+            run.log(metrics, step=step)
 
-        blocks["wandb log (offline, one call per step)"] = wb
+        blocks["wandb log (offline, one call per step)"] = timed_steps(STEP_EVENTS, wb)
     return blocks, notes, closers
 
 
