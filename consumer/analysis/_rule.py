@@ -138,6 +138,16 @@ class Rule(Stage):
             del self._conditions[subject]
         return None
 
+    def watched(self, event: Event, bad: bool, *parts: object) -> str | None:
+        """The subject of a condition worth observing now (it is bad, or it is open), else None.
+
+        Cheap when all is well: no key and no message is built for a good value of a condition
+        that is not open, which is almost every value."""
+        if not (bad or self._conditions):
+            return None
+        subject = subject_key(event, *parts)
+        return subject if bad or subject in self._conditions else None
+
     def is_active(self, subject: str) -> bool:
         condition = self._conditions.get(subject)
         return condition is not None and condition.active

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Rule, RuleConfig, register
 
 _INF = math.inf
 
@@ -73,17 +73,14 @@ class LstmState(Rule):
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "lstm_health":
             return None
-        conditions = self._conditions
         fired: list[Alert] | None = None
         for condition, field, test, bound, what in self._checks:
             value = getattr(event, field)
             if value is None or not -_INF < value < _INF:  # missing, or non_finite's
                 continue
             bad = test(value)
-            if not (bad or conditions):
-                continue
-            subject = subject_key(event, condition)
-            if bad or subject in conditions:
+            subject = self.watched(event, bad, condition)
+            if subject is not None:
                 alert = self.observe(
                     event,
                     subject,

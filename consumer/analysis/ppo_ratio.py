@@ -8,7 +8,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Rule, RuleConfig, register
 
 _INF = math.inf
 
@@ -48,7 +48,6 @@ class PpoRatio(Rule):
         if event.kind != "ppo_update":
             return None
         config = self.config
-        conditions = self._conditions
         fired: list[Alert] | None = None
         for condition, value, bad_if, bound in (
             ("explosion", event.ratio_max, lambda x: x > config.max_ratio, f"ratio_max > {config.max_ratio:g}"),
@@ -57,10 +56,8 @@ class PpoRatio(Rule):
             if value is None or not -_INF < value < _INF:
                 continue
             bad = bad_if(value)
-            if not (bad or conditions):
-                continue
-            subject = subject_key(event, condition)
-            if bad or subject in conditions:
+            subject = self.watched(event, bad, condition)
+            if subject is not None:
                 alert = self.observe(
                     event,
                     subject,
