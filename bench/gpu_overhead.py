@@ -19,9 +19,14 @@ Variants, measured in one process, interleaved (each round runs every variant, i
   Its warnings go to a log file in a temporary directory, as a trainer's log would.
 - ``simic``: every collector on: ``emitter.timer`` for the rollout and update phases;
   ``emitter.lstm_state`` on the state the rollout ends with (all layers, all envs, h and c);
-  ``emitter.head_grad_norms`` (5 heads + the core, 28 tensors, pre-clip with ``max_norm``, default
-  options) after every ``backward``; ``emitter.ppo_update`` with the device tensors once per
-  update; ``flush()`` once per iteration.
+  per-head gradient norms (5 heads + the core, 28 tensors, pre- and post-clip totals) at every
+  minibatch through ``emitter.clip_grad_norm_``, which replaces the trainer's own
+  ``clip_grad_norm_`` (same clip, the norms measured from the same pass);
+  ``emitter.ppo_update`` with the device tensors once per update; ``flush()`` once per iteration.
+  Its telemetry host time includes the clip itself, which ``off`` pays too.
+- ``simic, norms apart``: as ``simic``, but the norms taken by a separate
+  ``emitter.head_grad_norms(..., stage="pre_clip", max_norm=0.5)`` call before torch's own clip
+  (a second ``_foreach_norm`` pass over the gradients).
 - ``simic dense``: as ``simic``, plus ``lstm_state`` and a ``step`` timer on every rollout step
   (the seed plan's cadence for those two).
 
@@ -202,7 +207,9 @@ class Trainer:
             advantages[t] = last
         return advantages, advantages + self.values
 
-    def update(self, advantages: torch.Tensor, returns: torch.Tensor, grad_hook: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+    def update(self, advantages: torch.Tensor, returns: torch.Tensor, grad_hook: Callable[[], None] | None = None,
+               clip_grads: Callable[[], Any] | None = None) -> dict[str, torch.Tensor]:
+        """4 epochs x 4 minibatches; ``grad_hook`` runs after each backward, ``clip_grads`` replaces the clip."""
         args, policy = self.args, self.policy
         per_mb = self.envs // args.minibatches
         clip = 0.2
@@ -232,7 +239,10 @@ class Trainer:
                 loss.backward()
                 if grad_hook is not None:
                     grad_hook()
-                nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+                if clip_grads is None:
+                    nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+                else:
+                    clip_grads()
                 self.optimizer.step()
                 with torch.no_grad():
                     metrics = {
@@ -327,7 +337,7 @@ def iteration_seed(trainer: Trainer, it: int, emitter: Emitter, spent: Spent) ->
         emitter.flush()
 
 
-def make_iteration_simic(dense: bool) -> Callable[[Trainer, int, Emitter, Spent], None]:
+def make_iteration_simic(dense: bool, fused: bool = True) -> Callable[[Trainer, int, Emitter, Spent], None]:
     groups_of: dict[int, Any] = {}
 
     def iteration_simic(trainer: Trainer, it: int, emitter: Emitter, spent: Spent) -> None:
@@ -356,6 +366,10 @@ def make_iteration_simic(dense: bool) -> Callable[[Trainer, int, Emitter, Spent]
             with spent:
                 emitter.head_grad_norms(it, groups, stage="pre_clip", max_norm=0.5)
 
+        def clip() -> None:
+            with spent:
+                emitter.clip_grad_norm_(it, groups, 0.5)
+
         next_value, state = trainer.rollout(step_hook if dense else None)
         with spent:
             rollout_timer.stop()
@@ -363,7 +377,7 @@ def make_iteration_simic(dense: bool) -> Callable[[Trainer, int, Emitter, Spent]
                 emitter.lstm_state(it, state)
             update_timer = emitter.timer("update", step=it).start()
         advantages, returns = trainer.gae(next_value)
-        metrics = trainer.update(advantages, returns, grad_hook)
+        metrics = trainer.update(advantages, returns, None if fused else grad_hook, clip if fused else None)
         with spent:
             update_timer.stop()
             emitter.ppo_update(it, learning_rate=trainer.optimizer.param_groups[0]["lr"], **metrics)
@@ -376,6 +390,7 @@ VARIANTS: dict[str, Callable[[Trainer, int, Emitter, Spent], None]] = {
     "off": iteration_off,
     "seed plan": iteration_seed,
     "simic": make_iteration_simic(dense=False),
+    "simic, norms apart": make_iteration_simic(dense=False, fused=False),
     "simic dense": make_iteration_simic(dense=True),
 }
 
@@ -527,8 +542,11 @@ def per_call_costs(trainer: Trainer, emitter: Emitter, device: torch.device, n: 
         ("simic: head_grad_norms (6 heads, 28 tensors)", median_us(lambda: emitter.head_grad_norms(0, groups, stage="pre_clip", max_norm=0.5))),
         ("simic: head_grad_norms with count_nonfinite=True",
          median_us(lambda: emitter.head_grad_norms(0, groups, stage="pre_clip", max_norm=0.5, count_nonfinite=True))),
+        ("simic: clip_grad_norm_ (clip + 6 heads' norms, 28 tensors)", median_us(lambda: emitter.clip_grad_norm_(0, groups, 1e9))),
+        ("torch: clip_grad_norm_ (what the line above replaces)", median_us(lambda: nn.utils.clip_grad_norm_(policy.parameters(), 1e9))),
         ("simic: ppo_update (8 device values)", median_us(lambda: emitter.ppo_update(0, **metrics))),
         ("simic: flush (seal + resolve + emit), per head_grad_norms readout", flush_cost(lambda: emitter.head_grad_norms(0, groups, stage="pre_clip", max_norm=0.5))),
+        ("simic: flush (seal + resolve + emit), per clip_grad_norm_ readout", flush_cost(lambda: emitter.clip_grad_norm_(0, groups, 1e9))),
         ("simic: flush (seal + resolve + emit), per lstm_state readout", flush_cost(lambda: emitter.lstm_state(0, state))),
         ("seed plan: CUDATimer start()+stop()", median_us(seed_timer_pair)),
         ("seed plan: compute_lstm_health (one env)", median_us(lambda: compute_lstm_health((h[:, 0], c[:, 0])))),

@@ -44,7 +44,7 @@ from simic.schemas.models import MAX_ITEMS, MAX_NAME
 
 from .readout import torch_module
 
-__all__ = ["HeadGroups", "submit_head_grad_norms"]
+__all__ = ["HeadGroups", "clip_and_submit_head_grad_norms", "submit_head_grad_norms"]
 
 class HeadGroups:
     """Which gradients make up each head, resolved once (module parameters listed, rows checked).
@@ -130,6 +130,15 @@ class HeadGroups:
         self.whole = len(self.entries) == len(self.params)
         """No row slices: every entry is a whole parameter."""
         self.identity = list(range(len(self.entries)))
+        kinds = {(p.device, p.dtype) for p in self.params}
+        self.uniform = len(kinds) == 1
+        """Every parameter on one device with one dtype (one ``_foreach_norm`` serves the clip too)."""
+        self.total_is_prefix = self.total == list(range(len(self.params)))
+        """The total covers every distinct parameter (its entries are the first ones)."""
+
+    def total_params(self) -> list[Any]:
+        """The parameters the total covers (what a clip scales)."""
+        return [self.params[i] for i in self.total]
 
     def __repr__(self) -> str:
         return f"HeadGroups({self.names}, params={len(self.params)}, entries={len(self.entries)})"
@@ -208,11 +217,58 @@ def submit_head_grad_norms(
     if device_clip is not None:
         parts.append(device_clip.detach().reshape(()).clone())  # a snapshot: the caller may reuse it
     device = parts[0].device
-    if device.type == "cuda":
-        readouts.add(device, len(parts), _resolve, context, scalars=parts)
+    if device.type == "cuda":  # one vector per call: the flush cats a few vectors, not hundreds of scalars
+        readouts.add(device, len(parts), _resolve, context, vectors=[torch.stack(parts)])
     else:
         readouts.resolve_now(torch.stack(parts).float().tolist(), _resolve, context)
 
+
+def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups: HeadGroups, max_norm: float,
+                                    on_error: Any) -> Any:
+    """Clip the total's gradients as ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` does and measure
+    the heads from the same ``_foreach_norm`` pass; return the pre-clip total (a device tensor).
+
+    The clip is the trainer's own arithmetic (norms, stack, vector norm, ``max_norm / (total + 1e-6)``
+    clamped to 1, ``_foreach_mul_``), so measuring adds only the readout. Parameters spread over
+    several devices or dtypes take torch's own clip after a separate ``head_grad_norms`` pass.
+    """
+    torch = torch_module()
+    max_norm = float(max_norm)
+    grads = [p.grad for p in groups.params]
+    if groups.whole and all(g is not None for g in grads):
+        tensors, positions = grads, groups.identity
+    else:
+        tensors, positions = _with_missing(groups, grads)
+    clipped = [tensors[positions[e]] for e in groups.total if positions[e] >= 0]
+    if not groups.uniform or not clipped:
+        submit_head_grad_norms(readouts, emit, step, groups, stage="pre_clip", max_norm=max_norm, clip_total=None,
+                               count_nonfinite=False)
+        return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
+    if tensors[0].requires_grad:  # gradients made with create_graph=True: measure (and scale) detached
+        tensors = [t.detach() for t in tensors]
+        clipped = [t.detach() for t in clipped]
+    with torch.no_grad():
+        try:
+            norms = torch._foreach_norm(tensors, 2)
+            flat = torch.stack(norms)
+            if groups.total_is_prefix:  # whole gradients come first, so the total's are flat[:k]
+                of_total = flat[: len(clipped)]
+            else:
+                of_total = torch.stack([norms[positions[e]] for e in groups.total if positions[e] >= 0])
+            total = torch.linalg.vector_norm(of_total, 2)
+        except Exception as exc:  # nothing is clipped yet: torch's own clip does it, unmeasured
+            on_error("clip_grad_norm_", exc)
+            return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
+        torch._foreach_mul_(clipped, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    try:
+        context = (groups, positions, len(tensors), step, "pre_clip", max_norm, None, True, False, emit)
+        if flat.device.type == "cuda":
+            readouts.add(flat.device, len(tensors) + 1, _resolve, context, vectors=[flat, total.reshape(1)])
+        else:
+            readouts.resolve_now([*flat.float().tolist(), float(total)], _resolve, context)
+    except Exception as exc:  # the gradients are clipped; only the measurement is lost, and counted
+        on_error("clip_grad_norm_", exc)
+    return total
 
 
 def _with_missing(groups: HeadGroups, grads: list) -> tuple[list, list[int]]:
@@ -270,9 +326,9 @@ def _resolve(values: list, context: tuple) -> None:
     if stage == "post_clip":
         post, pre = total, clip_total
     else:
-        pre = total if stage == "pre_clip" else clip_total
-        if stage == "pre_clip" and max_norm is not None and total is not None:
-            post = total * min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else math.nan
+        pre = (total if clip_total is None else clip_total) if stage == "pre_clip" else clip_total
+        if stage == "pre_clip" and max_norm is not None and pre is not None:
+            post = pre * min(1.0, max_norm / (pre + 1e-6)) if math.isfinite(pre) else math.nan
     emit(
         step=step,
         norms=norms,

@@ -5,6 +5,7 @@
     emitter.timer("rollout")                      -> Timer: start() / stop(step), or a with-block
     emitter.head_groups(heads, params=...)        -> HeadGroups (setup: raises ValueError)
     emitter.head_grad_norms(step, groups, ...)    -> head_grad_norms event, later
+    emitter.clip_grad_norm_(step, groups, max_norm) -> clips like torch, same event from the same norms
     emitter.lstm_state(step, (h, c), env_mask)    -> lstm_health event, later
     emitter.ppo_update(step, **metrics)           -> ppo_update event, later (or now, if all on host)
     emitter.flush()                               -> ready readouts and timings become events
@@ -26,7 +27,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .grad_norms import HeadGroups, submit_head_grad_norms
+from .grad_norms import HeadGroups, clip_and_submit_head_grad_norms, submit_head_grad_norms
+from .readout import torch_module
 from .lstm_state import submit_lstm_state
 from .ppo import PPO_FIELDS, submit_ppo_update
 from .readout import CollectorStats, Readouts
@@ -191,6 +193,30 @@ class CollectorsMixin:
         except Exception as exc:
             self._collector_failed("head_grad_norms", exc)
 
+    def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
+        """``torch.nn.utils.clip_grad_norm_`` for the parameters ``heads`` covers, measured on the way.
+
+        Clips exactly as torch does (L2, ``max_norm / (total + 1e-6)`` clamped to 1) and returns the
+        pre-clip total norm as a tensor, like torch; the per-head norms come from the same
+        ``_foreach_norm`` pass, so measuring costs no extra reduction. The ``head_grad_norms`` event
+        (``stage="pre_clip"``, pre- and post-clip totals) follows after a later ``flush()``.
+
+        Args:
+            step: training step the event is about.
+            heads: a :class:`HeadGroups` made with ``params=`` the parameters to clip (all of them:
+                the total and the clip cover ``params``), or a mapping as for :meth:`head_grad_norms`.
+            max_norm: the clipping threshold.
+
+        Raises ValueError for heads that cannot be resolved (as :meth:`head_groups` does). Once the
+        heads are known it always clips, also when closed or when the measurement fails (counted).
+        """
+        state = self._collector_state() if not self.closed else None
+        groups = heads if type(heads) is HeadGroups else (self._groups_for(state, heads) if state else HeadGroups(heads))
+        if state is None:
+            return torch_module().nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
+        return clip_and_submit_head_grad_norms(state.readouts, state.emit_grad_norms, step, groups, max_norm,
+                                               self._collector_failed)
+
     def _groups_for(self, state: _State, heads: Any) -> Any:
         if isinstance(heads, HeadGroups):
             return heads
@@ -261,6 +287,14 @@ class CollectorsMixin:
             self._collector_failed("drain", exc)
 
 
+@dataclass(frozen=True)
+class _NullGroups:
+    """What ``head_groups`` keeps with telemetry off: enough for ``clip_grad_norm_`` to clip the same parameters."""
+
+    heads: Any
+    params: list | None
+
+
 class NullCollectorsMixin:
     """The collector methods doing nothing (telemetry off): same names, same arguments, no torch."""
 
@@ -272,7 +306,7 @@ class NullCollectorsMixin:
         return CollectorStats()
 
     def head_groups(self, heads: Mapping[str, Any], *, params: Any = None) -> Any:
-        return heads
+        return _NullGroups(heads, None if params is None else list(params))
 
     def timer(self, name: str, *, step: int | None = None, stream: Any = None, device: Any = None) -> NullTimer:
         return NullTimer(name, step)
@@ -280,6 +314,16 @@ class NullCollectorsMixin:
     def head_grad_norms(self, step: int, heads: Any, *, stage: str | None = None, max_norm: float | None = None,
                         clip_total: Any = None, count_nonfinite: bool = False) -> None:
         pass
+
+    def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
+        """Telemetry off: clips as ``torch.nn.utils.clip_grad_norm_`` over the heads' parameters."""
+        if isinstance(heads, _NullGroups):
+            heads, params = heads.heads, heads.params
+        else:
+            params = None
+        if params is None:
+            params = (heads if isinstance(heads, HeadGroups) else HeadGroups(heads)).total_params()
+        return torch_module().nn.utils.clip_grad_norm_(params, max_norm)
 
     def lstm_state(self, step: int, hidden: Any, env_mask: Any = None) -> None:
         pass

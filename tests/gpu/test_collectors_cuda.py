@@ -156,6 +156,36 @@ class TestHeadGradNormsOnCuda:
         assert close(after.post_clip_total, min(0.5, clip_total), rel=1e-4)
         assert before.nonfinite == {} and after.stage == "post_clip"
 
+    def test_fused_clip_equals_torch_clip_and_its_norms_the_reference(self, consumer, emitter) -> None:
+        """``emitter.clip_grad_norm_`` leaves the gradients torch's clip leaves, returns its total, and the
+        event's norms equal the synchronous reference taken before the clip; no sync."""
+        torch.manual_seed(0)
+        net, twin = Net().to(DEVICE), Net().to(DEVICE)
+        twin.load_state_dict(net.state_dict())
+        groups = emitter.head_groups(heads_of(net), params=net.parameters())
+        for step in range(2):  # the first call allocates the ring
+            for model in (net, twin):
+                model.zero_grad()
+                torch.manual_seed(step)
+                model.loss().backward()
+            pre = reference_norms(net)
+            with sync_forbidden():
+                total = emitter.clip_grad_norm_(step, groups, 0.5)
+                emitter.flush()
+            expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.5)
+            assert torch.allclose(total, expected, rtol=1e-6)
+            for a, b in zip(net.parameters(), twin.parameters()):
+                assert (a.grad is None) == (b.grad is None)
+                if a.grad is not None:
+                    assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+        assert emitter.collector_stats.errors == 0
+        event = received(consumer, emitter, "head_grad_norms")[1]
+        for name, value in pre.items():
+            assert (event.norms[name] is None) if value is None else close(event.norms[name], value), name
+        clip_total = expected.item()
+        assert close(event.pre_clip_total, clip_total) and close(event.total, clip_total)
+        assert close(event.post_clip_total, clip_total * min(1.0, 0.5 / (clip_total + 1e-6)))
+
     def test_non_finite_elements_are_counted_per_head(self, consumer, emitter) -> None:
         """With count_nonfinite, NaN and Inf gradient elements are counted exactly, per head, on the device."""
         net = Net().to(DEVICE)

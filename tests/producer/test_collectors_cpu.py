@@ -291,6 +291,90 @@ class TestHeadGradNormsOnCpu:
         assert received(consumer, emitter, "head_grad_norms") == []
 
 
+class TestClipGradNorm:
+    """``emitter.clip_grad_norm_``: torch's clip, measured from the same norms."""
+
+    @staticmethod
+    def twins() -> tuple[Net, Net]:
+        torch.manual_seed(3)
+        a = Net()
+        b = Net()
+        b.load_state_dict(a.state_dict())
+        for net in (a, b):
+            torch.manual_seed(4)
+            net.loss().backward()
+        return a, b
+
+    @pytest.mark.parametrize("max_norm", [0.1, 1e6])
+    def test_clips_exactly_as_torch_and_reports_the_totals(self, consumer, emitter, max_norm) -> None:
+        """Gradients after the call equal torch's clip_grad_norm_ on a twin; the event carries the same totals."""
+        ours, theirs = self.twins()
+        groups = emitter.head_groups(heads_of(ours), params=ours.parameters())
+        total = emitter.clip_grad_norm_(7, groups, max_norm)
+        expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm)
+        assert torch.allclose(total, expected, rtol=1e-6)
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            assert (p.grad is None) == (q.grad is None)
+            if p.grad is not None:
+                assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=0)
+        [event] = received(consumer, emitter, "head_grad_norms")
+        pre = float(expected)
+        assert event.step == 7 and event.stage == "pre_clip" and event.max_norm == max_norm
+        assert close(event.total, pre) and close(event.pre_clip_total, pre)
+        assert close(event.post_clip_total, pre * min(1.0, max_norm / (pre + 1e-6)))
+        scale = min(1.0, max_norm / (pre + 1e-6))  # grads are clipped now: undo it for the reference
+        w, b = ours.shared.weight.grad, ours.shared.bias.grad
+        assert close(event.norms["a"], norm_of(w[:3], b[:3]) / scale)
+        assert close(event.norms["value"], norm_of(ours.value.weight.grad, ours.value.bias.grad) / scale)
+        assert event.norms["unused"] is None
+
+    def test_the_total_covers_params_not_only_the_heads(self, consumer, emitter) -> None:
+        """With params= covering the core too, the core is clipped and counted although no head names it."""
+        ours, theirs = self.twins()
+        groups = emitter.head_groups({"value": ours.value}, params=ours.parameters())
+        emitter.clip_grad_norm_(1, groups, 0.05)
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.05)
+        assert torch.allclose(ours.core.weight.grad, theirs.core.weight.grad, rtol=1e-6, atol=0)
+        [event] = received(consumer, emitter, "head_grad_norms")
+        assert close(event.total, norm_of(*(q.grad for q in theirs.parameters() if q.grad is not None)) / (0.05 / event.total))
+
+    def test_params_a_subset_of_the_heads_clips_only_the_subset(self, consumer, emitter) -> None:
+        """params= narrower than the heads: only those gradients are counted in the total and scaled."""
+        ours, theirs = self.twins()
+        pick = lambda net: [net.value.weight, net.value.bias, net.core.weight]  # noqa: E731
+        groups = emitter.head_groups(heads_of(ours), params=pick(ours))
+        total = emitter.clip_grad_norm_(2, groups, 0.05)
+        expected = torch.nn.utils.clip_grad_norm_(pick(theirs), 0.05)
+        assert torch.allclose(total, expected, rtol=1e-6)
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=0) if p.grad is not None else q.grad is None
+        [event] = received(consumer, emitter, "head_grad_norms")
+        assert close(event.pre_clip_total, float(expected))
+
+    def test_off_and_closed_emitters_still_clip(self, consumer, emitter) -> None:
+        """Telemetry off (NullEmitter, groups with params=) or a closed emitter: the clip still happens, as torch's."""
+        for make in (NullEmitter, lambda: emitter):
+            ours, theirs = self.twins()
+            sender = make()
+            groups = sender.head_groups({"value": ours.value}, params=ours.parameters())
+            sender.close()
+            total = sender.clip_grad_norm_(1, groups, 0.05)
+            expected = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.05)
+            assert torch.allclose(total, expected, rtol=1e-6)
+            assert torch.allclose(ours.core.weight.grad, theirs.core.weight.grad, rtol=1e-6, atol=0)
+
+    def test_gradients_torch_cannot_clip_fail_as_torch_fails(self, consumer, emitter) -> None:
+        """Where the fused pass fails, torch's own clip runs instead: the trainer sees what torch would raise."""
+        emb = torch.nn.Embedding(10, 3, sparse=True)
+        (emb(torch.tensor([1, 2, 2])) ** 2).sum().backward()
+        with pytest.raises(NotImplementedError) as ours:
+            emitter.clip_grad_norm_(1, emitter.head_groups({"emb": emb}), 0.01)
+        with pytest.raises(NotImplementedError) as theirs:
+            torch.nn.utils.clip_grad_norm_(emb.parameters(), 0.01)
+        assert str(ours.value) == str(theirs.value)
+        assert emitter.collector_stats.errors == 1
+
+
 class TestHeadGroups:
     @pytest.mark.parametrize(
         "heads",
@@ -467,7 +551,8 @@ class TestTrainingProfiler:
 # -- the null twin, settings and imports ---------------------------------------------------------------
 
 
-COLLECTOR_METHODS = ["configure_collectors", "head_groups", "timer", "head_grad_norms", "lstm_state", "ppo_update", "poll_readouts"]
+COLLECTOR_METHODS = ["configure_collectors", "head_groups", "timer", "head_grad_norms", "clip_grad_norm_", "lstm_state",
+                     "ppo_update", "poll_readouts"]
 
 
 class TestNullEmitter:
