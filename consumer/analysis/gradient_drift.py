@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert, Event
 
@@ -31,31 +31,53 @@ class GradientDriftConfig(RuleConfig):
     """Relative drift of grad health above which an update drifts: the seed plan's 0.5. Health is
     the share of learning heads, which does not fluctuate in a healthy run, so the seed value holds:
     losing half of the heads' gradients is a drift."""
-    warmup: int = Field(10, ge=0)
-    """Updates (10) averaged with equal weights before drift is judged; the EMAs then start from that
-    average. Seeded by its first sample, a 0.99 EMA is still mostly that one sample ten updates
-    later, so early "drift" would be the noise of one minibatch, not a change. 0 gives the seed
-    plan's behaviour: seeded by the first update, judged from the second."""
+    warmup: int = Field(20, ge=0)
+    """Updates (20) averaged with equal weights before drift is judged; the EMAs then start from that
+    average. A PPO run's gradient norms move most in its first tens of updates, while the value
+    function fits the returns and the policy leaves uniform: on the reference trainer's healthy
+    seeds single heads grow 2-4x between updates 10 and 25, which a judge starting at update 11
+    reported as drift. And seeded by its first sample, a 0.99 EMA is still mostly that one sample
+    ten updates later. 0 gives the seed plan's behaviour: seeded by the first update, judged from
+    the second."""
     vanishing_floor: float = Field(1e-8, ge=0)
     """A head whose norm is at or below this is not healthy (1e-8 moves no float32 weight)."""
     per_head: bool = True
     """Also track each head's norm, with an alert per head."""
     fire_after: int = Field(3, ge=1)
-    """Three drifting updates in a row fire: single noisy minibatches are common in PPO, a lasting
-    shift is not (the seed plan fired on one; on real runs that is a false alarm every few hundred updates)."""
+    """Three drifting updates within the last ``fire_window`` fire: single noisy minibatches are common
+    in PPO, a lasting shift is not (the seed plan fired on one; on real runs that is a false alarm
+    every few hundred updates)."""
+    fire_window: int = Field(4, ge=1)
+    """The updates ``fire_after`` counts over: 4. A norm that grows steadily drifts on most updates
+    but not all (one quiet minibatch in between would restart a count of updates *in a row*, which
+    cost the reference trainer's slow-drift fault a sixth update); three of four still ignores the
+    isolated spikes of healthy runs. ``fire_window = fire_after`` means in a row."""
     clear_after: int = Field(5, ge=1)
-    """Five quiet updates in a row clear it."""
+    """Five updates in a row without ``fire_after`` drifting ones in the window clear it."""
+
+    @model_validator(mode="after")
+    def _window_holds_the_count(self) -> "GradientDriftConfig":
+        if self.fire_window < self.fire_after:
+            raise ValueError(f"fire_window ({self.fire_window}) must be at least fire_after ({self.fire_after})")
+        return self
 
 
 class _Run:
-    __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects")
+    __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects", "recent")
 
     def __init__(self, tracker: GradientEMATracker, subject: str) -> None:
         self.tracker = tracker
         self.warm = [0.0, 0.0, 0]  # running means of norm and health during the warmup, and their count
-        self.heads: dict[str, list[float]] = {}  # head -> [ema, updates folded in, counted up to the warmup]
+        self.heads: dict[str, list] = {}  # head -> [ema, updates folded in (counted up to the warmup), recent]
         self.subject = subject
         self.head_subjects: dict[str, str] = {}
+        self.recent = 0  # the total's last fire_window judgements, one bit each (1: drifted), newest lowest
+
+
+def _sustained(recent: int, bad: bool, window: int, count: int) -> tuple[int, bool]:
+    """Shift one judgement into ``recent``; True when ``count`` of the last ``window`` drifted."""
+    recent = ((recent << 1) | bad) & ((1 << window) - 1)
+    return recent, recent.bit_count() >= count
 
 
 @register
@@ -103,6 +125,7 @@ class GradientDrift(Rule):
         per_head = config.per_head
         rest = 1.0 - momentum
         conditions = self._conditions
+        window, count_needed = config.fire_window, config.fire_after
         head_alerts: list[Alert] | None = None
 
         # Per head (and the count of healthy heads on the way).
@@ -115,18 +138,20 @@ class GradientDrift(Rule):
                 continue
             ema_count = heads.get(name)
             if ema_count is None:
-                heads[name] = [value, 1]
+                heads[name] = [value, 1, 0]
                 continue
-            ema, count = ema_count
+            ema, count, recent = ema_count
             if count < warmup:  # a running mean until the warmup is over (the count stops there), then the EMA
                 ema_count[0] = ema + (value - ema) / (count + 1)
                 ema_count[1] = count + 1
                 continue
             ema_count[0] = momentum * ema + rest * value
             drift = abs(value - ema) / (ema + 1e-8)
-            bad = drift > threshold
-            if not (bad or conditions):
+            drifted = drift > threshold
+            if not (drifted or recent or conditions):
                 continue
+            recent, bad = _sustained(recent, drifted, window, count_needed)
+            ema_count[2] = recent
             subject = run.head_subjects.get(name)
             if subject is None:
                 subject = run.head_subjects[name] = subject_key(event, "head", name)
@@ -139,6 +164,7 @@ class GradientDrift(Rule):
                     f"(drift {drift:.2f}, threshold {threshold})",
                     {"head": name, "norm": value, "ema_norm": ema, "norm_drift": drift, "drift_threshold": threshold},
                     clear_message=f"head {name!r} gradient drift over at step {event.step}: norm {value:.4g}",
+                    fire_after=1,
                 )
                 if alert:
                     head_alerts = (head_alerts or []) + [alert]
@@ -163,7 +189,10 @@ class GradientDrift(Rule):
             return head_alerts
         metrics = tracker.update(total, health)
         norm_drift, health_drift = metrics["norm_drift"], metrics["health_drift"]
-        bad = norm_drift > threshold or health_drift > health_threshold
+        drifted = norm_drift > threshold or health_drift > health_threshold
+        if not (drifted or run.recent or run.subject in self._conditions):
+            return head_alerts
+        run.recent, bad = _sustained(run.recent, drifted, window, count_needed)
         if not (bad or run.subject in self._conditions):
             return head_alerts
         alert = self.observe(
@@ -184,6 +213,7 @@ class GradientDrift(Rule):
                 "health_drift_threshold": health_threshold,
             },
             clear_message=f"gradient drift over at step {event.step}: total norm {total:.4g}, grad health {health:.2f}",
+            fire_after=1,
         )
         if alert:
             return [alert] + (head_alerts or [])
@@ -196,6 +226,7 @@ class GradientDrift(Rule):
                 "rank": rank,
                 "warmup": list(run.warm),
                 "total": run.tracker.state_dict(),
+                "recent": run.recent,
                 "heads": {name: list(ema_count) for name, ema_count in run.heads.items()},
             }
             for (run_id, rank), run in self._runs.items()
@@ -209,4 +240,6 @@ class GradientDrift(Rule):
             run = self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(tracker, subject)
             norm, health, count = saved["warmup"]
             run.warm = [float(norm), float(health), int(count)]
-            run.heads = {name: [float(ema), int(count)] for name, (ema, count) in saved["heads"].items()}
+            run.recent = int(saved.get("recent", 0))
+            run.heads = {name: [float(kept[0]), int(kept[1]), int(kept[2]) if len(kept) > 2 else 0]
+                         for name, kept in saved["heads"].items()}

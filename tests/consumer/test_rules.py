@@ -179,11 +179,12 @@ class TestGradientDrift:
         assert alerts == []
 
     async def test_a_jump_of_every_norm_fires_on_the_third_update_and_clears_five_later(self):
-        """Norms x3 from step 40 to 44: drift fires at step 42; the 10-update EMA has caught up by 43, so it clears at 47."""
+        """Norms x3 from step 40 to 44: drift fires at step 42; the 10-update EMA has caught up by 43, but
+        the window of 4 still holds 3 drifting updates at 43, so the quiet run starts at 44 and it clears at 48."""
         alerts, _ = await play(grad_run(scale=3.0).items)
         drift = [(a.severity, a.cleared, a.step, a.values.get("head")) for a in alerts if a.rule == "gradient_drift"]
         assert drift == [("warning", False, 42, None)] + [("warning", False, 42, h) for h in HEADS] + \
-            [("info", True, 47, None)] + [("info", True, 47, h) for h in HEADS]
+            [("info", True, 48, None)] + [("info", True, 48, h) for h in HEADS]
         assert {a.rule for a in alerts} == {"gradient_drift"}
         total = alerts[0]
         # EMA after two fault updates: 0.9 * (0.9 * 1 + 0.1 * 3) + 0.1 * 3 = 1.38 (x the base norm): drift (3 - 1.38) / 1.38
@@ -238,7 +239,8 @@ class TestGradientDrift:
         p, tl = Producer(), Timeline()
         for step, norm in enumerate(norms):
             tl.send(p.grads(step, norms={"pi": norm}))
-        seed_rule = {"momentum": 0.99, "drift_threshold": 0.5, "health_drift_threshold": 0.5, "warmup": 0, "fire_after": 1, "per_head": False}
+        seed_rule = {"momentum": 0.99, "drift_threshold": 0.5, "health_drift_threshold": 0.5, "warmup": 0, "fire_after": 1, "fire_window": 1,
+                     "per_head": False}
         alerts, _ = await play(tl.items, config(gradient_drift=seed_rule))
         tracker = GradientEMATracker()
         seed = [step for step, norm in enumerate(norms) if tracker.check_drift(norm, 1.0)[0]]
@@ -258,10 +260,30 @@ class TestGradientDrift:
         """State saved two updates into the fault (counts pending) fires and clears as the uninterrupted run."""
         await assert_resumes_identically(grad_run(scale=3.0), split=42, rule="gradient_drift")
 
+    async def test_three_drifting_updates_of_four_fire_where_three_in_a_row_would_wait(self):
+        """A head growing from step 40 with one quiet minibatch (41) in between: drifting at 40, 42 and 43
+        fires at 43 (three of the last four); with fire_window = fire_after (in a row) it waits until 44."""
+        growing = {40: 3.0, 41: 1.3, 42: 4.0, 43: 5.0, 44: 6.5, 45: 8.0, 46: 10.0}
+        p, tl = Producer(), Timeline()
+        for step in range(50):
+            tl.send(p.grads(step, norms={**TYPICAL, "op": growing.get(step, TYPICAL["op"])}))
+        windowed, _ = await play(tl.items)
+        in_a_row, _ = await play(tl.items, config(gradient_drift={"fire_window": 3}))
+
+        def first(alerts):
+            return min(a.step for a in alerts if a.rule == "gradient_drift" and a.values.get("head") == "op" and not a.cleared)
+
+        assert first(windowed) == 43 and first(in_a_row) == 44
+
+    def test_a_window_shorter_than_the_count_is_refused(self):
+        """fire_window < fire_after cannot ever fire: a configuration error naming both."""
+        with pytest.raises(ValueError, match="fire_window"):
+            config(gradient_drift={"fire_window": 2})
+
     def test_defaults_are_the_documented_ones(self):
-        """Momentum 0.9, norm drift 1.0, health drift 0.5, warmup 10, floor 1e-8, fire after 3, clear after 5."""
-        assert_documented_defaults("gradient_drift", momentum=0.9, drift_threshold=1.0, health_drift_threshold=0.5, warmup=10, vanishing_floor=1e-8,
-                                   per_head=True, fire_after=3, clear_after=5)
+        """Momentum 0.9, norm drift 1.0, health drift 0.5, warmup 20, floor 1e-8, 3 of 4 fire, clear after 5."""
+        assert_documented_defaults("gradient_drift", momentum=0.9, drift_threshold=1.0, health_drift_threshold=0.5, warmup=20, vanishing_floor=1e-8,
+                                   per_head=True, fire_after=3, fire_window=4, clear_after=5)
 
 
 class TestGradientScale:
