@@ -135,6 +135,9 @@ class HeadGroups:
         """Every parameter on one device with one dtype (one ``_foreach_norm`` serves the clip too)."""
         self.total_is_prefix = self.total == list(range(len(self.params)))
         """The total covers every distinct parameter (its entries are the first ones)."""
+        self.fused = True
+        """``clip_grad_norm_`` may measure and clip in one pass (False after that failed once, e.g. for
+        gradient types ``_foreach_norm`` does not take: torch's clip then runs, after a separate measurement)."""
 
     def total_params(self) -> list[Any]:
         """The parameters the total covers (what a clip scales)."""
@@ -240,9 +243,12 @@ def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups:
     else:
         tensors, positions = _with_missing(groups, grads)
     clipped = [tensors[positions[e]] for e in groups.total if positions[e] >= 0]
-    if not groups.uniform or not clipped:
-        submit_head_grad_norms(readouts, emit, step, groups, stage="pre_clip", max_norm=max_norm, clip_total=None,
-                               count_nonfinite=False)
+    if not (groups.uniform and groups.fused and clipped):
+        try:
+            submit_head_grad_norms(readouts, emit, step, groups, stage="pre_clip", max_norm=max_norm, clip_total=None,
+                                   count_nonfinite=False)
+        except Exception as exc:  # the measurement is lost (counted), the clip is not
+            on_error("clip_grad_norm_", exc)
         return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
     if tensors[0].requires_grad:  # gradients made with create_graph=True: measure (and scale) detached
         tensors = [t.detach() for t in tensors]
@@ -256,7 +262,8 @@ def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups:
             else:
                 of_total = torch.stack([norms[positions[e]] for e in groups.total if positions[e] >= 0])
             total = torch.linalg.vector_norm(of_total, 2)
-        except Exception as exc:  # nothing is clipped yet: torch's own clip does it, unmeasured
+        except Exception as exc:  # nothing is clipped yet: torch's own clip does it, and from now on
+            groups.fused = False
             on_error("clip_grad_norm_", exc)
             return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
         torch._foreach_mul_(clipped, torch.clamp(max_norm / (total + 1e-6), max=1.0))

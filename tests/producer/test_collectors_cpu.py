@@ -373,6 +373,12 @@ class TestClipGradNorm:
             torch.nn.utils.clip_grad_norm_(emb.parameters(), 0.01)
         assert str(ours.value) == str(theirs.value)
         assert emitter.collector_stats.errors == 1
+        groups = emitter.head_groups({"emb": emb})
+        for _ in range(2):  # after one failure the fused pass is not tried again; torch's clip raises its own error
+            with pytest.raises(NotImplementedError) as again:
+                emitter.clip_grad_norm_(1, groups, 0.01)
+            assert str(again.value) == str(theirs.value)
+        assert groups.fused is False and emitter.collector_stats.errors == 3  # each failed measurement, counted
 
 
 class TestHeadGroups:
