@@ -1,5 +1,16 @@
 """Trainer-side cost of telemetry: microseconds per event on the training thread.
 
+Peer rows (tensorboardX, wandb) need those libraries, which are never dependencies of this
+project: install them in a separate bench virtualenv, not the project's ``.venv``::
+
+    python3 -m venv /tmp/peers-venv
+    /tmp/peers-venv/bin/pip install torch==2.13.0 -e . -r bench/requirements-peers.txt
+    /tmp/peers-venv/bin/python bench/emit_cost.py
+
+wandb runs with ``mode="offline"``, its run directory, cache and config in this run's temporary
+directory, and no network: no system-metrics sampler (it probes cloud metadata addresses), no
+error reporting, no git or code capture, console capture off.
+
 Every variant sends the same realistic step (eight events, see ``_workload.py``) and is timed per
 step with ``time.perf_counter_ns``; the variants run interleaved, in a shuffled order, over several
 rounds. Reported per variant, from every step's latency pooled over the rounds: the typical cost
@@ -18,7 +29,11 @@ Variants:
   (same ``emit_step`` calls, so the same keyword-argument dicts are built).
 - ``... no consumer``: the PUSH socket is connected to an ipc path nobody binds; after warm-up its
   queue is at SNDHWM and every send is dropped with ``zmq.Again`` (counted).
-- tensorboardX / wandb only when installed (they are not dependencies of this project).
+- ``tensorboardX``: one ``SummaryWriter.add_scalar`` per numeric value of the step (a dict field is one
+  scalar per key), as a trainer logs scalars; ``wandb``: one ``run.log`` per step with every value
+  as a key. Only when installed (see above); their ratio is to the batched floor. They are timed
+  after the other variants, in rounds of their own: their background threads would slow whatever
+  is timed while they exist.
 
 The receiving side is real: a separate process (multiprocessing, spawn) binds a PULL socket on
 ``ipc://`` in a temporary directory, says it is ready through a pipe, and drains and decodes every
@@ -243,13 +258,26 @@ def logging_block(path: str) -> tuple[StepBlock, logging.Handler]:
     return timed_steps(STEP_VALUES, lambda step, values: emit_step(log_emit, step, values)), handler
 
 
+def _scalars(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, float]]:
+    """The step's numeric values as ``(tag, value)``, a dict field giving one per key (what a trainer logs as scalars)."""
+    scalars: list[tuple[str, float]] = []
+    for i, (kind, fields) in enumerate(events):
+        for name, value in fields.items():
+            if isinstance(value, dict):
+                scalars.extend((f"{i}.{kind}/{name}/{key}", item) for key, item in value.items() if isinstance(item, float))
+            elif isinstance(value, float):
+                scalars.append((f"{i}.{kind}/{name}", value))
+    return scalars
+
+
 def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Callable[[], None]]]:
     """tensorboardX and wandb variants, only where installed (never installed by this project)."""
     blocks: dict[str, StepBlock] = {}
     notes: list[str] = []
     closers: list[Callable[[], None]] = []
+    per_step = len(_scalars(STEP_EVENTS[0]))
     if importlib.util.find_spec("tensorboardX") is None:
-        notes.append("tensorboardX: not installed, skipped (not a project dependency)")
+        notes.append("tensorboardX: not installed, skipped (not a project dependency; see bench/requirements-peers.txt)")
     else:
         from tensorboardX import SummaryWriter
 
@@ -257,36 +285,30 @@ def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Call
         closers.append(writer.close)
         add_scalar = writer.add_scalar
 
-        def tbx(step: int, events: list[tuple[str, dict[str, Any]]]) -> None:
-            for kind, fields in events:
-                for name, value in fields.items():
-                    if isinstance(value, dict):
-                        for key, item in value.items():
-                            add_scalar(f"{kind}/{name}/{key}", item, step)
-                    elif isinstance(value, float):
-                        add_scalar(f"{kind}/{name}", value, step)
+        def tbx(step: int, events: list[tuple[str, float]]) -> None:
+            for tag, value in events:
+                add_scalar(tag, value, step)
 
-        blocks["tensorboardX add_scalar per value"] = timed_steps(STEP_EVENTS, tbx)
+        blocks[f"tensorboardX add_scalar x{per_step} per step"] = timed_steps([_scalars(step) for step in STEP_EVENTS], tbx)
     if importlib.util.find_spec("wandb") is None:
-        notes.append("wandb: not installed, skipped (not a project dependency)")
+        notes.append("wandb: not installed, skipped (not a project dependency; see bench/requirements-peers.txt)")
     else:
+        home = os.path.join(tmp, "wandb-home")
+        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+            os.environ[var] = home  # nothing written outside this run's temporary directory
+        os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_ERROR_REPORTING="false")
         import wandb
 
-        run = wandb.init(mode="offline", dir=tmp, project="simic-bench")
+        run = wandb.init(mode="offline", dir=tmp, project="simic-bench", settings=wandb.Settings(
+            silent=True, console="off", x_disable_stats=True, disable_git=True, disable_code=True, disable_job_creation=True))
         closers.append(run.finish)
+        log = run.log
 
-        def wb(step: int, events: list[tuple[str, dict[str, Any]]]) -> None:
-            metrics = {}
-            for i, (kind, fields) in enumerate(events):
-                for name, value in fields.items():
-                    if isinstance(value, dict):
-                        for key, item in value.items():
-                            metrics[f"{i}.{kind}/{name}/{key}"] = item
-                    elif isinstance(value, float):
-                        metrics[f"{i}.{kind}/{name}"] = value
-            run.log(metrics, step=step)
+        def wb(step: int, metrics: dict[str, float]) -> None:
+            log(dict(metrics), step=step)  # a fresh dict per call, as a trainer builds one
 
-        blocks["wandb log (offline, one call per step)"] = timed_steps(STEP_EVENTS, wb)
+        blocks[f"wandb log (offline, {per_step} keys, one call per step)"] = timed_steps(
+            [dict(_scalars(step)) for step in STEP_EVENTS], wb)
     return blocks, notes, closers
 
 
@@ -420,52 +442,66 @@ def main(argv: list[str] | None = None) -> int:
                     emitter_counters(em_single), lambda: (em_single.session, em_single.stats.batches)),
             Variant("floor single (packb + send per event)", floors["single"].block(per_event=True), None,
                     floor_counters(floors["single"]), lambda: (floors["single"].session, floors["single"].messages)),
-            Variant("logging.FileHandler (per event)", log_block),
+            Variant("logging.FileHandler (per event)", log_block, "floor batched (packb + send per step)"),
             Variant("simic batched, no consumer", simic_block(em_nobody, per_event_flush=False), "floor batched, no consumer",
                     emitter_counters(em_nobody), no_consumer=True),
             Variant("floor batched, no consumer", floors["nobody"].block(per_event=False), None, floor_counters(floors["nobody"]),
                     no_consumer=True),
         ]
-        peers, notes, peer_closers = optional_peers(tmp)
-        variant_list += [Variant(name, block) for name, block in peers.items()]
-        closers.extend(peer_closers)
-        variants = {v.name: v for v in variant_list}
 
         def catch_up() -> dict[str, Any]:
             """Wait (on the receiver's signal) until it has every message sent so far, so each block starts with empty queues."""
             parent_conn.send(("await", dict(v.delivered() for v in variant_list if v.delivered), 2.0))
             return parent_conn.recv()
 
-        # Warm-up: connect, fill caches, and push the no-consumer queues to their high-water mark.
         first = 0
-        for v in variant_list:
-            v.block(settings.send_hwm + 200 if v.no_consumer else 200, first, 0)
-        first += settings.send_hwm + 200
-        catch_up()
+
+        def warm_up(group: list[Variant]) -> None:
+            """Connect, fill caches, and push the no-consumer queues to their high-water mark."""
+            nonlocal first
+            for v in group:
+                v.block(settings.send_hwm + 200 if v.no_consumer else 200, first, 0)
+            first += settings.send_hwm + 200
+            catch_up()
 
         paces = [("burst", 0, args.steps)] + ([("paced", args.pace_us * 1000, args.paced_steps)] if args.pace_us > 0 else [])
-        results: dict[tuple[str, str], Result] = {(p, n): Result() for p, _, _ in paces for n in variants}
+        results: dict[tuple[str, str], Result] = {}
         order_rng = random.Random(args.seed)
+
+        def run_rounds(group: list[Variant]) -> None:
+            nonlocal first
+            for _ in range(args.rounds):
+                for pace_name, pace_ns, steps in paces:
+                    order = list(group)
+                    order_rng.shuffle(order)
+                    for v in order:
+                        before = v.counters() if v.counters else (0, 0)
+                        gc.collect()
+                        times = v.block(steps, first, pace_ns)
+                        first += steps
+                        result = results.setdefault((pace_name, v.name), Result())
+                        result.round_mean_ns.append(sum(times) / steps)
+                        result.step_ns.extend(times)
+                        if v.counters:
+                            after = v.counters()
+                            result.dropped += after[0] - before[0]
+                            result.made += after[1] - before[1]
+                        if v.delivered:
+                            catch_up()
+
+        warm_up(variant_list)
         started = time.perf_counter()
-        for _ in range(args.rounds):
-            for pace_name, pace_ns, steps in paces:
-                order = list(variants)
-                order_rng.shuffle(order)
-                for name in order:
-                    v = variants[name]
-                    before = v.counters() if v.counters else (0, 0)
-                    gc.collect()
-                    times = v.block(steps, first, pace_ns)
-                    first += steps
-                    result = results[(pace_name, name)]
-                    result.round_mean_ns.append(sum(times) / steps)
-                    result.step_ns.extend(times)
-                    if v.counters:
-                        after = v.counters()
-                        result.dropped += after[0] - before[0]
-                        result.made += after[1] - before[1]
-                    if v.delivered:
-                        catch_up()
+        run_rounds(variant_list)
+        # Peers come after, in rounds of their own: their background threads (tensorboardX's event
+        # writer, wandb's senders) share this process and slowed every variant timed while they lived
+        # (simic batched 15 to 30 % slower when interleaved with them).
+        peers, notes, peer_closers = optional_peers(tmp)
+        closers.extend(peer_closers)
+        peer_list = [Variant(name, block, "floor batched (packb + send per step)") for name, block in peers.items()]
+        if peer_list:
+            warm_up(peer_list)
+            run_rounds(peer_list)
+        variant_list += peer_list
         elapsed = time.perf_counter() - started
 
         # Delivery check: every message handed to ZeroMQ by a connected sender reached the receiver.
@@ -502,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = sum(results[(p, "simic batched, no consumer")].made for p, _, _ in paces) - EVENTS_PER_STEP * sum(
             steps * args.rounds for _, _, steps in paces)
         if extra > 0:
-            print(f"note [simic batched, no consumer]: flush() added {extra} heartbeat events (no send has succeeded for "
-                  f"heartbeat_interval_s, so every flush adds one); those steps emit {EVENTS_PER_STEP + 1} events")
+            print(f"note [simic batched, no consumer]: flush() added {extra} heartbeat events (one per heartbeat_interval_s "
+                  f"without a successful send); those steps emit {EVENTS_PER_STEP + 1} events")
         for note in notes:
             print(note)
         busy = " (other work was running: the numbers are suspect, rerun on a quiet machine)" if load_before > 0.5 else ""
