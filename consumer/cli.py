@@ -1,4 +1,4 @@
-"""The ``simic-consumer`` command: run the daemon, replay or inspect recorded logs, list rules."""
+"""The ``simic-consumer`` command: run the daemon, replay or inspect recorded logs, list rules, make keys."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ def main() -> None:
                    "(consumer.ipc -> consumer-alerts.ipc, tcp port + 1); 'none' to turn it off.")
 @click.option("--dead-letter", is_flag=True, help="Also keep refused messages under LOG_DIR/dead-letter.")
 @click.option("--insecure-bind", is_flag=True, help="Allow a TCP bind beyond loopback without encryption (anyone who can reach the port can send).")
+@click.option("--curve-secret", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="This consumer's CurveZMQ secret key file (NAME.key_secret from `simic-consumer keygen`). With --curve-allow, "
+                   "the events socket and the alerts PUB are encrypted and accept only allowed keys; a TCP bind beyond "
+                   "loopback is then allowed. Producers need the matching NAME.key.")
+@click.option("--curve-allow", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Directory of the public key files (*.key) of the producers and alert subscribers allowed to connect "
+                   "(read at start). Any other key, or none, is rejected, counted and logged.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: any free port, printed at start).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
@@ -58,29 +65,71 @@ def main() -> None:
 @click.option("--dashboard", is_flag=True, help="Live terminal dashboard of runs, ranks and alerts (plain status lines when stdout is not a terminal).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
-        metrics_port: int | None, metrics_host: str, dashboard: bool, verbose: bool) -> None:
+        curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
+        verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM."""
     from .daemon import DaemonOptions, serve
+    from .security import CurveServer, SecurityError
 
     _setup_logging(verbose)
     config = _config(config_path)
     endpoint = endpoint or default_endpoint()
     alerts = None if alerts_endpoint.lower() == "none" else alerts_endpoint
+    curve = None
+    if curve_secret is not None or curve_allow is not None:
+        if curve_secret is None or curve_allow is None:
+            raise click.UsageError("--curve-secret and --curve-allow go together: this consumer's secret key file and the directory of allowed peer keys")
+        try:
+            curve = CurveServer(curve_secret, curve_allow, log_interval_s=config.daemon.rejection_log_interval_s)
+        except SecurityError as error:
+            raise click.UsageError(str(error)) from None
     for where in filter(None, (endpoint, None if alerts == "auto" else alerts)):
-        if not is_loopback(where):
+        if not is_loopback(where) and curve is None:
             if not insecure_bind:
                 raise click.UsageError(
-                    f"refusing to bind {where}: it is reachable from other hosts and simic traffic is not encrypted. "
-                    "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT), or pass --insecure-bind if the network is trusted."
+                    f"refusing to bind {where}: it is reachable from other hosts and simic traffic is neither encrypted nor authenticated. "
+                    "Bind ipc:// or a loopback address (tcp://127.0.0.1:PORT); or use CurveZMQ keys: "
+                    "`simic-consumer keygen KEYS --name consumer` for this consumer and `simic-consumer keygen KEYS --name HOST` for "
+                    "each trainer host, copy the trainers' HOST.key files into an allow directory and run with "
+                    "--curve-secret KEYS/consumer.key_secret --curve-allow ALLOW_DIR (trainers set SIMIC_CURVE_SERVER_KEY=consumer.key "
+                    "and SIMIC_CURVE_CLIENT_KEY=HOST.key_secret); or pass --insecure-bind if the network is trusted."
                 )
             click.echo(f"simic-consumer: WARNING: listening on {where} without encryption (--insecure-bind)", err=True)
+    if curve is not None:
+        click.echo(f"simic-consumer: {curve.summary_line()}")
     options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter, alerts_endpoint=alerts,
-                            metrics_port=metrics_port, metrics_host=metrics_host, dashboard=dashboard)
+                            metrics_port=metrics_port, metrics_host=metrics_host, dashboard=dashboard, curve=curve)
     try:
         code = asyncio.run(serve(options))
     except Exception as error:  # bind failures and the like: one clear line, not a traceback
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
+    if curve is not None:
+        click.echo(f"simic-consumer: {curve.failures.summary_line()}")
     sys.exit(code)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="simic", show_default=True, metavar="NAME",
+              help="Base name of the files: DIRECTORY/NAME.key (public) and DIRECTORY/NAME.key_secret (secret).")
+def keygen(directory: Path, name: str) -> None:
+    """Write a CurveZMQ key pair into DIRECTORY (created 0700; the secret file is 0600).
+
+    One pair for the consumer (its NAME.key_secret goes to `run --curve-secret`, its NAME.key to
+    every producer), and one pair per producer host or subscriber (its NAME.key goes into the
+    consumer's --curve-allow directory). An existing pair is never overwritten.
+    """
+    from .security import SecurityError, write_key_pair
+
+    try:
+        public, secret, key = write_key_pair(directory, name)
+    except SecurityError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write keys into {directory}: {error.strerror or error}") from None
+    click.echo(f"wrote {secret} (secret: keep it on this host, mode 0600)")
+    click.echo(f"wrote {public} (public: copy it to the peers)")
+    click.echo(f"public key: {key}")
 
 
 @main.command()

@@ -30,6 +30,7 @@ from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
+from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
 from .sinks.metrics import MetricsSink
@@ -61,6 +62,8 @@ class DaemonOptions:
     """Address the metrics server binds (``0.0.0.0`` for a Prometheus on another host)."""
     dashboard: bool = False
     """Show the live dashboard on stdout (plain status lines when stdout is not a terminal)."""
+    curve: CurveServer | None = None
+    """CurveZMQ keys and allow-list for the events socket and the alerts PUB; None: no encryption."""
     bound: str | None = field(default=None, compare=False)
     """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
@@ -81,6 +84,8 @@ class _Daemon:
             from .sinks.dashboard import DashboardSink
 
             self.dashboard = DashboardSink()
+        if self.metrics is not None and options.curve is not None:
+            self.metrics.registry.register(options.curve.failures)  # simic_handshakes_failed_total
         self.pipeline = self._build()
 
     def _build(self) -> Pipeline:
@@ -88,7 +93,7 @@ class _Daemon:
         extra: list[Stage] = []
         alerts_endpoint = alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
         if alerts_endpoint:
-            extra.append(PubAlertSink(alerts_endpoint))
+            extra.append(PubAlertSink(alerts_endpoint, curve=options.curve))
         extra.extend(options.extra_sinks)
         watchers = [stage for stage in (self.metrics, self.dashboard) if stage is not None]
         pipeline = build_pipeline(
@@ -174,7 +179,7 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
     await daemon.restore()
     pipeline = daemon.pipeline
     await pipeline.start()
-    source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm)
+    source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm, curve=options.curve)
     try:
         endpoint = source.bind()
     except Exception:

@@ -36,7 +36,14 @@ from simic.schemas.codec import KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION
 from simic.producer.collectors.mixin import CollectorsMixin, NullCollectorsMixin
 from simic.producer._kind_methods import emit_methods, null_emit_methods
 from simic.schemas.codec import DecodeError, decode_message
-from simic.schemas.endpoints import ENDPOINT_ENV, RUN_ID_ENV, alerts_endpoint_for
+from simic.schemas.endpoints import (
+    CURVE_CLIENT_KEY_ENV,
+    CURVE_SERVER_KEY_ENV,
+    ENDPOINT_ENV,
+    RUN_ID_ENV,
+    CurveClientKeys,
+    alerts_endpoint_for,
+)
 from simic.schemas.models import Alert
 
 __all__ = ["Emitter", "NullEmitter", "EmitterSettings", "EmitterStats"]
@@ -123,6 +130,13 @@ class Emitter(CollectorsMixin):
             a private one), and stop it at :meth:`close`; True, or a mapping of keyword arguments for
             :func:`simic.producer.spawn_consumer` (``{"log_dir": ...}``). Raises RuntimeError when
             it cannot start. The sidecar is :attr:`sidecar`.
+        curve_server_key: the consumer's public key file (``NAME.key`` from ``simic-consumer keygen``).
+            With ``curve_client_key``, events and the alerts subscription are encrypted with CurveZMQ
+            and this producer proves its identity; the consumer (``run --curve-secret --curve-allow``)
+            must hold this producer's public key in its allow-list, or it receives nothing from it
+            (the emitter does not fail: undelivered events are dropped and counted, as with no consumer).
+        curve_client_key: this producer's secret key file (``NAME.key_secret``). Both keys are read
+            once, here; an unreadable or malformed file raises ValueError.
 
     Use it as a context manager, or call :meth:`close` at the end: that sends ``run_end``.
     """
@@ -143,11 +157,20 @@ class Emitter(CollectorsMixin):
         settings: EmitterSettings | None = None,
         alerts_endpoint: str | None = "auto",
         spawn_consumer: bool | Mapping[str, Any] = False,
+        curve_server_key: str | os.PathLike[str] | None = None,
+        curve_client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if not (spawn_consumer and endpoint is None) and (not isinstance(endpoint, str) or "://" not in endpoint):
             raise ValueError(f"endpoint must look like ipc:///path or tcp://host:port, got {endpoint!r}")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
+        self._curve: CurveClientKeys | None = None
+        if curve_server_key is not None or curve_client_key is not None:
+            if curve_server_key is None or curve_client_key is None:
+                raise ValueError(f"curve_server_key and curve_client_key go together ({CURVE_SERVER_KEY_ENV}, {CURVE_CLIENT_KEY_ENV})")
+            if spawn_consumer:
+                raise ValueError("curve keys are for a consumer started with --curve-secret; a spawned sidecar is private (ipc) and has none")
+            self._curve = CurveClientKeys.load(curve_server_key, curve_client_key)
         if spawn_consumer:
             from .sidecar import spawn_consumer as _spawn
 
@@ -211,12 +234,16 @@ class Emitter(CollectorsMixin):
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, self.settings.send_hwm)
         self._socket.setsockopt(zmq.LINGER, self.settings.linger_ms)
+        if self._curve is not None:
+            self._curve.apply(self._socket)
         self._socket.connect(self.endpoint)
         self._alerts: zmq.Socket | None = None
         if self.alerts_endpoint:
             self._alerts = self._context.socket(zmq.SUB)
             self._alerts.setsockopt(zmq.LINGER, 0)
             self._alerts.setsockopt(zmq.RCVHWM, 1000)
+            if self._curve is not None:
+                self._curve.apply(self._alerts)
             self._alerts.setsockopt(zmq.SUBSCRIBE, self.run_id.encode())
             self._alerts.connect(self.alerts_endpoint)
 
@@ -460,11 +487,15 @@ class Emitter(CollectorsMixin):
     @classmethod
     def from_env(cls, **kwargs: Any) -> "Emitter | NullEmitter":
         """An emitter configured by ``SIMIC_ENDPOINT`` and ``SIMIC_RUN_ID`` (and ``RANK``/``WORLD_SIZE``
-        as torchrun sets them). Without ``SIMIC_ENDPOINT`` telemetry is off: a :class:`NullEmitter`
+        as torchrun sets them; CurveZMQ key files by ``SIMIC_CURVE_SERVER_KEY`` and
+        ``SIMIC_CURVE_CLIENT_KEY``). Without ``SIMIC_ENDPOINT`` telemetry is off: a :class:`NullEmitter`
         (unless ``spawn_consumer`` is given: then a private sidecar is started)."""
         endpoint = os.environ.get(ENDPOINT_ENV, "").strip()
         if not endpoint and not kwargs.get("spawn_consumer"):
             return NullEmitter()
+        for key, env in (("curve_server_key", CURVE_SERVER_KEY_ENV), ("curve_client_key", CURVE_CLIENT_KEY_ENV)):
+            if endpoint and os.environ.get(env, "").strip():  # keys are for that consumer, not a private sidecar
+                kwargs.setdefault(key, os.environ[env].strip())
         kwargs.setdefault("run_id", os.environ.get(RUN_ID_ENV) or f"{_socket.gethostname()}-{os.getpid()}-{int(time.time())}")
         kwargs.setdefault("rank", int(os.environ.get("RANK", "0")))
         kwargs.setdefault("world_size", int(os.environ.get("WORLD_SIZE", "1")))

@@ -2,16 +2,20 @@
 
 The default is an ipc socket inside a directory only the current user can enter (0700): under
 ``$XDG_RUNTIME_DIR/simic`` when that is set, else ``/tmp/simic-<uid>``. TCP endpoints are for
-loopback unless the operator explicitly asks for more.
+loopback unless the consumer has CurveZMQ keys (or the operator explicitly opts out). Key files
+are pyzmq's certificate format, as ``simic-consumer keygen`` writes them; both sides read them here.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ENDPOINT_ENV",
@@ -21,12 +25,22 @@ __all__ = [
     "alerts_endpoint_for",
     "is_loopback",
     "ipc_path",
+    "CURVE_SERVER_KEY_ENV",
+    "CURVE_CLIENT_KEY_ENV",
+    "read_key_file",
+    "CurveClientKeys",
 ]
 
 ENDPOINT_ENV = "SIMIC_ENDPOINT"
 """Environment variable naming the consumer's endpoint (unset: telemetry off)."""
 RUN_ID_ENV = "SIMIC_RUN_ID"
 """Environment variable naming the run."""
+CURVE_SERVER_KEY_ENV = "SIMIC_CURVE_SERVER_KEY"
+"""Environment variable: the consumer's public key file (``NAME.key``), for producers."""
+CURVE_CLIENT_KEY_ENV = "SIMIC_CURVE_CLIENT_KEY"
+"""Environment variable: this producer's secret key file (``NAME.key_secret``)."""
+
+log = logging.getLogger("simic")
 
 
 def runtime_dir(create: bool = True) -> Path:
@@ -82,3 +96,63 @@ def alerts_endpoint_for(endpoint: str) -> str | None:
         if port.isdigit():
             return f"tcp://{host}:{int(port) + 1}"
     return None
+
+
+def read_key_file(path: str | os.PathLike[str], *, secret: bool) -> tuple[bytes, bytes | None]:
+    """The z85 ``(public, secret)`` keys of a key file; ``secret=True`` requires the secret key.
+
+    Raises ValueError naming the file and what is wrong with it. A secret key file that other
+    users can read is used, with a warning (as mounted secrets often are 0644).
+    """
+    import zmq.auth
+    from zmq.utils import z85
+
+    try:
+        with open(path, "rb"):  # the precise reason (missing, permission) rather than pyzmq's generic one
+            pass
+        public, secret_key = zmq.auth.load_certificate(os.fspath(path))
+    except OSError as error:
+        raise ValueError(f"cannot read CurveZMQ key file {path}: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not a CurveZMQ key file (write one with `simic-consumer keygen`)") from None
+    for key in filter(None, (public, secret_key)):
+        try:
+            valid = len(key) == 40 and len(z85.decode(key)) == 32
+        except Exception:  # bad characters, or a value that overflows a 32-bit word
+            valid = False
+        if not valid:
+            raise ValueError(f"{path} holds a malformed CurveZMQ key (40 z85 characters expected)")
+    if secret:
+        if secret_key is None:
+            raise ValueError(f"{path} holds no secret key: pass the NAME.key_secret file that `simic-consumer keygen` wrote")
+        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+            log.warning("secret key file %s is readable by other users: chmod 600 it", path)
+    return public, secret_key
+
+
+@dataclass(frozen=True, repr=False)
+class CurveClientKeys:
+    """A CurveZMQ client's keys: the server's public key and this peer's own pair (z85)."""
+
+    server_key: bytes
+    public_key: bytes
+    secret_key: bytes
+
+    @classmethod
+    def load(cls, server_key_file: str | os.PathLike[str], client_key_file: str | os.PathLike[str]) -> "CurveClientKeys":
+        """From the consumer's public key file and this peer's secret key file. Raises ValueError."""
+        server_key, _ = read_key_file(server_key_file, secret=False)
+        public_key, secret_key = read_key_file(client_key_file, secret=True)
+        assert secret_key is not None
+        return cls(server_key, public_key, secret_key)
+
+    def apply(self, sock: Any) -> None:
+        """Make a ZeroMQ socket a CURVE client of that server (before it connects)."""
+        import zmq
+
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
+
+    def __repr__(self) -> str:  # the secret key stays out of logs and tracebacks
+        return f"CurveClientKeys(server_key={self.server_key.decode()!r}, public_key={self.public_key.decode()!r})"

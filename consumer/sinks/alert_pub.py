@@ -2,10 +2,14 @@
 
 Each alert is a two-part message: the run id (the subscription topic, so a trainer subscribes to
 its own run) and the alert encoded as a normal simic message. PUB never blocks: a subscriber that
-does not keep up loses alerts at its high-water mark.
+does not keep up loses alerts at its high-water mark. With a
+:class:`~simic.consumer.security.CurveServer` it is a CURVE server with the events socket's key:
+only subscribers holding an allowed key receive anything.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -14,15 +18,19 @@ from simic.schemas.endpoints import ipc_path
 
 from ..pipeline import Batch, Stage
 
+if TYPE_CHECKING:
+    from ..security import CurveServer
+
 __all__ = ["PubAlertSink"]
 
 
 class PubAlertSink(Stage):
     name = "alert_pub"
 
-    def __init__(self, endpoint: str, *, hwm: int = 1000) -> None:
+    def __init__(self, endpoint: str, *, hwm: int = 1000, curve: CurveServer | None = None) -> None:
         self.endpoint = endpoint
         self.hwm = hwm
+        self.curve = curve
         self.published = 0
         self.dropped = 0
         self._context: zmq.Context | None = None
@@ -36,7 +44,13 @@ class PubAlertSink(Stage):
         self._socket = self._context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.SNDHWM, self.hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.bind(self.endpoint)
+        if self.curve is not None:
+            self.curve.secure(self._socket, "alerts")
+        try:
+            self._socket.bind(self.endpoint)
+        except zmq.ZMQError:
+            await self.close()
+            raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def consume(self, batch: Batch) -> None:
@@ -51,6 +65,8 @@ class PubAlertSink(Stage):
 
     async def close(self) -> None:
         if self._socket is not None:
+            if self.curve is not None:
+                self.curve.release(self._socket)  # its monitor and authenticator first, or term() waits on them
             self._socket.close(linger=0)
             self._socket = None
         if self._context is not None:

@@ -5,13 +5,15 @@ ZeroMQ has nothing more (an await per message would cap throughput near 70k mess
 message goes into a bounded asyncio queue with its arrival time. When the queue is full the task
 waits, ZeroMQ's own queues fill, and producers drop and count: back-pressure, not memory growth.
 Messages larger than the codec's limit are refused by ZeroMQ itself (``MAXMSGSIZE``) before any
-allocation.
+allocation. With a :class:`~simic.consumer.security.CurveServer` the socket is a CURVE server:
+only producers holding an allowed key get through, and rejected handshakes are counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
@@ -19,15 +21,19 @@ import zmq.asyncio
 from simic.schemas.codec import MAX_MESSAGE_BYTES
 from simic.schemas.endpoints import ipc_path
 
+if TYPE_CHECKING:
+    from ..security import CurveServer
+
 __all__ = ["ZmqPullSource"]
 
 
 class ZmqPullSource:
     """Binds a PULL socket and feeds ``(raw, recv_ns)`` pairs into a queue."""
 
-    def __init__(self, endpoint: str, *, receive_hwm: int = 10_000) -> None:
+    def __init__(self, endpoint: str, *, receive_hwm: int = 10_000, curve: CurveServer | None = None) -> None:
         self.endpoint = endpoint
         self.receive_hwm = receive_hwm
+        self.curve = curve
         self.received = 0
         self._context: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
@@ -43,8 +49,14 @@ class ZmqPullSource:
         sock.setsockopt(zmq.RCVHWM, self.receive_hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(self.endpoint)
+        if self.curve is not None:
+            self.curve.secure(sock, "events")
         self._socket = sock
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError:
+            self.close()  # its authenticator and monitor too
+            raise
         self._sync = zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
@@ -83,8 +95,13 @@ class ZmqPullSource:
     def close(self) -> None:
         """Stop receiving. Safe to call twice."""
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._close_socket(self._socket)
             self._socket = self._sync = None
         if self._context is not None:
             self._context.term()
             self._context = None
+
+    def _close_socket(self, sock: zmq.Socket) -> None:
+        if self.curve is not None:
+            self.curve.release(sock)  # its monitor and authenticator first, or term() waits on them
+        sock.close(linger=0)

@@ -183,10 +183,13 @@ class TestHostileInput:
 
 class TestDaemonLifecycle:
     def test_public_tcp_bind_is_refused_with_an_explanation(self, tmp_path, cli):
-        """Binding beyond loopback without encryption fails fast and says why."""
+        """Binding beyond loopback without keys fails fast, says why and gives both ways out:
+        CurveZMQ keys (the commands) or the explicit opt-out."""
         result = cli.run("run", "--bind", "tcp://0.0.0.0:5599", "--log-dir", str(tmp_path), check=False)
         assert result.returncode == 2
-        assert "refusing to bind" in result.stderr and "--insecure-bind" in result.stderr
+        assert "refusing to bind tcp://0.0.0.0:5599" in result.stderr and "--insecure-bind" in result.stderr
+        assert "simic-consumer keygen" in result.stderr and "--curve-secret" in result.stderr and "--curve-allow" in result.stderr
+        assert list(tmp_path.iterdir()) == []  # nothing was started
 
     def test_unknown_config_key_is_an_error_naming_the_key(self, tmp_path, cli):
         """A typo in the config file stops the daemon before it starts, naming the key."""
