@@ -241,7 +241,8 @@ class Emitter(CollectorsMixin):
         if self.alerts_endpoint:
             self._alerts = self._context.socket(zmq.SUB)
             self._alerts.setsockopt(zmq.LINGER, 0)
-            self._alerts.setsockopt(zmq.RCVHWM, 1000)
+            # Alerts are few; unread ones (a trainer that never polls) hold a receive buffer each, so keep few.
+            self._alerts.setsockopt(zmq.RCVHWM, 100)
             if self._curve is not None:
                 self._curve.apply(self._alerts)
             self._alerts.setsockopt(zmq.SUBSCRIBE, self.run_id.encode())
