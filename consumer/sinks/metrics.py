@@ -25,6 +25,7 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_lstm_state_rms{run_id,rank,state}              newest RMS of h and c
     simic_ppo_approx_kl{run_id,rank} / simic_ppo_entropy{run_id,rank,head}
     simic_pipeline_last_batch_age_seconds                seconds since the pipeline last ran (ticks included): liveness
+    simic_handshakes_failed_total{socket,reason}         CurveZMQ handshakes refused (only with --curve-secret)
 
 A value the producer sent as missing removes its sample (no sample, not 0); NaN is exported as NaN.
 """
