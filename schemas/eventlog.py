@@ -100,7 +100,8 @@ def segment_paths(target: str | os.PathLike[str]) -> list[Path]:
     """The segment files of a log directory in order, or ``[target]`` for a single file."""
     path = Path(target)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if _SEGMENT_NAME.match(p.name))
+        # Files only: a directory or a dangling link with a segment's name holds no frames (and reading it would raise).
+        return sorted(p for p in path.iterdir() if _SEGMENT_NAME.match(p.name) and p.is_file())
     if not path.exists():
         raise FileNotFoundError(f"no such log file or directory: {path}")
     return [path]
