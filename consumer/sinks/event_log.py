@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
 
-from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogWriteError, LogWriter
+from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_paths
 
 from ..pipeline import Batch, RateLimitedLog, Stage
 
@@ -19,8 +20,12 @@ class EventLogSink(Stage):
     """Appends each message (rejected ones too, so a replay counts the same rejections) and each
     clock tick (so a replay sees time pass as the live run did) to the log.
 
-    A failed write (disk full) loses the frames of that write, counts them in ``frames_lost`` and is
-    logged; the daemon keeps receiving, analysing and alerting.
+    A failed write (disk full, file too large, I/O error) loses the frames of that write and leaves
+    no partial frame behind (the writer truncates it back); they are counted in ``frames_lost``.
+    The first failure is reported in one line naming the file and the errno, repeats at most every
+    5 s, and the return of writing in one more line; the daemon keeps receiving, analysing and
+    alerting, and every later flush tries again. At start, a torn tail or corrupt stretch left in
+    the newest segment by a crash is reported (readers skip it; new frames go to a new segment).
     """
 
     name = "event_log"
@@ -33,11 +38,31 @@ class EventLogSink(Stage):
         self.writer: LogWriter | None = None
         self.frames_lost = 0
         self.write_errors = 0
+        self.failing = False
+        """The last write failed: frames are being lost until one succeeds."""
+        self._lost_before = 0
         self._last_sync = time.monotonic_ns()
         self._log = RateLimitedLog(log, 5.0)
 
     async def start(self) -> None:
+        self._report_damage()
         self.writer = LogWriter(self.directory, max_segment_bytes=self.max_segment_bytes, writer=self.writer_name)
+
+    def _report_damage(self) -> None:
+        """Say what a crash left at the end of the newest segment (the only one it could have been writing)."""
+        paths = segment_paths(self.directory) if self.directory.is_dir() else []
+        if not paths:
+            return
+        newest = paths[-1]
+        reader = LogReader(newest)
+        try:
+            for _ in reader:
+                pass
+        except (OSError, LogFormatError) as error:
+            log.warning("event log: cannot check %s: %s", newest, error)
+            return
+        for problem in reader.problems:
+            log.warning("event log: %s; not read as data, new frames go to a new segment", problem)
 
     async def consume(self, batch: Batch) -> None:
         if self.writer is None or batch.catching_up:
@@ -47,6 +72,9 @@ class EventLogSink(Stage):
             self.writer.write(batch.raw, batch.recv_ns, FRAME_TICK if batch.tick else FRAME_MESSAGE)
         except LogWriteError as error:
             self._failed(error, pending + 1)
+        else:
+            if self.failing and self.writer.buffered_frames == 0:  # this write reached the file
+                self._recovered()
 
     @property
     def position(self) -> tuple[str, int] | None:
@@ -59,22 +87,42 @@ class EventLogSink(Stage):
         pending = self.writer.buffered_frames
         try:
             if time.monotonic_ns() - self._last_sync >= self.sync_interval_ns:
-                self.writer.sync()
                 self._last_sync = time.monotonic_ns()
+                self.writer.sync()
             else:
                 self.writer.flush()
         except LogWriteError as error:
             self._failed(error, pending)
+        except OSError as error:  # fsync: the frames were written, whether they are durable is unknown
+            self._failed(error, 0)
+        else:
+            if self.failing and pending:
+                self._recovered()
 
-    def _failed(self, error: LogWriteError, frames: int) -> None:
+    def _failed(self, error: OSError, frames: int) -> None:
         self.write_errors += 1
         self.frames_lost += frames
-        self._log.warning("write", "event log write failed, %d frames lost so far: %s", self.frames_lost, error)
+        code = errno.errorcode.get(error.errno or 0, "?")
+        if not self.failing:
+            self.failing = True
+            self._lost_before = self.frames_lost - frames
+            self._log.warning("failed", "event log: write failed (%s): %s; frames are lost, and counted, until a write "
+                              "succeeds again (analysis and alerts go on)", code, error)
+        else:
+            self._log.warning("failing", "event log: still failing (%s), %d frames lost so far: %s", code, self.frames_lost, error)
+
+    def _recovered(self) -> None:
+        self.failing = False
+        path = self.writer.path if self.writer is not None else self.directory
+        self._log.warning("recovered", "event log: writing again to %s after %d lost frames", path, self.frames_lost - self._lost_before)
 
     async def close(self) -> None:
         if self.writer is not None:
+            pending = self.writer.buffered_frames
             try:
                 self.writer.close()
             except LogWriteError as error:
+                self._failed(error, pending)
+            except OSError as error:
                 self._failed(error, 0)
             self.writer = None
