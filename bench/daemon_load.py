@@ -54,6 +54,7 @@ import zmq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
 
+from simic.consumer.config import DaemonConfig
 from simic.consumer import ConsumerConfig  # noqa: E402
 from simic.consumer.replay import replay  # noqa: E402
 from simic.producer import Emitter, EmitterSettings, spawn_consumer  # noqa: E402
@@ -499,8 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-s", type=float, default=10.0, help="seconds each producer emits back to back (default 10)")
     parser.add_argument("--scaling", default="1,8,64", help="producer counts for the scaling table (default 1,8,64)")
     parser.add_argument("--scaling-burst-s", type=float, default=5.0, help="burst seconds in the scaling runs (default 5)")
-    parser.add_argument("--queue-messages", type=int, default=10_000, help="daemon.queue_messages (default 10000, the default)")
-    parser.add_argument("--receive-hwm", type=int, default=10_000, help="daemon.receive_hwm (default 10000, the default)")
+    defaults = DaemonConfig()
+    parser.add_argument("--queue-messages", type=int, default=defaults.queue_messages,
+                        help="daemon.queue_messages (default: the daemon's, %(default)s)")
+    parser.add_argument("--receive-hwm", type=int, default=defaults.receive_hwm, help="daemon.receive_hwm (default: the daemon's, %(default)s)")
     parser.add_argument("--quiet-s", type=float, default=2.0, help="seconds RSS is watched after recovery (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 producers for 0.5 s, scaling 1,2 for 0.5 s")
     args = parser.parse_args(argv)

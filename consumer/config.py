@@ -35,8 +35,15 @@ class DaemonConfig(_Section):
     queue_messages: int = Field(10_000, ge=1)
     """Messages held between the receiver and the pipeline. When full, the receiver stops reading,
     ZeroMQ's queues fill, and producers drop (and count) what does not fit: memory stays bounded."""
-    receive_hwm: int = Field(10_000, ge=1)
-    """ZeroMQ receive high-water mark (messages)."""
+    queue_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    """Bytes of messages held between the receiver and the pipeline (64 MiB): the same back-pressure
+    when messages are large (up to 1 MiB each, 10,000 of them would be 10 GiB)."""
+    receive_hwm: int = Field(1_000, ge=1)
+    """ZeroMQ receive high-water mark, in messages, *per producer connection*: 1,000. libzmq keeps a
+    small queued message in a receive buffer of up to about 18 KB, so the daemon's worst case grows by
+    about ``receive_hwm x 18 KB`` per producer (18 MiB at 1,000; 10,000 let a burst of 64 producers
+    take a daemon to 899 MiB). Raise it to buffer a longer stall of a few producers; the producers'
+    own send queues (``send_hwm``) buffer as much again."""
     shutdown_timeout_s: float = Field(10.0, gt=0)
     """Longest a SIGINT/SIGTERM shutdown spends draining the queue before it closes anyway."""
     checkpoint_interval_s: float = Field(10.0, gt=0)

@@ -27,6 +27,7 @@ from simic.schemas.endpoints import alerts_endpoint_for
 from simic.schemas.eventlog import FRAME_TICK
 
 from .accounting import Accounting
+from .backpressure import ByteBoundedQueue
 from .build import build_pipeline
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
@@ -193,7 +194,7 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
         _say(f"serving metrics on {daemon.metrics.url}")
     _say(f"logging to {options.log_dir.resolve()}")
 
-    queue: asyncio.Queue = asyncio.Queue(maxsize=config.daemon.queue_messages)
+    queue: asyncio.Queue = ByteBoundedQueue(config.daemon.queue_messages, config.daemon.queue_bytes)
     for stage in (daemon.metrics, daemon.dashboard):
         if stage is not None:
             stage.watch_queue(queue.qsize, config.daemon.queue_messages)
