@@ -1,30 +1,49 @@
 """Consumer pipeline throughput: decode, accounting and every analysis rule, in one process.
 
-Encodes realistic messages (8 ``head_grad_norms`` events of 5 heads each, as a trainer batches a
-step) once, outside the timed region, then times ``Pipeline.consume`` over all of them with the
-default configuration (every rule on, no sinks). Prints events/s for: decode only, the pipeline with
-no rules, and with every rule. The live daemon adds ZeroMQ receive and the event-log write on top.
+Encodes the messages once, outside the timed region, then times ``Pipeline.consume`` over all of
+them with the default configuration (every rule on, no sinks). Two workloads:
 
-    .venv/bin/python bench/consumer_throughput.py [--messages N] [--repeat R]
+- ``head_grad_norms``: 8 ``head_grad_norms`` events of 5 heads per message (the original workload);
+- ``mixed step``: the 8 events of a realistic PPO step per message (``_workload.py``: step timings,
+  gradient norms before and after clipping, LSTM health of two cores, two PPO epochs), a
+  ``run_start`` first and a ``heartbeat`` in every 50th message.
+
+Prints events/s for: decode only, the pipeline with no rules, and with every rule. ``--per-rule``
+adds what each rule costs on its own (microseconds per event over accounting alone; the first rule
+to ask for a batch's events by kind also pays for indexing them). The live daemon adds ZeroMQ
+receive and the event-log write on top.
+
+    .venv/bin/python bench/consumer_throughput.py [--messages N] [--repeat R] [--per-rule]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import sys
 import time
 
-from simic.consumer import ConsumerConfig, Pipeline, build_pipeline
-from simic.consumer.accounting import Accounting
-from simic.consumer.analysis import RULES
-from simic.schemas import decode_message, encode_message
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E402
+
+from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
+from simic.consumer.accounting import Accounting  # noqa: E402
+from simic.consumer.alerts import AlertMaker  # noqa: E402
+from simic.consumer.analysis import RULES  # noqa: E402
+from simic.schemas import decode_message, encode_message  # noqa: E402
+from simic.schemas.codec import KINDS  # noqa: E402
 
 HEADS = ("slot", "blueprint", "blend", "op", "value")
 PER_MESSAGE = 8
+HEARTBEAT_EVERY = 50
+"""One message in this many carries a heartbeat too (more often than an emitter flushing every step sends one)."""
+T0_NS = 1_700_000_000_000_000_000
 
 
 def messages(count: int) -> list[bytes]:
+    """The original workload: 8 ``head_grad_norms`` events of 5 heads per message."""
     rng, out, seq = random.Random(0), [], 0
     for _ in range(count):
         rows = []
@@ -37,26 +56,52 @@ def messages(count: int) -> list[bytes]:
     return out
 
 
+def mixed_messages(count: int, run_id: str = RUN_ID, session: int = 1, start_ns: int = 1_000, step_ns: int = 1_000_000,
+                   first_step: int = 0) -> list[bytes]:
+    """A trainer's messages: one PPO step (8 events) per message, ``run_start`` first, a heartbeat every 50th.
+
+    ``clock_ns`` starts at ``start_ns`` and advances ``step_ns`` per message (the producer's clock)."""
+    out, seq = [], 0
+    run_start = positional("run_start", {"host": "bench-host", "pid": 4242, "world_size": 1, "heads": list(HEADS)})
+    heartbeat_code = KINDS["heartbeat"].code
+    for i in range(count):
+        step, clock = first_step + i, start_ns + i * step_ns
+        rows = []
+        if i == 0:
+            code, payload = run_start
+            rows.append([code, seq, clock, step, *payload])
+            seq += 1
+        for kind, fields in STEP_EVENTS[i % VARIANTS]:
+            code, payload = positional(kind, fields)
+            rows.append([code, seq, clock, step, *payload])
+            seq += 1
+        if i % HEARTBEAT_EVERY == HEARTBEAT_EVERY - 1:
+            rows.append([heartbeat_code, seq, clock, step, seq, 0])
+            seq += 1
+        out.append(encode_message(run_id, 0, session, rows))
+    return out
+
+
 async def timed(pipeline: Pipeline, raws: list[bytes]) -> float:
     await pipeline.start()
     start = time.perf_counter()
     for i, raw in enumerate(raws):
-        await pipeline.consume(raw, 1_700_000_000_000_000_000 + i * 1_000_000)
+        await pipeline.consume(raw, T0_NS + i * 1_000_000)
     elapsed = time.perf_counter() - start
     await pipeline.close()
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000, help="messages of 8 events (default 5000)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per variant; the best is reported (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 200 messages, one run each")
-    args = parser.parse_args()
-    if args.quick:
-        args.messages, args.repeat = 200, 1
-    raws = messages(args.messages)
-    events = len(raws) * PER_MESSAGE
+def count_events(raws: list[bytes]) -> int:
+    return sum(len(decode_message(raw).events) for raw in raws)
+
+
+def best(run, repeat: int) -> float:
+    return min(run() for _ in range(repeat))
+
+
+def table(name: str, raws: list[bytes], repeat: int, per_rule: bool) -> None:
+    events = count_events(raws)
 
     def decode_only() -> float:
         start = time.perf_counter()
@@ -64,17 +109,41 @@ def main() -> None:
             decode_message(raw)
         return time.perf_counter() - start
 
+    config = ConsumerConfig()
     variants = {
         "decode only": decode_only,
         "pipeline: accounting, no rules": lambda: asyncio.run(timed(Pipeline([Accounting()]), raws)),
         f"pipeline: accounting + all {len(RULES)} rules (defaults)": lambda: asyncio.run(
-            timed(build_pipeline(ConsumerConfig(), console=False), raws)),
+            timed(build_pipeline(config, console=False), raws)),
     }
-    print(f"{events} events in {len(raws)} messages, best of {args.repeat}\n")
+    print(f"\n### {name}: {events} events in {len(raws)} messages, best of {repeat}\n")
     print("| variant | events/s |\n|---|---:|")
-    for name, run in variants.items():
-        best = min(run() for _ in range(args.repeat))
-        print(f"| {name} | {events / best:,.0f} |")
+    for label, run in variants.items():
+        print(f"| {label} | {events / best(run, repeat):,.0f} |")
+    if not per_rule:
+        return
+    print(f"\n| rule ({name}) | us/event over accounting alone |\n|---|---:|")
+    for rule_name, rule in RULES.items():  # each against a baseline timed just before it: small differences, shared machine
+        rule_config = getattr(config.rules, rule_name)
+        base = best(lambda: asyncio.run(timed(Pipeline([Accounting()]), raws)), repeat)
+        elapsed = best(lambda: asyncio.run(timed(Pipeline([Accounting(), rule(rule_config, AlertMaker())]), raws)), repeat)
+        print(f"| {rule_name} | {(elapsed - base) / events * 1e6:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000, help="messages of 8 events per workload (default 5000)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per variant; the best is reported (default 5)")
+    parser.add_argument("--workload", choices=("both", "head_grad_norms", "mixed"), default="both", help="which workload (default both)")
+    parser.add_argument("--per-rule", action="store_true", help="also time each rule alone (us/event over accounting)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 messages, one run each")
+    args = parser.parse_args()
+    if args.quick:
+        args.messages, args.repeat = 200, 1
+    if args.workload in ("both", "head_grad_norms"):
+        table("head_grad_norms", messages(args.messages), args.repeat, args.per_rule)
+    if args.workload in ("both", "mixed"):
+        table("mixed step", mixed_messages(args.messages), args.repeat, args.per_rule)
 
 
 if __name__ == "__main__":

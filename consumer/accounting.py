@@ -12,15 +12,20 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from simic.schemas.models import Event, Heartbeat, RunEnd, RunStart
 
-from .pipeline import Batch, RateLimitedLog, Stage
+from .pipeline import Batch, RateLimitedLog, SyncStage
 
 __all__ = ["ProducerKey", "ProducerState", "Accounting"]
 
 log = logging.getLogger("simic.consumer")
+
+_NOTED = frozenset({"run_start", "heartbeat", "run_end"})
+"""Kinds that say something about their session beyond being counted."""
+_SEQ, _KIND = attrgetter("seq"), attrgetter("kind")
 
 ProducerKey = tuple[str, int, int]
 """``(run_id, rank, session)``"""
@@ -88,7 +93,7 @@ class ProducerState:
         }
 
 
-class Accounting(Stage):
+class Accounting(SyncStage):
     """Counts messages, events per kind, rejections by reason and losses per producer session.
 
     Args:
@@ -110,7 +115,7 @@ class Accounting(Stage):
         self._log = RateLimitedLog(log, log_interval_s)
         self._lost_total_forgotten = 0
 
-    async def consume(self, batch: Batch) -> None:
+    def consume_now(self, batch: Batch) -> None:
         if batch.tick:
             return
         self.messages += 1
@@ -120,14 +125,43 @@ class Accounting(Stage):
         for error in batch.errors:
             self.rejected_events[error.reason.value] += 1
             self._log.warning(f"rejected:{error.reason.value}", "rejected event: %s", error)
-        if not batch.events:
+        events = batch.events
+        if not events:
             return
-        head = batch.events[0]
+        head = events[0]
         state = self._state(head)
-        for event in batch.events:
-            if (event.run_id, event.rank, event.session) != state.key:  # cannot happen from one message
-                state = self._state(event)
-            self._account(state, event, batch.recv_ns)
+        if not self._account_in_order(state, events, batch.recv_ns, batch.one_session):
+            for event in events:
+                if (event.run_id, event.rank, event.session) != state.key:  # cannot happen from one message
+                    state = self._state(event)
+                self._account(state, event, batch.recv_ns)
+
+    def _account_in_order(self, state: ProducerState, events: list[Event], recv_ns: int, one_session: bool) -> bool:
+        """The usual batch at once: every event of ``state``'s session, in sequence from the one
+        expected, none a run_start, heartbeat or run_end. Returns False, having changed nothing, for
+        any other batch (then each event is accounted on its own)."""
+        count = len(events)
+        first = state.next_seq
+        if list(map(_SEQ, events)) != list(range(first, first + count)):
+            return False
+        if not one_session and any((event.run_id, event.rank, event.session) != state.key for event in events):
+            return False
+        kinds = list(map(_KIND, events))
+        if not _NOTED.isdisjoint(kinds):
+            return False
+        state.next_seq = first + count
+        state.received += count
+        self.events += count
+        state.kinds.update(kinds)
+        self.events_by_kind.update(kinds)
+        if state.first_step is None:
+            state.first_step = events[0].step
+            state.first_recv_ns = recv_ns
+        last = events[-1]
+        state.last_step = last.step
+        state.last_recv_ns = recv_ns
+        state.last_clock_ns = last.clock_ns
+        return True
 
     def _state(self, event: Event) -> ProducerState:
         key = (event.run_id, event.rank, event.session)
@@ -166,6 +200,11 @@ class Accounting(Stage):
         state.last_step = event.step
         state.last_recv_ns = recv_ns
         state.last_clock_ns = event.clock_ns
+        if event.kind in _NOTED:
+            self._note(state, event)
+
+    def _note(self, state: ProducerState, event: Event) -> None:
+        """What a run_start, heartbeat or run_end tells about its session (the counts include the event)."""
         if isinstance(event, RunStart):
             state.started = event
         elif isinstance(event, (Heartbeat, RunEnd)):

@@ -8,7 +8,8 @@ it to :meth:`Pipeline.consume`, which decodes it and passes it through the stage
 Stages share one small interface (OpenTelemetry-collector style): ``start()``, ``consume(batch)``,
 ``close()``. ``close`` flushes what the stage holds, is safe without ``start`` and safe to repeat.
 A stage that raises does not stop the pipeline: the error is counted per stage and logged at a
-bounded rate, and the batch goes on to the next stage.
+bounded rate, and the batch goes on to the next stage. A stage that never awaits (accounting, every
+rule) is a :class:`SyncStage`: the pipeline calls it directly, saving a coroutine per stage and batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 from simic.schemas.codec import DecodeError, decode_message
 from simic.schemas.models import Alert, Event
 
-__all__ = ["Batch", "Stage", "Pipeline", "RateLimitedLog"]
+__all__ = ["Batch", "Stage", "SyncStage", "Pipeline", "RateLimitedLog"]
 
 log = logging.getLogger("simic.consumer")
 
@@ -48,6 +49,27 @@ class Batch:
     rules (a silent producer) act on it; the event log records it so replay sees the same time."""
     catching_up: bool = False
     """Re-processing logged messages after a restart to rebuild state: alert sinks stay quiet."""
+    one_session: bool = False
+    """Every event is of one producer session (true of the events decoded from one message)."""
+    _by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def of_kind(self, kind: str) -> Sequence[Event]:
+        """The events of one kind, in order."""
+        index = self._by_kind
+        return (self.kind_index() if index is None else index).get(kind, ())
+
+    def kind_index(self) -> dict[str, list[Event]]:
+        """Kind to its events, in order. Made on first use and kept: most rules look at one kind only."""
+        index = self._by_kind
+        if index is None:
+            index = self._by_kind = {}
+            for event in self.events:
+                bucket = index.get(event.kind)
+                if bucket is None:
+                    index[event.kind] = [event]
+                else:
+                    bucket.append(event)
+        return index
 
 
 class Stage:
@@ -66,6 +88,21 @@ class Stage:
 
     async def close(self) -> None:
         """Flush and release. Safe without ``start`` and when called twice."""
+
+
+class SyncStage(Stage):
+    """A stage whose work never awaits: :meth:`consume_now` does it, and the pipeline calls that directly."""
+
+    def consume_now(self, batch: Batch) -> None:
+        """Look at (and possibly add alerts to) one batch, synchronously."""
+
+    async def consume(self, batch: Batch) -> None:
+        self.consume_now(batch)
+
+
+def _direct(stage: Stage):
+    """The synchronous consume of a stage, when calling it is all its ``consume`` does."""
+    return stage.consume_now if isinstance(stage, SyncStage) and type(stage).consume is SyncStage.consume else None
 
 
 class RateLimitedLog:
@@ -95,6 +132,8 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
+        self._calls = [(stage, _direct(stage)) for stage in self.stages]
+        self._flushing = [stage for stage in self.stages if type(stage).flush is not Stage.flush]  # the others do nothing
         self.stage_errors: Counter[str] = Counter()
         self._log = RateLimitedLog()
         self._started = False
@@ -114,6 +153,7 @@ class Pipeline:
         else:
             batch.events = decoded.events
             batch.errors = decoded.errors
+            batch.one_session = True
         return await self._run(batch)
 
     async def tick(self, now_ns: int, *, catching_up: bool = False) -> Batch:
@@ -121,16 +161,19 @@ class Pipeline:
         return await self._run(Batch(raw=b"", recv_ns=now_ns, tick=True, catching_up=catching_up))
 
     async def _run(self, batch: Batch) -> Batch:
-        for stage in self.stages:
+        for stage, direct in self._calls:
             try:
-                await stage.consume(batch)
+                if direct is not None:
+                    direct(batch)
+                else:
+                    await stage.consume(batch)
             except Exception as error:  # one broken stage must not stop the others
                 self.stage_errors[stage.name] += 1
                 self._log.warning(f"stage:{stage.name}", "stage %s failed: %r", stage.name, error)
         return batch
 
     async def flush(self) -> None:
-        for stage in self.stages:
+        for stage in self._flushing:
             try:
                 await stage.flush()
             except Exception as error:

@@ -17,7 +17,7 @@ from simic.schemas.models import Alert
 from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
-from .pipeline import Batch, Pipeline, Stage
+from .pipeline import Batch, Pipeline, Stage, SyncStage
 from .sources.log_files import LogFilesSource
 
 __all__ = ["ReplayResult", "replay"]
@@ -32,13 +32,13 @@ class ReplayResult:
     """Final state of every stateful stage (what a daemon's checkpoint would hold)."""
 
 
-class _AlertCollector(Stage):
+class _AlertCollector(SyncStage):
     name = "alert_collector"
 
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
 
-    async def consume(self, batch: Batch) -> None:
+    def consume_now(self, batch: Batch) -> None:
         self.alerts.extend(batch.alerts)
 
 

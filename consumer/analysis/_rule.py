@@ -17,14 +17,14 @@ Their state (``state_dict``/``load_state_dict``) is plain JSON data, checkpointe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from simic.schemas.models import Alert, Event
 
 from ..alerts import AlertMaker
-from ..pipeline import Batch, Stage
+from ..pipeline import Batch, SyncStage
 
 __all__ = ["RuleConfig", "Rule", "register", "RULES", "subject_key", "Severity"]
 
@@ -58,7 +58,7 @@ class _Condition:
         self.bad, self.good, self.active = bad, good, active
 
 
-class Rule(Stage):
+class Rule(SyncStage):
     """Base of analysis rules: feeds each event of a batch to :meth:`check`."""
 
     name: ClassVar[str] = "rule"
@@ -72,16 +72,53 @@ class Rule(Stage):
         self._conditions: dict[str, _Condition] = {}
         self._checks = type(self).check is not Rule.check  # decided once: a tick-only rule skips the event loop
         self._ticks = type(self).tick is not Rule.tick
+        self._kind = next(iter(self.kinds)) if self.kinds is not None and len(self.kinds) == 1 else None
+        if type(self).consume_now is Rule.consume_now:
+            specialised = self._specialised_consume()
+            if specialised is not None:
+                self.consume_now = specialised  # what consume_now does for this rule, without the choices
 
-    async def consume(self, batch: Batch) -> None:
-        now = batch.recv_ns
-        if self._checks:
-            kinds = self.kinds
-            for event in batch.events:
-                if kinds is None or event.kind in kinds:
-                    fired = self.check(event, now)
+    def _specialised_consume(self) -> Callable[[Batch], None] | None:
+        """:meth:`consume_now` specialised for the two common shapes of rule (it runs for every batch)."""
+        if self._checks and not self._ticks and self._kind is not None:
+            check, kind = self.check, self._kind
+
+            def checks_one_kind(batch: Batch) -> None:
+                events = batch.kind_index().get(kind)
+                if events:
+                    now = batch.recv_ns
+                    for event in events:
+                        fired = check(event, now)
+                        if fired:
+                            batch.alerts.extend(fired)
+
+            return checks_one_kind
+        if self._ticks and not self._checks:
+            tick = self.tick
+
+            def ticks_only(batch: Batch) -> None:
+                if batch.tick or batch.events:
+                    fired = tick(batch.recv_ns, batch)
                     if fired:
                         batch.alerts.extend(fired)
+
+            return ticks_only
+        return None
+
+    def consume_now(self, batch: Batch) -> None:
+        now = batch.recv_ns
+        if self._checks and batch.events:
+            kinds = self.kinds
+            if self._kind is not None:
+                events = batch.of_kind(self._kind)
+            elif kinds is None:
+                events = batch.events
+            else:
+                events = [event for event in batch.events if event.kind in kinds]
+            for event in events:
+                fired = self.check(event, now)
+                if fired:
+                    batch.alerts.extend(fired)
         if self._ticks and (batch.tick or batch.events):
             fired = self.tick(now, batch)
             if fired:
@@ -102,18 +139,20 @@ class Rule(Stage):
         event: Event,
         subject: str,
         bad: bool,
-        message: str,
-        values: dict[str, Any],
+        message: str | Callable[[], str],
+        values: dict[str, Any] | Callable[[], dict[str, Any]],
         *,
         severity: Severity | None = None,
-        clear_message: str | None = None,
+        clear_message: str | Callable[[], str] | None = None,
         fire_after: int | None = None,
         clear_after: int | None = None,
     ) -> Alert | None:
         """Record one observation of a condition; returns the alert when it fires or clears.
 
         ``fire_after``/``clear_after`` override the config's counts for a condition of the rule that
-        needs its own (a dead head waits longer than a dominating one)."""
+        needs its own (a dead head waits longer than a dominating one). ``message``, ``values`` and
+        ``clear_message`` may be functions that make them: most observations raise no alert, and
+        then nothing is formatted."""
         condition = self._conditions.get(subject)
         if condition is None:
             if not bad:
@@ -124,7 +163,7 @@ class Rule(Stage):
             condition.bad += 1
             if not condition.active and condition.bad >= (fire_after or self.config.fire_after):
                 condition.active = True
-                return self.alerts.make(event, self.name, severity or self.config.severity, message, values)
+                return self.alerts.make(event, self.name, severity or self.config.severity, _made(message), _made(values))
             return None
         condition.bad = 0
         if condition.active:
@@ -132,7 +171,7 @@ class Rule(Stage):
             if condition.good >= (clear_after or self.config.clear_after):
                 del self._conditions[subject]
                 return self.alerts.make(
-                    event, self.name, "info", clear_message or f"cleared: {message}", values, cleared=True
+                    event, self.name, "info", _made(clear_message) or f"cleared: {_made(message)}", _made(values), cleared=True
                 )
         else:
             del self._conditions[subject]
@@ -171,6 +210,11 @@ class Rule(Stage):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _made(value: Any) -> Any:
+    """A message or values given as the function that makes them, made; anything else as it is."""
+    return value() if callable(value) else value
 
 
 RULES: dict[str, type[Rule]] = {}

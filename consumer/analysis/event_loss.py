@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -11,6 +12,9 @@ from simic.schemas.models import Alert
 
 from ..pipeline import Batch
 from ._rule import Rule, RuleConfig, register, subject_key
+
+
+_SEQ = attrgetter("seq")
 
 
 class EventLossConfig(RuleConfig):
@@ -79,15 +83,16 @@ class EventLoss(Rule):
             session = self._sessions[key] = _Session(subject_key(first, first.session), first.seq)
         expected = session.next_seq
         gaps = session.gaps
-        ended = False
-        for event in events:
-            seq = event.seq
-            if seq >= expected:
-                if seq > expected:
-                    gaps.append([expected, seq])
-                expected = seq + 1
-            if event.kind == "run_end":
-                ended = True
+        seqs = list(map(_SEQ, events))
+        if seqs == list(range(expected, expected + len(seqs))):  # the usual batch: no gap, no repeat
+            expected += len(seqs)
+        else:
+            for seq in seqs:
+                if seq >= expected:
+                    if seq > expected:
+                        gaps.append([expected, seq])
+                    expected = seq + 1
+        ended = bool(batch.of_kind("run_end"))
         session.next_seq = expected
         fired = None
         if gaps or session.subject in self._conditions:

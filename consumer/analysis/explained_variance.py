@@ -53,6 +53,7 @@ class ExplainedVariance(Rule):
     def __init__(self, config: ExplainedVarianceConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._established: set[str] = set()
+        self._subjects: dict[tuple[str, int], str] = {}  # subject_key(event, "collapse") per (run, rank), made once
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "ppo_update":
@@ -61,7 +62,9 @@ class ExplainedVariance(Rule):
         if ev is None or not -_INF < ev < _INF:
             return None
         config = self.config
-        subject = subject_key(event, "collapse")
+        subject = self._subjects.get((event.run_id, event.rank))
+        if subject is None:
+            subject = self._subjects[(event.run_id, event.rank)] = subject_key(event, "collapse")
         if subject not in self._established:
             if ev > config.established:
                 self._established.add(subject)
@@ -73,10 +76,10 @@ class ExplainedVariance(Rule):
             event,
             subject,
             bad,
-            f"explained variance collapsed to {ev:.3g} at step {event.step} (below {config.collapse_below:g} after "
+            lambda: f"explained variance collapsed to {ev:.3g} at step {event.step} (below {config.collapse_below:g} after "
             f"having been above {config.established:g}): the value head no longer predicts returns",
-            {"explained_variance": ev, "collapse_below": config.collapse_below, "established": config.established},
-            clear_message=f"explained variance recovered to {ev:.3g} at step {event.step}",
+            lambda: {"explained_variance": ev, "collapse_below": config.collapse_below, "established": config.established},
+            clear_message=lambda: f"explained variance recovered to {ev:.3g} at step {event.step}",
         )
         return [alert] if alert else None
 

@@ -57,7 +57,7 @@ class LstmState(Rule):
         super().__init__(config, alerts)
         c = config
         # (condition, field, is it bad?, the bound in words, what it is): one subject per condition.
-        self._checks = (
+        self._tests = (
             ("h_explosion", "h_rms", lambda x: c.max_rms < x, f"above {c.max_rms:g}", "h explosion"),
             ("c_explosion", "c_rms", lambda x: c.max_rms < x, f"above {c.max_rms:g}", "c explosion"),
             ("h_vanishing", "h_rms", lambda x: 0.0 < x < c.min_rms, f"below {c.min_rms:g}", "h vanishing"),
@@ -73,8 +73,10 @@ class LstmState(Rule):
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "lstm_health":
             return None
+        if not self._conditions and not self._any_bad(event):
+            return None  # the healthy path: nothing to observe, nothing open
         fired: list[Alert] | None = None
-        for condition, field, test, bound, what in self._checks:
+        for condition, field, test, bound, what in self._tests:
             value = getattr(event, field)
             if value is None or not -_INF < value < _INF:  # missing, or non_finite's
                 continue
@@ -92,3 +94,12 @@ class LstmState(Rule):
                 if alert:
                     fired = (fired or []) + [alert]
         return fired
+
+    def _any_bad(self, event: Event) -> bool:
+        """Whether any check finds its (finite) value bad: the loop of check without observing anything."""
+        fields = event.__dict__
+        for _, field, test, _, _ in self._tests:
+            value = fields[field]
+            if value is not None and -_INF < value < _INF and test(value):
+                return True
+        return False

@@ -48,6 +48,11 @@ class PpoRatio(Rule):
         if event.kind != "ppo_update":
             return None
         config = self.config
+        if not self._conditions:  # the healthy path: neither value bad (missing and non-finite ones are not observed)
+            high, low = event.ratio_max, event.ratio_min
+            if not (high is not None and -_INF < high < _INF and high > config.max_ratio) and not (
+                    low is not None and -_INF < low < _INF and low < config.min_ratio):
+                return None
         fired: list[Alert] | None = None
         for condition, value, bad_if, bound in (
             ("explosion", event.ratio_max, lambda x: x > config.max_ratio, f"ratio_max > {config.max_ratio:g}"),

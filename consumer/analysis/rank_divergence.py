@@ -91,16 +91,23 @@ class RankDivergence(Rule):
         if entry is None or entry[0] != first.session:
             entry = ranks[rank] = [first.session, first.step]
         fired: list[Alert] = []
-        ended = False
-        for event in events:
-            kind = event.kind
-            if kind == "head_grad_norms":
-                if (run.world_size > 1 or len(ranks) > 1) and event.stage != "post_clip":
-                    self._norm(run, event, fired)
-            elif kind == "run_start":
-                run.world_size = event.world_size
-            elif kind == "run_end":
-                ended = True
+        if batch.of_kind("run_start"):  # it may change world_size mid-batch: every event in order
+            ended = False
+            for event in events:
+                kind = event.kind
+                if kind == "head_grad_norms":
+                    if (run.world_size > 1 or len(ranks) > 1) and event.stage != "post_clip":
+                        self._norm(run, event, fired)
+                elif kind == "run_start":
+                    run.world_size = event.world_size
+                elif kind == "run_end":
+                    ended = True
+        else:  # the same, by kind (nothing here changes world_size or ranks)
+            if run.world_size > 1 or len(ranks) > 1:
+                for event in batch.of_kind("head_grad_norms"):
+                    if event.stage != "post_clip":
+                        self._norm(run, event, fired)
+            ended = bool(batch.of_kind("run_end"))
         last = events[-1]
         entry[1] = last.step
         if ended:

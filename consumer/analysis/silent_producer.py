@@ -75,7 +75,7 @@ class SilentProducer(Rule):
     def tick(self, now_ns: int, batch: Batch) -> list[Alert] | None:
         fired: list[Alert] = []
         if batch.events:  # one message: one producer session
-            self._heard(batch.events, now_ns, fired)
+            self._heard(batch, now_ns, fired)
         if self._last_scan_ns is None or now_ns - self._last_scan_ns >= self._scan_ns:
             self._last_scan_ns = now_ns
             self._scan(now_ns, fired)
@@ -86,8 +86,8 @@ class SilentProducer(Rule):
             return self._min_ns
         return max(self._min_ns, self.config.silence_factor * session.gap_ns)
 
-    def _heard(self, events: list[Event], now_ns: int, fired: list[Alert]) -> None:
-        last = events[-1]
+    def _heard(self, batch: Batch, now_ns: int, fired: list[Alert]) -> None:
+        last = batch.events[-1]
         key = (last.run_id, last.rank, last.session)
         session = self._sessions.get(key)
         if session is None:
@@ -111,10 +111,9 @@ class SilentProducer(Rule):
                 m = self.config.gap_momentum
                 session.gap_ns = gap if session.gap_ns is None else m * session.gap_ns + (1 - m) * gap
             session.last_ns, session.step, session.clock_ns = now_ns, last.step, last.clock_ns
-        for event in events:
-            if event.kind == "run_end":
-                self._close(key, event, f"run ended ({event.status})", fired)
-                break
+        ends = batch.of_kind("run_end")
+        if ends:
+            self._close(key, ends[0], f"run ended ({ends[0].status})", fired)
 
     def _close(self, key: tuple[str, int, int], event: Event, why: str, fired: list[Alert]) -> None:
         session = self._sessions.pop(key, None)

@@ -64,38 +64,41 @@ class StepTime(Rule):
     def __init__(self, config: StepTimeConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._phases: dict[tuple[str, int, str], _Phase] = {}
+        self._by_run: dict[tuple[str, int], dict[str, _Phase]] = {}  # the same phases, by (run, rank) then name
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "step_timing":
             return None
         config = self.config
-        phases = self._phases
         conditions = self._conditions
+        momentum, warmup, min_baseline_ms, factor = config.momentum, config.warmup, config.min_baseline_ms, config.regression_factor
         fired: list[Alert] | None = None
         run_id, rank = event.run_id, event.rank
+        phases = self._by_run.get((run_id, rank))
+        if phases is None:
+            phases = self._by_run[(run_id, rank)] = {}
         for name, ms in event.phases_ms.items():
             if not 0.0 <= ms < _INF:
                 continue
-            phase = phases.get((run_id, rank, name))
+            phase = phases.get(name)
             if phase is None:
-                phase = phases[(run_id, rank, name)] = _Phase(Baseline(), subject_key(event, name))
+                phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(Baseline(), subject_key(event, name))
             baseline = phase.baseline.value
-            if baseline is None or baseline < config.min_baseline_ms:
-                phase.baseline.add(ms, config.momentum, config.warmup)
+            if baseline is None or baseline < min_baseline_ms:
+                phase.baseline.add(ms, momentum, warmup)
                 continue
-            bad = ms > config.regression_factor * baseline
-            active = bad or phase.subject in conditions
-            if not active:
-                phase.baseline.add(ms, config.momentum, config.warmup)
+            bad = ms > factor * baseline
+            if not (bad or phase.subject in conditions):
+                phase.baseline.value = momentum * baseline + (1.0 - momentum) * ms  # Baseline.add once warm
                 continue
             alert = self.observe(
                 event,
                 phase.subject,
                 bad,
-                f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
+                lambda: f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
                 f"{baseline:.4g} ms ({event.clock} clock) for {config.fire_after} steps",
-                {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock},
-                clear_message=f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
+                lambda: {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock},
+                clear_message=lambda: f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
                 f"(baseline {baseline:.4g} ms, {event.clock} clock)",
             )
             if alert:
@@ -115,3 +118,6 @@ class StepTime(Rule):
             (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject)
             for subject, saved in state.items()
         }
+        self._by_run = {}
+        for (run_id, rank, name), phase in self._phases.items():
+            self._by_run.setdefault((run_id, rank), {})[name] = phase

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SCRIPTS = [("emit_cost.py", "| variant |"), ("wire_size.py", "| kind |"), ("consumer_throughput.py", "| variant | events/s |")]
+SCRIPTS = [("emit_cost.py", "| variant |"), ("wire_size.py", "| kind |"), ("consumer_throughput.py", "| variant | events/s |"),
+           ("producer_faults.py", "| consumer | events | sent | dropped |")]
 
 
 class TestBenchScripts:
@@ -27,3 +28,38 @@ class TestBenchScripts:
         result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "--quick" in result.stdout
+
+
+def quick(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True, timeout=120)
+
+
+class TestConsumerBenches:
+    def test_consumer_throughput_times_both_workloads(self) -> None:
+        """consumer_throughput.py --quick prints a table for the head_grad_norms and the mixed-step workload."""
+        result = quick("consumer_throughput.py")
+        assert result.returncode == 0, result.stderr
+        assert "### head_grad_norms:" in result.stdout and "### mixed step:" in result.stdout
+        assert result.stdout.count("| pipeline: accounting + all") == 2
+
+    def test_replay_speed_replays_every_event_it_wrote(self) -> None:
+        """replay_speed.py --quick writes logs, replays them in process and through the CLI, and counts every event."""
+        result = quick("replay_speed.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| events | messages | log MB |" in result.stdout and "| CLI end to end" in result.stdout
+        assert "every event written was replayed and counted: yes" in result.stdout
+
+    def test_alert_latency_receives_every_alert(self) -> None:
+        """alert_latency.py --quick: a real producer and consumer; all 50 critical alerts arrive and no event is lost."""
+        result = quick("alert_latency.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| critical (the NaN) | 50 of 50 |" in result.stdout
+        assert "| lost (sequence gaps) / dropped by the producer / rejected | 0 / 0 / 0 |" in result.stdout
+        assert "every alert and event delivered: yes" in result.stdout
+
+    @pytest.mark.parametrize(("script", "option"), [("replay_speed.py", "--sizes"), ("alert_latency.py", "--rate")])
+    def test_help_describes_the_options(self, script: str, option: str) -> None:
+        """--help exits 0 and names --quick and the script's main option."""
+        result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "--quick" in result.stdout and option in result.stdout

@@ -1,0 +1,138 @@
+"""Replay speed: ``simic-consumer replay`` of recorded logs of increasing size, every rule on.
+
+Each log is written through the real encoder and event-log writer (``LogWriter``), as the daemon
+records: the messages of a trainer at 1,000 events/s (one PPO step of 8 events per message, see
+``consumer_throughput.mixed_messages``: step timings, gradient norms before and after clipping,
+LSTM health, PPO updates, a ``run_start`` first and a heartbeat now and then), a ``run_end`` last,
+and a clock tick per second of arrival time, as the daemon logs them. Then:
+
+- in process: :func:`simic.consumer.replay.replay` with the default configuration (every rule),
+  best of ``--repeat`` runs, and the same with analysis off (what ``inspect`` runs: decode and
+  accounting only);
+- end to end, for one size: ``python -m simic.consumer replay LOG --json`` as a subprocess
+  (interpreter start and imports included), and the same command on a 1-message log, whose time
+  is the fixed start-up cost.
+
+Prints events/s and microseconds per event against log size, to show whether time is linear in it.
+
+    .venv/bin/python bench/replay_speed.py [--sizes 10000,100000,1000000] [--repeat 3] [--cli-size 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
+from emit_cost import machine  # noqa: E402
+
+from simic.consumer import ConsumerConfig  # noqa: E402
+from simic.consumer.replay import replay  # noqa: E402
+from simic.schemas import encode_message  # noqa: E402
+from simic.schemas.codec import KINDS  # noqa: E402
+from simic.schemas.eventlog import FRAME_TICK, LogWriter  # noqa: E402
+
+RUN_ID, SESSION = "replay-bench", 7
+EVENTS_PER_S = 1_000
+"""Pace of the recorded trainer (arrival times and producer clock): one message per 8 ms."""
+T0_NS = 1_700_000_000_000_000_000
+
+
+def write_log(directory: Path, events: int) -> tuple[int, int]:
+    """A log of about ``events`` events (whole messages, then ``run_end``). Returns (events, bytes on disk)."""
+    messages = max(1, events // PER_MESSAGE)
+    step_ns = PER_MESSAGE * 1_000_000_000 // EVENTS_PER_S
+    raws = mixed_messages(messages, run_id=RUN_ID, session=SESSION, start_ns=T0_NS, step_ns=step_ns)
+    next_tick = T0_NS + 1_000_000_000
+    with LogWriter(directory, writer="bench/replay_speed.py") as writer:
+        for i, raw in enumerate(raws):
+            recv_ns = T0_NS + i * step_ns + 250_000  # arrives 0.25 ms after the producer stamped it
+            while recv_ns >= next_tick:
+                writer.write(b"", next_tick, FRAME_TICK)
+                next_tick += 1_000_000_000
+            writer.write(raw, recv_ns)
+        sent = msgpack.unpackb(raws[-1])[4][-1][1] + 1  # the next sequence number: events so far
+        end = T0_NS + messages * step_ns
+        writer.write(encode_message(RUN_ID, 0, SESSION, [[KINDS["run_end"].code, sent, end, messages, "ok", sent, 0]]), end + 250_000)
+    return sent + 1, sum(path.stat().st_size for path in directory.iterdir())
+
+
+def replay_seconds(log: Path, analysis: bool) -> tuple[float, int, int]:
+    """Seconds to replay ``log`` in process, the events it counted and the alerts raised."""
+    start = time.perf_counter()
+    result = asyncio.run(replay([log], ConsumerConfig(), analysis=analysis))
+    elapsed = time.perf_counter() - start
+    return elapsed, result.summary["events"], len(result.alerts)
+
+
+def cli_seconds(log: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "simic.consumer", "replay", str(log), "--json"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="events per log, comma separated (default 10000,100000,1000000)")
+    parser.add_argument("--repeat", type=int, default=3, help="in-process runs per size and mode; the best is reported (default 3)")
+    parser.add_argument("--cli-size", type=int, default=100_000, help="events of the log replayed through the CLI (default 100000)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 and 10,000 events, one run each, CLI on 2,000")
+    parser.add_argument("--keep", type=Path, default=None, help="write the logs here and keep them (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeat, args.cli_size = "2000,10000", 1, 2000
+    sizes = [int(size) for size in args.sizes.split(",")]
+    info = machine()
+    print(f"Machine: nproc {info['nproc']}, {info['cpu']}, Python {info['python']}, msgpack {info['msgpack']}; "
+          f"1-min load average {os.getloadavg()[0]:.2f}")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="simic-replay-"))
+    try:
+        print(f"\nEvery rule on (default configuration), best of {args.repeat}; "
+              "'no analysis' is decode + accounting only (what inspect runs).\n")
+        print("| events | messages | log MB | write s | replay s | events/s | us/event | no analysis: events/s | alerts |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        logs: dict[int, Path] = {}
+        complete = True
+        for size in sorted(set(sizes) | {args.cli_size}):
+            log = logs[size] = root / f"log-{size}"
+            start = time.perf_counter()
+            written, size_bytes = write_log(log, size)
+            written_s = time.perf_counter() - start
+            if size not in sizes:
+                continue
+            full = min((replay_seconds(log, True) for _ in range(args.repeat)), key=lambda r: r[0])
+            bare = min((replay_seconds(log, False) for _ in range(args.repeat)), key=lambda r: r[0])
+            complete &= full[1] == bare[1] == written
+            print(f"| {full[1]:,} | {size // PER_MESSAGE:,} | {size_bytes / 1e6:.1f} | {written_s:.2f} | {full[0]:.2f} | "
+                  f"{full[1] / full[0]:,.0f} | {full[0] / full[1] * 1e6:.2f} | {bare[1] / bare[0]:,.0f} | {full[2]} |")
+        tiny = root / "log-tiny"
+        write_log(tiny, PER_MESSAGE)
+        fixed = min(replay_seconds(tiny, True)[0] for _ in range(max(1, args.repeat)))
+        print(f"\nFixed cost of an in-process replay (a 1-message log: pipeline set-up, event loop): {fixed * 1000:.1f} ms")
+        start_up = min(cli_seconds(tiny) for _ in range(max(1, args.repeat)))
+        total = min(cli_seconds(logs[args.cli_size]) for _ in range(max(1, args.repeat)))
+        events = replay_seconds(logs[args.cli_size], False)[1]
+        print("\n| CLI end to end (`python -m simic.consumer replay LOG --json`) | seconds | events/s |\n|---|---:|---:|")
+        print(f"| {events:,} events | {total:.2f} | {events / total:,.0f} |")
+        print(f"| 1 message (start-up: interpreter, imports) | {start_up:.2f} | |")
+        if total > start_up:
+            print(f"| {events:,} events, start-up subtracted | {total - start_up:.2f} | {events / (total - start_up):,.0f} |")
+        print(f"\nevery event written was replayed and counted: {'yes' if complete else 'NO'}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
