@@ -26,6 +26,10 @@ log = logging.getLogger("simic.consumer")
 _NOTED = frozenset({"run_start", "heartbeat", "run_end"})
 """Kinds that say something about their session beyond being counted."""
 _SEQ, _KIND = attrgetter("seq"), attrgetter("kind")
+MAX_GAP = 1 << 40
+"""A forward jump of the sequence number larger than this (10^12 events: four months at 100k
+events/s) is not a loss but a malformed or hostile sequence number: counted in ``seq_jumps``, not in
+``lost``, so one bad event cannot make the loss count meaningless."""
 
 ProducerKey = tuple[str, int, int]
 """``(run_id, rank, session)``"""
@@ -59,6 +63,8 @@ class ProducerState:
     """Events the producer says it dropped itself (from its latest heartbeat or run_end)."""
     readouts_dropped: int = 0
     """GPU measurements the producer's collectors dropped unread (from its latest heartbeat or run_end)."""
+    seq_jumps: int = 0
+    """Forward jumps of the sequence number beyond ``MAX_GAP``, not counted as lost (see there)."""
 
     @property
     def key(self) -> ProducerKey:
@@ -83,6 +89,7 @@ class ProducerState:
             "readouts_dropped": self.readouts_dropped,
             "lost_in_transit": self.lost_in_transit,
             "duplicates": self.duplicates,
+            "seq_jumps": self.seq_jumps,
             "events_by_kind": dict(sorted(self.kinds.items())),
             "first_step": self.first_step,
             "last_step": self.last_step,
@@ -183,12 +190,18 @@ class Accounting(SyncStage):
             return
         if seq > state.next_seq:
             gap = seq - state.next_seq
-            state.lost += gap
-            self._log.warning(
-                f"gap:{state.key}",
-                "lost %d events of run %s rank %d (seq %d..%d never arrived)",
-                gap, state.run_id, state.rank, state.next_seq, seq - 1,
-            )
+            if gap > MAX_GAP:
+                state.seq_jumps += 1
+                self._log.warning(
+                    "seq_jump", "sequence number of run %s rank %d jumped from %d to %d: not counted as lost",
+                    state.run_id, state.rank, state.next_seq, seq,
+                )
+            else:
+                state.lost += gap
+                self._log.warning(
+                    "gap", "lost %d events of run %s rank %d (seq %d..%d never arrived)",
+                    gap, state.run_id, state.rank, state.next_seq, seq - 1,
+                )
         state.next_seq = seq + 1
         state.received += 1
         state.kinds[event.kind] += 1
@@ -223,11 +236,13 @@ class Accounting(SyncStage):
 
     _SCALARS = ("received", "next_seq", "lost", "duplicates", "first_step", "last_step", "first_recv_ns",
                 "last_recv_ns", "last_clock_ns", "producer_dropped", "readouts_dropped")
+    _COUNTS_ADDED = ("seq_jumps",)
+    """Counts added after the first checkpoint format: absent in an older checkpoint means 0."""
 
     def state_dict(self) -> dict[str, Any]:
         producers = []
         for state in self.producers.values():
-            item: dict[str, Any] = {name: getattr(state, name) for name in self._SCALARS}
+            item: dict[str, Any] = {name: getattr(state, name) for name in (*self._SCALARS, *self._COUNTS_ADDED)}
             item.update(run_id=state.run_id, rank=state.rank, session=state.session, kinds=dict(state.kinds))
             item["started"] = state.started.model_dump() if state.started else None
             item["ended"] = state.ended.model_dump() if state.ended else None
@@ -249,6 +264,8 @@ class Accounting(SyncStage):
             state = ProducerState(item["run_id"], int(item["rank"]), int(item["session"]))
             for name in self._SCALARS:
                 setattr(state, name, item.get(name))
+            for name in self._COUNTS_ADDED:
+                setattr(state, name, int(item.get(name) or 0))
             state.kinds = Counter(item.get("kinds", {}))
             state.started = RunStart.model_validate(item["started"]) if item.get("started") else None
             state.ended = RunEnd.model_validate(item["ended"]) if item.get("ended") else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -106,12 +106,16 @@ def _direct(stage: Stage):
 
 
 class RateLimitedLog:
-    """Logs at most one line per key per ``interval_s``, then says how many were suppressed."""
+    """Logs at most one line per key per ``interval_s``, then says how many were suppressed.
 
-    def __init__(self, logger: logging.Logger = log, interval_s: float = 1.0) -> None:
+    Remembers at most ``max_keys`` keys (the least recently logged is forgotten first), so keys
+    made from what senders choose cannot grow it without bound."""
+
+    def __init__(self, logger: logging.Logger = log, interval_s: float = 1.0, max_keys: int = 1024) -> None:
         self.logger = logger
         self.interval_ns = int(interval_s * 1e9)
-        self._last: dict[str, int] = {}
+        self.max_keys = max_keys
+        self._last: OrderedDict[str, int] = OrderedDict()
         self._suppressed: Counter[str] = Counter()
 
     def warning(self, key: str, message: str, *args: object) -> None:
@@ -121,6 +125,10 @@ class RateLimitedLog:
             self._suppressed[key] += 1
             return
         self._last[key] = now
+        self._last.move_to_end(key)
+        if len(self._last) > self.max_keys:
+            forgotten, _ = self._last.popitem(last=False)
+            self._suppressed.pop(forgotten, None)
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message += f" ({suppressed} similar suppressed)"

@@ -26,7 +26,7 @@ from simic.schemas.models import Alert, Event
 from ..alerts import AlertMaker
 from ..pipeline import Batch, SyncStage
 
-__all__ = ["RuleConfig", "Rule", "register", "RULES", "subject_key", "Severity"]
+__all__ = ["RuleConfig", "Rule", "register", "RULES", "subject_key", "Severity", "Capped", "MAX_SUBJECTS"]
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -58,6 +58,23 @@ class _Condition:
         self.bad, self.good, self.active = bad, good, active
 
 
+MAX_SUBJECTS = 4096
+"""Entries one rule keeps per table (producer sessions, runs, open conditions): beyond it the oldest
+entry is forgotten, as accounting forgets producers beyond ``max_producers``, so what senders
+choose (run ids, sessions) cannot grow the daemon's memory without bound."""
+
+
+class Capped(dict):
+    """A dict of at most ``MAX_SUBJECTS`` entries: adding one more forgets the oldest added."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if len(self) >= MAX_SUBJECTS and key not in self:
+            del self[next(iter(self))]
+        dict.__setitem__(self, key, value)
+
+
 class Rule(SyncStage):
     """Base of analysis rules: feeds each event of a batch to :meth:`check`."""
 
@@ -69,7 +86,7 @@ class Rule(SyncStage):
     def __init__(self, config: RuleConfig, alerts: AlertMaker) -> None:
         self.config = config
         self.alerts = alerts
-        self._conditions: dict[str, _Condition] = {}
+        self._conditions: dict[str, _Condition] = Capped()
         self._checks = type(self).check is not Rule.check  # decided once: a tick-only rule skips the event loop
         self._ticks = type(self).tick is not Rule.tick
         self._kind = next(iter(self.kinds)) if self.kinds is not None and len(self.kinds) == 1 else None
@@ -201,7 +218,7 @@ class Rule(SyncStage):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._conditions = {key: _Condition(int(b), int(g), bool(a)) for key, (b, g, a) in state.get("conditions", {}).items()}
+        self._conditions = Capped({key: _Condition(int(b), int(g), bool(a)) for key, (b, g, a) in state.get("conditions", {}).items()})
         self.load_extra_state(state.get("extra") or {})
 
     def extra_state(self) -> dict[str, Any]:

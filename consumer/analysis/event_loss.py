@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from simic.schemas.models import Alert
 
 from ..pipeline import Batch
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
 
 
 _SEQ = attrgetter("seq")
@@ -30,6 +30,12 @@ class EventLossConfig(RuleConfig):
     """Sequence numbers the fraction is taken over: the last 1000 of the session. The
     fraction is lost / ``window``, also while fewer have been sent, so a few losses at the start
     of a session do not look like a high rate."""
+    clear_window: int = Field(10_000, ge=10)
+    """Sequence numbers a *firing* alert's fraction is taken over: the last 10000. Under a sustained
+    overload the producers' high-water marks drop events in chunks larger than ``window``, with
+    clean stretches between them; judged over 1,000, an overloaded daemon's alert fired and cleared
+    56 times in 10 s. It clears once the loss over the longer span is at or below
+    ``clear_below_fraction``."""
     fire_after: int = Field(1, ge=1)
     """The window already smooths: the first message that puts it above the limit fires."""
     clear_after: int = Field(1, ge=1)
@@ -39,14 +45,17 @@ class EventLossConfig(RuleConfig):
     def _ordered(self) -> "EventLossConfig":
         if self.clear_below_fraction > self.max_loss_fraction:
             raise ValueError("clear_below_fraction must not be above max_loss_fraction")
+        if self.clear_window < self.window:
+            raise ValueError(f"clear_window ({self.clear_window}) must be at least window ({self.window})")
         return self
 
 
 class _Session:
-    __slots__ = ("subject", "next_seq", "gaps")
+    __slots__ = ("subject", "first_seq", "next_seq", "gaps")
 
-    def __init__(self, subject: str, next_seq: int, gaps: deque[list[int]] | None = None) -> None:
+    def __init__(self, subject: str, next_seq: int, gaps: deque[list[int]] | None = None, first_seq: int | None = None) -> None:
         self.subject = subject
+        self.first_seq = next_seq if first_seq is None else first_seq
         self.next_seq = next_seq
         self.gaps: deque[list[int]] = gaps if gaps is not None else deque()  # [first, end) of missing seqs, oldest first
 
@@ -54,7 +63,8 @@ class _Session:
 @register
 class EventLoss(Rule):
     """Events lost on the way from a producer session: gaps in its sequence numbers (``seq``) above
-    ``max_loss_fraction`` of the last ``window`` sequence numbers.
+    ``max_loss_fraction`` of the last ``window`` sequence numbers, until the last ``clear_window``
+    have lost at most ``clear_below_fraction``.
 
     Lost events are invisible to every other rule: the NaN that was dropped raises nothing. A
     steady loss rate means the consumer cannot keep up (or the producer's high-water mark is too
@@ -62,7 +72,8 @@ class EventLoss(Rule):
     own sequence numbers, per producer session; the first event the consumer sees of a session
     starts the count (events before it were sent before the consumer listened, not lost on the
     way); repeats and reordering are not loss. Fires once while above the limit, clears at
-    ``clear_below_fraction`` (hysteresis on the fraction). A ``run_end`` closes the session.
+    ``clear_below_fraction`` over the longer ``clear_window`` (hysteresis on the fraction and on the
+    span). A ``run_end`` closes the session.
     """
 
     name = "event_loss"
@@ -70,7 +81,7 @@ class EventLoss(Rule):
 
     def __init__(self, config: EventLossConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._sessions: dict[tuple[str, int, int], _Session] = {}
+        self._sessions: dict[tuple[str, int, int], _Session] = Capped()
 
     def tick(self, now_ns: int, batch: Batch) -> list[Alert] | None:
         events = batch.events
@@ -108,15 +119,17 @@ class EventLoss(Rule):
 
     def _judge(self, session: _Session, last) -> list[Alert] | None:
         config = self.config
-        window = config.window
         end = session.next_seq
-        start = end - window
         gaps = session.gaps
-        while gaps and gaps[0][1] <= start:
+        while gaps and gaps[0][1] <= end - config.clear_window:
             gaps.popleft()
-        lost = sum(min(gap_end, end) - max(gap_start, start) for gap_start, gap_end in gaps)
+        if self.is_active(session.subject):  # over the longer span, or all of the session while it is shorter
+            window, limit = max(config.window, min(config.clear_window, end - session.first_seq)), config.clear_below_fraction
+        else:
+            window, limit = config.window, config.max_loss_fraction
+        start = end - window
+        lost = sum(min(gap_end, end) - max(gap_start, start) for gap_start, gap_end in gaps if gap_end > start)
         fraction = lost / window
-        limit = config.clear_below_fraction if self.is_active(session.subject) else config.max_loss_fraction
         bad = fraction > limit
         if not (bad or session.subject in self._conditions):
             return None
@@ -135,14 +148,15 @@ class EventLoss(Rule):
 
     def extra_state(self) -> dict[str, Any]:
         return {
-            s.subject: {"run_id": run_id, "rank": rank, "session": session, "next_seq": s.next_seq, "gaps": [list(g) for g in s.gaps]}
+            s.subject: {"run_id": run_id, "rank": rank, "session": session, "first_seq": s.first_seq, "next_seq": s.next_seq,
+                        "gaps": [list(g) for g in s.gaps]}
             for (run_id, rank, session), s in self._sessions.items()
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._sessions = {
+        self._sessions = Capped({
             (saved["run_id"], int(saved["rank"]), int(saved["session"])): _Session(
-                subject, int(saved["next_seq"]), deque([int(a), int(b)] for a, b in saved["gaps"])
+                subject, int(saved["next_seq"]), deque([int(a), int(b)] for a, b in saved["gaps"]), int(saved.get("first_seq", 0))
             )
             for subject, saved in state.items()
-        }
+        })

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
 
 _INF = math.inf
 
@@ -53,7 +53,7 @@ class ExplainedVariance(Rule):
     def __init__(self, config: ExplainedVarianceConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._established: set[str] = set()
-        self._subjects: dict[tuple[str, int], str] = {}  # subject_key(event, "collapse") per (run, rank), made once
+        self._subjects: dict[tuple[str, int], str] = Capped()  # subject_key(event, "collapse") per (run, rank), made once
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "ppo_update":

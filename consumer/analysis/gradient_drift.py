@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
 from .ema import GradientEMATracker
 
 _INF = math.inf
@@ -106,7 +106,7 @@ class GradientDrift(Rule):
 
     def __init__(self, config: GradientDriftConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._runs: dict[tuple[str, int], _Run] = {}
+        self._runs: dict[tuple[str, int], _Run] = Capped()
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms" or event.stage == "post_clip":
@@ -233,7 +233,7 @@ class GradientDrift(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._runs = {}
+        self._runs = Capped()
         for subject, saved in state.items():
             tracker = GradientEMATracker(momentum=self.config.momentum)
             tracker.load_state_dict(saved["total"])

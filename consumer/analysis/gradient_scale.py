@@ -9,7 +9,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, Severity, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import Baseline
 
 _INF = math.inf
@@ -74,7 +74,7 @@ class GradientScale(Rule):
 
     def __init__(self, config: GradientScaleConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._runs: dict[tuple[str, int], _Run] = {}
+        self._runs: dict[tuple[str, int], _Run] = Capped()
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms":
@@ -140,7 +140,7 @@ class GradientScale(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._runs = {
+        self._runs = Capped({
             (saved["run_id"], int(saved["rank"])): _Run(Baseline.from_state(saved["baseline"]), prefix)
             for prefix, saved in state.items()
-        }
+        })

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
 
 _INF = math.inf
 
@@ -68,7 +68,7 @@ class HeadBalance(Rule):
     def __init__(self, config: HeadBalanceConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._ignore = frozenset(config.dominance_ignore_heads)
-        self._runs: dict[tuple[str, int], _Run] = {}
+        self._runs: dict[tuple[str, int], _Run] = Capped()
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms" or event.stage == "post_clip":

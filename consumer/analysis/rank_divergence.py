@@ -11,7 +11,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ..pipeline import Batch
-from ._rule import Rule, RuleConfig, register
+from ._rule import Capped, Rule, RuleConfig, register
 from ._support import about
 
 _INF = math.inf
@@ -75,7 +75,7 @@ class RankDivergence(Rule):
 
     def __init__(self, config: RankDivergenceConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, _Run] = Capped()
 
     def tick(self, now_ns: int, batch: Batch) -> list[Alert] | None:
         events = batch.events
@@ -208,7 +208,7 @@ class RankDivergence(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._runs = {}
+        self._runs = Capped()
         for run_id, saved in state.items():
             run = self._runs[run_id] = _Run(run_id)
             run.world_size = int(saved["world_size"])

@@ -9,7 +9,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ..pipeline import Batch
-from ._rule import Rule, RuleConfig, Severity, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import about
 
 
@@ -66,8 +66,8 @@ class SilentProducer(Rule):
 
     def __init__(self, config: SilentProducerConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._sessions: dict[tuple[str, int, int], _Session] = {}
-        self._current: dict[tuple[str, int], int] = {}  # (run, rank) -> its live session
+        self._sessions: dict[tuple[str, int, int], _Session] = Capped()
+        self._current: dict[tuple[str, int], int] = Capped()  # (run, rank) -> its live session
         self._last_scan_ns: int | None = None
         self._min_ns = config.min_silence_s * 1e9
         self._scan_ns = config.scan_interval_s * 1e9
@@ -157,7 +157,7 @@ class SilentProducer(Rule):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._last_scan_ns = state.get("last_scan_ns")
-        self._sessions, self._current = {}, {}
+        self._sessions, self._current = Capped(), Capped()
         for subject, s in state.get("sessions", {}).items():
             key = (s["run_id"], int(s["rank"]), int(s["session"]))
             self._sessions[key] = _Session(*key, subject, int(s["last_ns"]), int(s["step"]), int(s["clock_ns"]), s["gap_ns"])

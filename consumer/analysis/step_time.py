@@ -9,7 +9,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
 from ._support import Baseline
 
 _INF = math.inf
@@ -63,8 +63,8 @@ class StepTime(Rule):
 
     def __init__(self, config: StepTimeConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._phases: dict[tuple[str, int, str], _Phase] = {}
-        self._by_run: dict[tuple[str, int], dict[str, _Phase]] = {}  # the same phases, by (run, rank) then name
+        self._phases: dict[tuple[str, int, str], _Phase] = Capped()
+        self._by_run: dict[tuple[str, int], dict[str, _Phase]] = Capped()  # the same phases, by (run, rank) then name
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "step_timing":
@@ -114,10 +114,10 @@ class StepTime(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._phases = {
+        self._phases = Capped({
             (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject)
             for subject, saved in state.items()
-        }
-        self._by_run = {}
+        })
+        self._by_run = Capped()
         for (run_id, rank, name), phase in self._phases.items():
             self._by_run.setdefault((run_id, rank), {})[name] = phase

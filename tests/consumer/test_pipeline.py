@@ -76,6 +76,42 @@ class TestAccounting:
         assert accounting.forgotten_producers == 1
         assert accounting.lost == 3
 
+    async def test_an_implausible_sequence_jump_is_counted_apart_not_as_loss(self):
+        """A jump past MAX_GAP (a forged or corrupt seq) is a seq_jump; the gaps around it stay exact losses."""
+        from simic.consumer.accounting import MAX_GAP
+
+        accounting = Accounting()
+        huge = (1 << 62) + 5
+        await run_messages(Pipeline([accounting]), [
+            message("r", 1, [timing(0, 0), timing(2, 1)]),  # 1 lost
+            message("r", 1, [timing(huge, 2)]),  # not 2**62 events lost
+            message("r", 1, [timing(huge + 3, 3)]),  # 2 lost after it
+        ])
+        (state,) = accounting.producers.values()
+        assert huge - 3 > MAX_GAP
+        assert (state.lost, state.seq_jumps, state.received, state.next_seq) == (3, 1, 4, huge + 4)
+        assert accounting.summary()["runs"]["r"][0]["seq_jumps"] == 1
+        restored = Accounting()
+        restored.load_state_dict(accounting.state_dict())
+        assert next(iter(restored.producers.values())).seq_jumps == 1
+
+    async def test_rule_state_and_log_keys_stay_bounded_under_many_sessions(self):
+        """Five thousand one-message sessions (every rule on): no rule table holds more than MAX_SUBJECTS
+        entries, and the gap warnings remember a bounded number of keys."""
+        from simic.consumer.analysis._rule import MAX_SUBJECTS, Rule
+
+        sink = RecordingSink()
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        count = MAX_SUBJECTS + 904
+        await run_messages(pipeline, [message("r", session, [timing(7, 0, ms=1.0), lstm(8, 0, math.nan)])
+                                      for session in range(1, count + 1)])
+        for rule in pipeline.find(Rule):
+            tables = [value for value in vars(rule).values() if isinstance(value, dict)]
+            assert all(len(table) <= MAX_SUBJECTS for table in tables), rule.name
+        assert len(pipeline.find(Rule)[0]._conditions) <= MAX_SUBJECTS
+        accounting = pipeline.find(Accounting)[0]
+        assert accounting.lost == 7 * count and len(accounting._log._last) <= accounting._log.max_keys
+
     async def test_rejections_are_counted_by_reason(self):
         """Whole-message and single-event refusals are counted apart, by reason."""
         accounting = Accounting()
