@@ -30,12 +30,12 @@ class EventLossConfig(RuleConfig):
     """Sequence numbers the fraction is taken over: the last 1000 of the session. The
     fraction is lost / ``window``, also while fewer have been sent, so a few losses at the start
     of a session do not look like a high rate."""
-    clear_window: int = Field(10_000, ge=10)
-    """Sequence numbers a *firing* alert's fraction is taken over: the last 10000. Under a sustained
-    overload the producers' high-water marks drop events in chunks larger than ``window``, with
-    clean stretches between them; judged over 1,000, an overloaded daemon's alert fired and cleared
-    56 times in 10 s. It clears once the loss over the longer span is at or below
-    ``clear_below_fraction``."""
+    clear_quiet_s: float = Field(30.0, ge=0)
+    """A firing alert clears only after 30 s of the producer's own time without a new gap (and with
+    the window at or below ``clear_below_fraction``). Under a sustained overload the producers'
+    high-water marks drop tens of thousands of events at once, then the queues drain and more than
+    any window's worth arrive in order: judged on sequence numbers alone, an overloaded daemon's
+    alert fired and cleared 56 times in 10 s. Time does not depend on the size of the chunks."""
     fire_after: int = Field(1, ge=1)
     """The window already smooths: the first message that puts it above the limit fires."""
     clear_after: int = Field(1, ge=1)
@@ -45,26 +45,24 @@ class EventLossConfig(RuleConfig):
     def _ordered(self) -> "EventLossConfig":
         if self.clear_below_fraction > self.max_loss_fraction:
             raise ValueError("clear_below_fraction must not be above max_loss_fraction")
-        if self.clear_window < self.window:
-            raise ValueError(f"clear_window ({self.clear_window}) must be at least window ({self.window})")
         return self
 
 
 class _Session:
-    __slots__ = ("subject", "first_seq", "next_seq", "gaps")
+    __slots__ = ("subject", "next_seq", "gaps", "last_gap_ns")
 
-    def __init__(self, subject: str, next_seq: int, gaps: deque[list[int]] | None = None, first_seq: int | None = None) -> None:
+    def __init__(self, subject: str, next_seq: int, gaps: deque[list[int]] | None = None, last_gap_ns: int | None = None) -> None:
         self.subject = subject
-        self.first_seq = next_seq if first_seq is None else first_seq
         self.next_seq = next_seq
+        self.last_gap_ns = last_gap_ns  # producer clock of the message that showed the newest gap
         self.gaps: deque[list[int]] = gaps if gaps is not None else deque()  # [first, end) of missing seqs, oldest first
 
 
 @register
 class EventLoss(Rule):
     """Events lost on the way from a producer session: gaps in its sequence numbers (``seq``) above
-    ``max_loss_fraction`` of the last ``window`` sequence numbers, until the last ``clear_window``
-    have lost at most ``clear_below_fraction``.
+    ``max_loss_fraction`` of the last ``window`` sequence numbers, until ``clear_quiet_s`` pass
+    without a new gap.
 
     Lost events are invisible to every other rule: the NaN that was dropped raises nothing. A
     steady loss rate means the consumer cannot keep up (or the producer's high-water mark is too
@@ -72,8 +70,8 @@ class EventLoss(Rule):
     own sequence numbers, per producer session; the first event the consumer sees of a session
     starts the count (events before it were sent before the consumer listened, not lost on the
     way); repeats and reordering are not loss. Fires once while above the limit, clears at
-    ``clear_below_fraction`` over the longer ``clear_window`` (hysteresis on the fraction and on the
-    span). A ``run_end`` closes the session.
+    ``clear_below_fraction`` once ``clear_quiet_s`` of the producer's time passed without a new gap
+    (hysteresis on the fraction and in time). A ``run_end`` closes the session.
     """
 
     name = "event_loss"
@@ -102,6 +100,7 @@ class EventLoss(Rule):
                 if seq >= expected:
                     if seq > expected:
                         gaps.append([expected, seq])
+                        session.last_gap_ns = events[-1].clock_ns
                     expected = seq + 1
         ended = bool(batch.of_kind("run_end"))
         session.next_seq = expected
@@ -119,18 +118,19 @@ class EventLoss(Rule):
 
     def _judge(self, session: _Session, last) -> list[Alert] | None:
         config = self.config
+        window = config.window
         end = session.next_seq
-        gaps = session.gaps
-        while gaps and gaps[0][1] <= end - config.clear_window:
-            gaps.popleft()
-        if self.is_active(session.subject):  # over the longer span, or all of the session while it is shorter
-            window, limit = max(config.window, min(config.clear_window, end - session.first_seq)), config.clear_below_fraction
-        else:
-            window, limit = config.window, config.max_loss_fraction
         start = end - window
-        lost = sum(min(gap_end, end) - max(gap_start, start) for gap_start, gap_end in gaps if gap_end > start)
+        gaps = session.gaps
+        while gaps and gaps[0][1] <= start:
+            gaps.popleft()
+        lost = sum(min(gap_end, end) - max(gap_start, start) for gap_start, gap_end in gaps)
         fraction = lost / window
-        bad = fraction > limit
+        if self.is_active(session.subject):
+            quiet_ns = last.clock_ns - session.last_gap_ns if session.last_gap_ns is not None else None
+            bad = fraction > config.clear_below_fraction or (quiet_ns is not None and quiet_ns < config.clear_quiet_s * 1e9)
+        else:
+            bad = fraction > config.max_loss_fraction
         if not (bad or session.subject in self._conditions):
             return None
         alert = self.observe(
@@ -148,15 +148,15 @@ class EventLoss(Rule):
 
     def extra_state(self) -> dict[str, Any]:
         return {
-            s.subject: {"run_id": run_id, "rank": rank, "session": session, "first_seq": s.first_seq, "next_seq": s.next_seq,
-                        "gaps": [list(g) for g in s.gaps]}
+            s.subject: {"run_id": run_id, "rank": rank, "session": session, "next_seq": s.next_seq,
+                        "gaps": [list(g) for g in s.gaps], "last_gap_ns": s.last_gap_ns}
             for (run_id, rank, session), s in self._sessions.items()
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._sessions = Capped({
             (saved["run_id"], int(saved["rank"]), int(saved["session"])): _Session(
-                subject, int(saved["next_seq"]), deque([int(a), int(b)] for a, b in saved["gaps"]), int(saved.get("first_seq", 0))
+                subject, int(saved["next_seq"]), deque([int(a), int(b)] for a, b in saved["gaps"]), saved.get("last_gap_ns")
             )
             for subject, saved in state.items()
         })

@@ -971,18 +971,19 @@ class TestEventLoss:
         alerts, _ = await play(lossy_run(2000).items)
         assert alerts == []
 
-    async def test_a_steady_loss_fires_once_and_clears_when_the_longer_span_is_clean(self):
-        """One event in 20 lost fires when the last 1000 hold 11 losses (step 219); losing stops at step 1000 and it
-        clears once the session's 50 losses are 0.5% of the last 10,000 sequence numbers (step 9949)."""
-        alerts, _ = await play(lossy_run(11000, lose_every=20, stop_losing_at=1000).items)
+    async def test_a_steady_loss_fires_once_and_clears_after_30_quiet_seconds(self):
+        """One event in 20 lost fires when the last 1000 hold 11 losses (step 219); the last loss is at step 999
+        (the producer's clock then at 1.049 s) and it clears 30 s of producer time later, the window long clean."""
+        alerts, _ = await play(lossy_run(32000, lose_every=20, stop_losing_at=1000).items)
         fired = [a for a in alerts if a.rule == "event_loss"]
-        assert [(a.cleared, a.step) for a in fired] == [(False, 219), (True, 9949)]
+        assert [(a.cleared, a.step) for a in fired] == [(False, 219), (True, 30999)]
         assert fired[0].values["lost"] == 11 and fired[0].values["loss_fraction"] == 0.011
-        assert fired[1].values["lost"] == 50 and fired[1].values["window"] == 10_000
+        assert fired[1].values["lost"] == 0
 
     async def test_losses_in_chunks_wider_than_the_window_fire_once(self):
         """A sustained overload: 3000 events dropped after every 1500 received, for 30,000 steps. Each
-        clean stretch is wider than the 1000-event window, but the alert fires once and stays until the end."""
+        clean stretch is wider than the 1000-event window, but a gap comes every 4.5 s of producer
+        time: the alert fires once and stays until the end."""
         p, tl = Producer(), Timeline()
         for step in range(30_000):
             if step % 1500 == 1499:
@@ -1016,11 +1017,11 @@ class TestEventLoss:
 
     async def test_a_checkpoint_mid_fault_continues_identically(self):
         """State saved with losses in the window (not yet firing) fires and clears as the uninterrupted run."""
-        await assert_resumes_identically(lossy_run(11000, lose_every=20, stop_losing_at=1000), split=150, rule="event_loss")
+        await assert_resumes_identically(lossy_run(32000, lose_every=20, stop_losing_at=1000), split=150, rule="event_loss")
 
     def test_defaults_are_the_documented_ones(self):
-        """1% of the last 1000, clear at 0.5% of the last 10,000, fire and clear at once."""
-        assert_documented_defaults("event_loss", max_loss_fraction=0.01, clear_below_fraction=0.005, window=1000, clear_window=10_000,
+        """1% of the last 1000, clear at 0.5% after 30 s without a gap, fire and clear at once."""
+        assert_documented_defaults("event_loss", max_loss_fraction=0.01, clear_below_fraction=0.005, window=1000, clear_quiet_s=30.0,
                                    fire_after=1, clear_after=1)
 
 
