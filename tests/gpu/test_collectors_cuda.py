@@ -10,6 +10,7 @@ that a full ring drops (and counts) its oldest readouts.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from simic.producer import CollectorSettings, CUDATimer, Emitter, EmitterSettings  # noqa: E402
 from simic.schemas import Event  # noqa: E402
+from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
 from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -208,37 +210,7 @@ class TestHeadGradNormsOnCuda:
 # -- LSTM state --------------------------------------------------------------------------------------
 
 
-def lstm_reference(h: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-    """The statistics the slow way (float64, boolean indexing, .item())."""
-    if mask is not None:
-        h, c = h[:, mask], c[:, mask]
-    out: dict = {"envs": h.shape[1]}
-    for name, x in (("h", h), ("c", c)):
-        x = x.double()
-        out[f"{name}_norm"] = torch.linalg.vector_norm(x).item()
-        out[f"{name}_rms"] = x.pow(2).mean().sqrt().item()
-        out[f"{name}_max_abs"] = x.abs().max().item()
-        out[f"{name}_env_max_rms"] = x.pow(2).mean(dim=(0, 2)).sqrt().max().item()
-        out[f"layer_{name}_rms"] = x.pow(2).mean(dim=(1, 2)).sqrt().tolist()
-    out["has_nan"] = bool(torch.isnan(h).any().item() or torch.isnan(c).any().item())
-    out["has_inf"] = bool(torch.isinf(h).any().item() or torch.isinf(c).any().item())
-    return out
-
-
-def assert_matches(event: Event, expected: dict, rel: float = 1e-5) -> None:
-    for key, value in expected.items():
-        got = getattr(event, key)
-        if isinstance(value, list):
-            assert len(got) == len(value), key
-            assert all((math.isnan(g) and math.isnan(v)) or g == v or close(g, v, rel) for g, v in zip(got, value)), key
-        elif isinstance(value, float) and math.isnan(value):
-            assert math.isnan(got), key
-        elif isinstance(value, float) and math.isinf(value):
-            assert got == value, key
-        elif isinstance(value, float):
-            assert close(got, value, rel), (key, got, value)
-        else:
-            assert got == value, (key, got, value)
+assert_matches = functools.partial(assert_matches, abs_tol=1e-6)
 
 
 class TestLstmStateOnCuda:

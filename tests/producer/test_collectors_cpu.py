@@ -33,6 +33,7 @@ from simic.producer import (  # noqa: E402
 )
 from simic.producer.collectors import NullTimer, Timer  # noqa: E402
 from simic.schemas import Event  # noqa: E402
+from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
 from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
 
 
@@ -410,37 +411,6 @@ class TestHeadGroups:
 
 
 # -- LSTM state -------------------------------------------------------------------------------------
-
-
-def lstm_reference(h: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-    """Straightforward statistics, by hand, of (layers, envs, hidden) tensors."""
-    if mask is not None:
-        h, c = h[:, mask], c[:, mask]
-    out: dict = {"envs": h.shape[1]}
-    for name, x in (("h", h), ("c", c)):
-        x = x.double()
-        out[f"{name}_norm"] = float(torch.linalg.vector_norm(x))
-        out[f"{name}_rms"] = float(x.pow(2).mean().sqrt())
-        out[f"{name}_max_abs"] = float(x.abs().max())
-        out[f"{name}_env_max_rms"] = float(x.pow(2).mean(dim=(0, 2)).sqrt().max())
-        out[f"layer_{name}_rms"] = x.pow(2).mean(dim=(1, 2)).sqrt().tolist()
-    out["has_nan"] = bool(torch.isnan(h).any() or torch.isnan(c).any())
-    out["has_inf"] = bool(torch.isinf(h).any() or torch.isinf(c).any())
-    return out
-
-
-def assert_matches(event: Event, expected: dict) -> None:
-    for key, value in expected.items():
-        got = getattr(event, key)
-        if isinstance(value, list):
-            assert len(got) == len(value), key
-            assert all((math.isnan(g) and math.isnan(v)) or g == v or close(g, v) for g, v in zip(got, value)), key
-        elif isinstance(value, float) and math.isnan(value):
-            assert math.isnan(got), key
-        elif isinstance(value, float):
-            assert close(got, value), (key, got, value)
-        else:
-            assert got == value, key
 
 
 class TestLstmStateOnCpu:
