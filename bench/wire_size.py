@@ -67,6 +67,9 @@ def _other_kinds(rng: random.Random, i: int) -> list[tuple[str, dict[str, Any]]]
                    "message": f"head 'op' gradient norm {rng.uniform(30, 60):.1f} is {rng.uniform(8, 15):.1f}x its EMA",
                    "values": {"head": "op", "norm": rng.uniform(30, 60), "ema": rng.uniform(2, 4),
                               "ratio": rng.uniform(8, 15)}}),
+        ("metrics", {"values": {"train/loss": rng.uniform(0, 2), "train/accuracy": rng.uniform(0, 1)}}),
+        ("episodes", {"returns": [rng.uniform(-5, 200) for _ in range(4)], "lengths": [rng.randint(10, 500) for _ in range(4)],
+                      "count": 4}),
     ]
 
 

@@ -52,13 +52,18 @@ __all__ = [
     "Heartbeat",
     "RunEnd",
     "Alert",
+    "Metrics",
+    "Episodes",
     "AnyEvent",
     "EVENT_TYPES",
     "iter_numbers",
 ]
 
-SCHEMA_VERSION = 1
-"""The version this code writes. It reads every version from 1 up to this one."""
+SCHEMA_VERSION = 2
+"""The version this code writes. It reads every version from 1 up to this one.
+
+Version 2 added ``HeadGradNorms.samples``, ``LstmHealth.name``, ``PpoUpdate.clip_range`` and ``loss``,
+``Alert.received_at``, and the kinds ``metrics`` and ``episodes``."""
 
 # Bounds that keep a decoded event small no matter what arrives.
 MAX_NAME = 128
@@ -188,6 +193,10 @@ class HeadGradNorms(Event):
     """Whether ``norms`` and ``total`` were measured before or after clipping."""
     max_norm: float | None = None
     """The clipping threshold in use, when known."""
+    samples: Count | None = None
+    """How many gradient measurements (optimiser steps) this event combines. None or 1: one. More:
+    an update of several optimiser steps (minibatches) sent as one event; each norm is then the root
+    mean square over those steps (a NaN or Inf in any of them stays in it). (version 2)"""
 
 
 class LstmHealth(Event):
@@ -221,6 +230,8 @@ class LstmHealth(Event):
     """RMS of c per layer, when given."""
     envs: Count | None = None
     """Number of environments the statistics cover (after masking)."""
+    name: Name | None = None
+    """Which recurrent state, when a model has several (``actor``, ``critic``); None: the only one. (version 2)"""
 
 
 class PpoUpdate(Event):
@@ -239,6 +250,10 @@ class PpoUpdate(Event):
     explained_variance: float | None = None
     """Explained variance of the value head; None or NaN when undefined (constant returns), never 0."""
     learning_rate: float | None = None
+    clip_range: float | None = None
+    """The PPO ratio clipping range (epsilon) in use. (version 2)"""
+    loss: float | None = None
+    """The total loss the optimiser minimised (policy, value and entropy terms together). (version 2)"""
 
 
 class ProfilerTrace(Event):
@@ -302,6 +317,32 @@ class Alert(Event):
     """The values that made the rule fire."""
     cleared: bool = False
     """True when this alert says the condition is over."""
+    received_at: float | None = None
+    """Wall-clock time (Unix seconds) at which the consumer received the evidence that made the rule
+    fire or clear; for a silence, when the silence was noticed. Kept in the log, so a replayed alert
+    tells how long after a hang it came. (version 2)"""
+
+
+class Metrics(Event):
+    """Named scalar values a trainer logged for one step: a loss, an accuracy, a return. (version 2)"""
+
+    code: ClassVar[int] = 10
+    kind: Literal["metrics"] = "metrics"
+    values: Annotated[dict[Name, float | None], Field(max_length=MAX_ITEMS)]
+    """Metric name (namespaced as the trainer logs it, e.g. ``train/loss``) to its value; None: not computed."""
+
+
+class Episodes(Event):
+    """Episodes that ended since the last such event: their returns and lengths. (version 2)"""
+
+    code: ClassVar[int] = 11
+    kind: Literal["episodes"] = "episodes"
+    returns: Annotated[list[float], Field(max_length=MAX_ITEMS)] = []
+    """Undiscounted return of each finished episode (the last ``MAX_ITEMS`` when more ended)."""
+    lengths: Annotated[list[Count], Field(max_length=MAX_ITEMS)] = []
+    """Length in environment steps of each finished episode, in the order of ``returns``."""
+    count: Count | None = None
+    """How many episodes ended in all (``returns`` may keep only the last ones)."""
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -314,11 +355,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Heartbeat,
     RunEnd,
     Alert,
+    Metrics,
+    Episodes,
 )
 """Every event kind, in code order."""
 
 AnyEvent = Annotated[
-    Union[RunStart, StepTiming, HeadGradNorms, LstmHealth, PpoUpdate, ProfilerTrace, Heartbeat, RunEnd, Alert],
+    Union[RunStart, StepTiming, HeadGradNorms, LstmHealth, PpoUpdate, ProfilerTrace, Heartbeat, RunEnd, Alert, Metrics, Episodes],
     Field(discriminator="kind"),
 ]
 

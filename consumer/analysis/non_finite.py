@@ -36,9 +36,10 @@ def _float_fields(model) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, .
     return tuple(scalars), tuple(mappings), tuple(lists)
 
 
-_NOT_MEASUREMENTS = frozenset({"alert", "run_start"})
-"""Kinds whose numbers are not training signals: alerts, and a run's free-form configuration (an
-``inf`` timeout there is a setting, not a fault)."""
+_NOT_MEASUREMENTS = frozenset({"alert", "run_start", "metrics"})
+"""Kinds whose numbers are not training signals: alerts, a run's free-form configuration (an
+``inf`` timeout there is a setting, not a fault), and the free-form metrics a trainer logged (an
+undefined metric is NaN by convention there, e.g. an explained variance of constant returns)."""
 
 _FLOAT_FIELDS = {model.model_fields["kind"].default: _float_fields(model) for model in EVENT_TYPES}
 

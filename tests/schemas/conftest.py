@@ -26,15 +26,15 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
         "step_timing": dict(phases_ms={"rollout": 12.5, "update": 30.25}, clock="cuda_event"),
         "head_grad_norms": dict(
             norms={"slot": 0.8, "blueprint": 1.5, "op": None}, total=2.0, pre_clip_total=2.5, post_clip_total=0.5,
-            nonfinite={"slot": 0, "blend": 3}, stage="pre_clip", max_norm=0.5,
+            nonfinite={"slot": 0, "blend": 3}, stage="pre_clip", max_norm=0.5, samples=4,
         ),
         "lstm_health": dict(
             h_norm=1.0, c_norm=2.0, h_rms=0.1, c_rms=0.2, h_max_abs=0.9, c_max_abs=3.0, h_env_max_rms=0.3,
-            c_env_max_rms=0.4, has_nan=False, has_inf=True, layer_h_rms=[0.1, 0.2], layer_c_rms=[0.3, 0.4], envs=64,
+            c_env_max_rms=0.4, has_nan=False, has_inf=True, layer_h_rms=[0.1, 0.2], layer_c_rms=[0.3, 0.4], envs=64, name="critic",
         ),
         "ppo_update": dict(
             policy_loss=-0.01, value_loss=0.5, entropy={"slot": 1.2, "op": 0.7}, approx_kl=0.01, clip_fraction=0.1,
-            ratio_min=0.8, ratio_max=1.2, explained_variance=0.9, learning_rate=3e-4,
+            ratio_min=0.8, ratio_max=1.2, explained_variance=0.9, learning_rate=3e-4, clip_range=0.2, loss=0.3,
         ),
         "profiler_trace": dict(path="/tmp/trace.json", format="chrome_trace_gz"),
         "heartbeat": dict(sent=10, dropped=2, readouts_dropped=1),
@@ -42,7 +42,10 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
         "alert": dict(
             rule="non_finite", severity="critical", message="h holds NaN.",
             values={"h_norm": 1.5, "count": 3, "head": "slot", "flag": True, "none": None}, cleared=True,
+            received_at=1765000000.5,
         ),
+        "metrics": dict(values={"train/loss": 0.25, "val/acc": 0.5, "lr": None}),
+        "episodes": dict(returns=[1.5, 2.0], lengths=[200, 180], count=2),
     }
 
 
@@ -68,6 +71,8 @@ def minimal_payloads() -> dict[str, dict[str, Any]]:
         "heartbeat": {},
         "run_end": {},
         "alert": dict(rule="r", severity="info", message=""),
+        "metrics": dict(values={}),
+        "episodes": {},
     }
 
 

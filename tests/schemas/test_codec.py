@@ -268,6 +268,7 @@ PAYLOADS = {
         optional={
             "total": opt_floats, "pre_clip_total": opt_floats, "post_clip_total": opt_floats, "nonfinite": small_dict(counts),
             "stage": st.sampled_from([None, "pre_clip", "post_clip"]), "max_norm": opt_floats,
+            "samples": st.none() | counts,
         },
     ),
     "lstm_health": st.fixed_dictionaries(
@@ -276,12 +277,13 @@ PAYLOADS = {
             **{name: opt_floats for name in ("h_norm", "c_norm", "h_rms", "c_rms", "h_max_abs", "c_max_abs", "h_env_max_rms", "c_env_max_rms")},
             "has_nan": st.none() | st.booleans(), "has_inf": st.none() | st.booleans(),
             "layer_h_rms": st.lists(floats, max_size=4), "layer_c_rms": st.lists(floats, max_size=4), "envs": st.none() | counts,
+            "name": st.none() | names,
         },
     ),
     "ppo_update": st.fixed_dictionaries(
         {},
         optional={
-            **{name: opt_floats for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_min", "ratio_max", "explained_variance", "learning_rate")},
+            **{name: opt_floats for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_min", "ratio_max", "explained_variance", "learning_rate", "clip_range", "loss")},
             "entropy": small_dict(floats),
         },
     ),
@@ -296,7 +298,12 @@ PAYLOADS = {
     ),
     "alert": st.fixed_dictionaries(
         {"rule": names, "severity": st.sampled_from(["info", "warning", "critical"]), "message": st.text(max_size=40)},
-        optional={"values": small_dict(st.none() | st.booleans() | int64 | floats | st.text(max_size=10)), "cleared": st.booleans()},
+        optional={"values": small_dict(st.none() | st.booleans() | int64 | floats | st.text(max_size=10)), "cleared": st.booleans(),
+                  "received_at": opt_floats},
+    ),
+    "metrics": st.fixed_dictionaries({"values": small_dict(opt_floats)}),
+    "episodes": st.fixed_dictionaries(
+        {}, optional={"returns": st.lists(floats, max_size=4), "lengths": st.lists(counts, max_size=4), "count": st.none() | counts},
     ),
 }
 

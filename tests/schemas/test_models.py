@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from simic.schemas import EVENT_TYPES, HeadGradNorms, LstmHealth, RejectReason, decode_message, encode_events
+from simic.schemas import EVENT_TYPES, SCHEMA_VERSION, HeadGradNorms, LstmHealth, RejectReason, decode_message, encode_events
 from simic.schemas.codec import KINDS
 from simic.schemas.models import MAX_DEPTH, MAX_ITEMS, MAX_NAME, iter_numbers
 
@@ -74,7 +74,7 @@ class TestRoundTrip:
     def test_envelope_travels_once_and_reaches_every_event(self, events):
         """Run id, rank, session and schema version come back on every decoded event."""
         for event in round_trip(events):
-            assert (event.run_id, event.rank, event.session, event.schema_version) == ("run-42", 3, 123456789, 1)
+            assert (event.run_id, event.rank, event.session, event.schema_version) == ("run-42", 3, 123456789, SCHEMA_VERSION)
 
 
 class TestNonFinite:
