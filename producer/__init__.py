@@ -4,7 +4,7 @@
 same interface doing nothing (telemetry off). ``Emitter.from_env()`` picks between them.
 
 The GPU collectors are methods of the emitter (``timer``, ``head_grad_norms``, ``lstm_state``,
-``ppo_update``; see ``simic.producer.collectors``): they never wait for the GPU. The seed plan's
+``ppo_update``, and ``watch`` that installs them as hooks; see ``simic.producer.collectors``): they never wait for the GPU. The seed plan's
 synchronous API (``CUDATimer``, ``LSTMHealthMetrics``, ``compute_lstm_health``) and
 ``training_profiler`` are exported as well. ``spawn_consumer`` starts a ``simic-consumer`` sidecar
 for a trainer (``Emitter(..., spawn_consumer=True)`` does it for you). Importing this package does
@@ -17,6 +17,7 @@ from .collectors import (
     CUDATimer,
     HeadGroups,
     LSTMHealthMetrics,
+    Watch,
     compute_lstm_health,
     training_profiler,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "CollectorSettings",
     "CollectorStats",
     "HeadGroups",
+    "Watch",
     "CUDATimer",
     "LSTMHealthMetrics",
     "compute_lstm_health",

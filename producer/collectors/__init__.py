@@ -3,7 +3,7 @@
 Device values are reduced on the device, copied ``non_blocking`` into a pinned ring behind a CUDA
 event and become events at a later ``flush()`` (``readout``). On top of it: phase timers
 (``timing``), per-head gradient norms (``grad_norms``), LSTM state statistics (``lstm_state``),
-PPO update metrics (``ppo``), the profiler wrapper (``profiler``) and the seed plan's synchronous
+PPO update metrics (``ppo``), hooks that run them for an unedited loop (``watch``), the profiler wrapper (``profiler``) and the seed plan's synchronous
 API (``seed_api``). ``Emitter`` gets the collector methods from :class:`CollectorsMixin`;
 ``NullEmitter`` the no-op twins from :class:`NullCollectorsMixin`.
 
@@ -16,6 +16,7 @@ from .profiler import training_profiler
 from .readout import CollectorStats
 from .seed_api import CUDATimer, LSTMHealthMetrics, compute_lstm_health
 from .timing import NullTimer, Timer
+from .watch import NullWatch, Watch
 
 __all__ = [
     "CollectorsMixin",
@@ -25,6 +26,8 @@ __all__ = [
     "HeadGroups",
     "Timer",
     "NullTimer",
+    "Watch",
+    "NullWatch",
     "training_profiler",
     "CUDATimer",
     "LSTMHealthMetrics",

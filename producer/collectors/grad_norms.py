@@ -107,12 +107,13 @@ class HeadGroups:
 
         if params is None:
             total = list(range(len(self.params)))
-        else:
-            total = sorted({param_index(p, "params") for p in params})
+        else:  # in the caller's order, once each: the total is then summed as torch's clip sums it
+            total = list(dict.fromkeys(param_index(p, "params") for p in params))
             if not total:
                 raise ValueError("params is empty")
         self.total: list[int] = total
-        """Indices (into ``params``) of the parameters the total covers."""
+        """Indices (into ``params``) of the parameters the total covers, in the order ``params`` gave
+        them (``clip_grad_norm_`` sums the total in that order, as torch does, to the last bit)."""
 
         # Entries: every distinct parameter whole, then each row view. Heads refer to entries.
         self.entries: list[tuple[int, Any]] = [(i, None) for i in range(len(self.params))]

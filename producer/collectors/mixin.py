@@ -8,6 +8,7 @@
     emitter.clip_grad_norm_(step, groups, max_norm) -> clips like torch, same event from the same norms
     emitter.lstm_state(step, (h, c), env_mask)    -> lstm_health event, later
     emitter.ppo_update(step, **metrics)           -> ppo_update event, later (or now, if all on host)
+    emitter.watch(model, optimizer, ...)          -> Watch: hooks that do all of the above per step, no loop edits
     emitter.flush()                               -> ready readouts and timings become events
     emitter.close()                               -> waits (bounded) for what is in flight, then sends
 
@@ -15,6 +16,9 @@
 (usually the next step's); nothing here waits for the GPU, and nothing raises into the trainer once set up (failures are counted in
 ``emitter.collector_stats`` and logged once). The state lives on the emitter, created at the first
 collector call, which also registers the flush hook.
+
+The step a collector call names becomes the emitter's current step at once (what ``heartbeat``,
+``run_end`` and a timer stopped without a step report), even though its event leaves later.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .lstm_state import submit_lstm_state
 from .ppo import PPO_FIELDS, submit_ppo_update
 from .readout import CollectorStats, Readouts
 from .timing import NullTimer, Timer, Timings, group_by_step, resolve_stream
+from .watch import NullWatch, Watch
 
 __all__ = ["CollectorSettings", "CollectorsMixin", "NullCollectorsMixin"]
 
@@ -182,6 +187,7 @@ class CollectorsMixin:
         if self.closed:
             return
         state = self._collector_state()
+        self._note_step(step)
         try:
             if stage not in _STAGES:
                 raise ValueError(f"stage must be None, 'pre_clip' or 'post_clip', got {stage!r}")
@@ -211,6 +217,7 @@ class CollectorsMixin:
         heads are known it always clips, also when closed or when the measurement fails (counted).
         """
         state = self._collector_state() if not self.closed else None
+        self._note_step(step)
         groups = heads if type(heads) is HeadGroups else (self._groups_for(state, heads) if state else HeadGroups(heads))
         if state is None:
             return torch_module().nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
@@ -233,28 +240,34 @@ class CollectorsMixin:
             return groups
         return HeadGroups(heads)  # generators: resolved every call (pass a HeadGroups instead)
 
-    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None) -> None:
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
         """Statistics of an LSTM state ``(h, c)`` (each ``(layers, envs, hidden)``), read back later.
 
-        ``env_mask`` (``(envs,)``, bool or 0/1) keeps only the environments to include.
+        ``env_mask`` (``(envs,)``, bool or 0/1) keeps only the environments to include. ``name`` tells
+        the states of a model with several recurrent cores apart (``"actor"``, ``"critic"``).
         """
         if self.closed:
             return
         state = self._collector_state()
+        self._note_step(step)
         try:
-            submit_lstm_state(state.readouts, state.emit_lstm, step, hidden, env_mask)
+            emit = state.emit_lstm if name is None else functools.partial(state.emit_lstm, name=name)
+            submit_lstm_state(state.readouts, emit, step, hidden, env_mask)
         except Exception as exc:
             self._collector_failed("lstm_state", exc)
 
     def ppo_update(self, step: int, **metrics: Any) -> None:
-        """PPO update metrics (numbers or one-element tensors; ``entropy`` maps head -> value).
+        """PPO update metrics: any numeric scalar (Python, numpy, a CPU tensor, a one-element array or
+        CUDA tensor); ``entropy`` maps head -> value, or is one number for the whole policy.
 
         Accepted names are the ``ppo_update`` event's fields: policy_loss, value_loss, entropy,
-        approx_kl, clip_fraction, ratio_min, ratio_max, explained_variance, learning_rate.
+        approx_kl, clip_fraction, ratio_min, ratio_max, explained_variance, learning_rate,
+        clip_range, loss.
         """
         if self.closed:
             return
         state = self._collector_state()
+        self._note_step(step)
         try:
             if not PPO_FIELDS.issuperset(metrics):
                 unknown = sorted(set(metrics) - PPO_FIELDS)
@@ -262,6 +275,32 @@ class CollectorsMixin:
             submit_ppo_update(state.readouts, state.emit_ppo, step, metrics, self._collector_failed)
         except Exception as exc:
             self._collector_failed("ppo_update", exc)
+
+    def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
+              clip: float | None = None, step: Any = None, timing: bool = True) -> Watch:
+        """Instrument a torch trainer without editing its loop (see :mod:`simic.producer.collectors.watch`).
+
+        Args:
+            model: the ``nn.Module`` being trained; its trainable parameters make up the total norm.
+            optimizer: its optimizer; each ``step()`` ends a measurement (None: no per-step events).
+            heads: head name -> module | parameters | ``(param, rows)``, as for :meth:`head_groups`;
+                default: one head per child module with parameters (and per parameter of the model itself).
+            lstm: an ``nn.LSTM`` (or GRU), or a mapping name -> module: its last state in each step is sampled.
+            clip: the ``max_norm`` the trainer clips with, so the post-clip total can be derived.
+            step: None: every optimizer step is a step (0, 1, 2, ...). A callable returning the trainer's own
+                counter: the optimizer steps taken under one value make one step (norms: their RMS).
+            timing: measure the ``train`` phase (first forward after an optimizer step to the end of the next).
+
+        Returns a :class:`Watch`: ``end_step()`` sends the step being built, ``close()`` also removes the hooks.
+        Raises ValueError for arguments it cannot use; once installed, nothing raises into the trainer.
+        """
+        return Watch(self, self._collector_state(), model, optimizer, heads=heads, lstm=lstm, clip=clip, step=step,
+                     timing=timing)
+
+    def _note_step(self, step: Any) -> None:
+        """A collector call names its step: it becomes the current step now (the event comes later)."""
+        if type(step) is int:
+            self.__dict__["_step"] = step
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -325,8 +364,12 @@ class NullCollectorsMixin:
             params = (heads if isinstance(heads, HeadGroups) else HeadGroups(heads)).total_params()
         return torch_module().nn.utils.clip_grad_norm_(params, max_norm)
 
-    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None) -> None:
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
         pass
+
+    def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
+              clip: float | None = None, step: Any = None, timing: bool = True) -> NullWatch:
+        return NullWatch()
 
     def ppo_update(self, step: int, **metrics: Any) -> None:
         pass

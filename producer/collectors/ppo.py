@@ -2,14 +2,16 @@
 
 ``emitter.ppo_update(step, policy_loss=pg_loss, value_loss=v_loss, approx_kl=approx_kl,
 clip_fraction=clipfrac, ratio_min=ratio.min(), ratio_max=ratio.max(), entropy={"slot": ent_slot,
-...}, explained_variance=ev, learning_rate=lr)``: every value may be a Python number, a CPU tensor
-or a one-element CUDA tensor (all on one device). The CUDA ones are stacked into one vector (one
+...}, explained_variance=ev, learning_rate=lr)``: every value may be a Python or numpy number, a CPU tensor, a one-element array
+or a one-element CUDA tensor (all on one device); ``entropy`` may be one number for the whole policy. The CUDA ones are stacked into one vector (one
 launch, a snapshot) and read back after a later ``flush()``; the event is emitted when they
 arrive, with the host values beside them.
 """
 
 from __future__ import annotations
 
+import numbers
+import sys
 from typing import Any, Mapping
 
 from simic.schemas.codec import KINDS
@@ -21,6 +23,10 @@ __all__ = ["PPO_FIELDS", "submit_ppo_update"]
 PPO_FIELDS = frozenset(KINDS["ppo_update"].fields)
 """The metrics ``ppo_update`` accepts (the payload fields of the ``ppo_update`` event)."""
 
+SCALAR_ENTROPY_HEAD = "policy"
+"""Where a single entropy value goes (``entropy=0.9`` is sent as ``{"policy": 0.9}``): the mean
+entropy of the whole policy, as libraries that do not factor their action report it."""
+
 
 def submit_ppo_update(readouts: Any, emit: Any, step: int, metrics: Mapping[str, Any], refuse: Any) -> None:
     """Split ``metrics`` into host values and device tensors, queue the device ones, emit when read."""
@@ -31,6 +37,8 @@ def submit_ppo_update(readouts: Any, emit: Any, step: int, metrics: Mapping[str,
     for name, value in metrics.items():
         if value is None:
             continue
+        if name == "entropy" and not isinstance(value, Mapping):
+            value = {SCALAR_ENTROPY_HEAD: value}
         if isinstance(value, Mapping):
             entries = {}
             for head, item in value.items():
@@ -67,18 +75,28 @@ _SKIP = _Marker()
 
 
 def _host_value(value: Any, name: str, head: str | None, refuse: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A float for any numeric scalar a trainer holds (Python, numpy, CPU tensor, a one-element array,
+    anything with ``__float__``); ``_DEVICE`` for a CUDA tensor (read later); ``_SKIP`` (refused) otherwise."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # int, float, numpy scalars
         return float(value)
-    numel = getattr(value, "numel", None)
-    if numel is None:
-        refuse(f"ppo_update:{name}", f"{name}{'' if head is None else '.' + head} must be a number or a tensor, got {type(value).__name__}")
+    where = f"{name}{'' if head is None else '.' + head}"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            refuse(f"ppo_update:{name}", f"{where} must hold one value, got {value.numel()}")
+            return _SKIP
+        if value.is_cuda:
+            return _DEVICE
+        return float(value.reshape(()).item())  # a CPU tensor: already on the host, no sync
+    size = getattr(value, "size", 1)  # numpy arrays: size is an int
+    if isinstance(value, bool) or not hasattr(value, "__float__") or (isinstance(size, int) and size != 1):
+        refuse(f"ppo_update:{name}", f"{where} must be a number or hold one value, got {type(value).__name__}")
         return _SKIP
-    if numel() != 1:
-        refuse(f"ppo_update:{name}", f"{name}{'' if head is None else '.' + head} must hold one value, got {numel()}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        refuse(f"ppo_update:{name}", f"{where}: {exc}")
         return _SKIP
-    if getattr(value, "is_cuda", False):
-        return _DEVICE
-    return float(value.reshape(()).item())  # a CPU tensor: already on the host, no sync
 
 
 def _resolve(values: list, context: tuple) -> None:

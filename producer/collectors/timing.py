@@ -159,7 +159,11 @@ class Timer:
         """Mark the end of the phase for training ``step`` (default: the timer's step, else the emitter's last)."""
         try:
             if step is None:
-                step = self.step if self.step is not None else getattr(self._emitter, "_step", 0)
+                step = self.step
+            if step is None:
+                step = getattr(self._emitter, "_step", 0)
+            elif type(step) is int:
+                self._emitter.__dict__["_step"] = step  # the trainer named its step: it is the current one
             if self.stream is None:
                 if self._t0:
                     self._timings.cpu_done(self.name, step, (_perf_ns() - self._t0) / 1e6)

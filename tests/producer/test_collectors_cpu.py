@@ -329,6 +329,25 @@ class TestClipGradNorm:
         assert close(event.norms["value"], norm_of(ours.value.weight.grad, ours.value.bias.grad) / scale)
         assert event.norms["unused"] is None
 
+    def test_bit_identical_to_torch_whatever_order_the_heads_name_the_parameters(self, emitter) -> None:
+        """Over many minibatches the returned total and every clipped gradient equal torch's to the last
+        bit, with heads listed in another order than ``params`` (the total is summed in ``params`` order)."""
+        torch.manual_seed(11)
+        net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                                  torch.nn.Linear(64, 6))
+        groups = emitter.head_groups({"out": net[4], "mid": net[2], "inp": net[0]}, params=net.parameters())
+        differ = 0
+        for i in range(150):
+            net.zero_grad()
+            (net(torch.randn(128, 32)) ** 2).mean().mul(100).backward()
+            twin = [torch.nn.Parameter(p.detach().clone()) for p in net.parameters()]
+            for q, p in zip(twin, net.parameters()):
+                q.grad = p.grad.clone()
+            expected = torch.nn.utils.clip_grad_norm_(twin, 0.5)
+            total = emitter.clip_grad_norm_(i, groups, 0.5)
+            differ += not (torch.equal(total, expected) and all(torch.equal(p.grad, q.grad) for p, q in zip(net.parameters(), twin)))
+        assert differ == 0
+
     def test_the_total_covers_params_not_only_the_heads(self, consumer, emitter) -> None:
         """With params= covering the core too, the core is clipped and counted although no head names it."""
         ours, theirs = self.twins()
