@@ -16,10 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[producer,dev,report]"
 	touch $@
 
+# The optional library adapters' extras, tested too: torch stays pinned (a plain install of them
+# would pull a multi-GB CUDA build of torch).
+$(VENV)/.extras: $(VENV)/.installed
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[sb3,lightning]"
+	touch $@
+
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup test-deps
+test: setup $(VENV)/.extras test-deps
 	$(PY) -m pytest -q
 
 # System packages the tests use: Debian's chromium renders the HTML report headless.
