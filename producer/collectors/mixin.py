@@ -8,6 +8,7 @@
     emitter.clip_grad_norm_(step, groups, max_norm) -> clips like torch, same event from the same norms
     emitter.lstm_state(step, (h, c), env_mask)    -> lstm_health event, later
     emitter.ppo_update(step, **metrics)           -> ppo_update event, later (or now, if all on host)
+    emitter.metrics(step, {"train/loss": t})      -> metrics event, later (or now, if all on host)
     emitter.watch(model, optimizer, ...)          -> Watch: hooks that do all of the above per step, no loop edits
     emitter.flush()                               -> ready readouts and timings become events
     emitter.close()                               -> waits (bounded) for what is in flight, then sends
@@ -76,6 +77,7 @@ class _State:
         self.emit_grad_norms = functools.partial(emitter.emit, "head_grad_norms")
         self.emit_lstm = functools.partial(emitter.emit, "lstm_health")
         self.emit_ppo = functools.partial(emitter.emit, "ppo_update")
+        self.emit_metrics = functools.partial(emitter.emit, "metrics")
 
     def poll(self) -> None:
         """Flush hook: ready timings and readouts become events (restoring the emitter's last step)."""
@@ -276,6 +278,23 @@ class CollectorsMixin:
         except Exception as exc:
             self._collector_failed("ppo_update", exc)
 
+    def metrics(self, step: int, values: Mapping[str, Any]) -> None:
+        """Named scalars the trainer logged for ``step`` (a loss, an accuracy), as a ``metrics`` event.
+
+        Values as for :meth:`ppo_update`: numbers, numpy scalars, CPU tensors or one-element CUDA tensors
+        (read back later, never waited for); None is sent as missing.
+        """
+        if self.closed:
+            return
+        state = self._collector_state()
+        self._note_step(step)
+        try:
+            if not isinstance(values, Mapping):
+                raise ValueError(f"metrics takes a mapping of name -> value, got {type(values).__name__}")
+            submit_ppo_update(state.readouts, state.emit_metrics, step, {"values": values}, self._collector_failed)
+        except Exception as exc:
+            self._collector_failed("metrics", exc)
+
     def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
               clip: float | None = None, step: Any = None, timing: bool = True) -> Watch:
         """Instrument a torch trainer without editing its loop (see :mod:`simic.producer.collectors.watch`).
@@ -365,6 +384,9 @@ class NullCollectorsMixin:
         return torch_module().nn.utils.clip_grad_norm_(params, max_norm)
 
     def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+        pass
+
+    def metrics(self, step: int, values: Mapping[str, Any]) -> None:
         pass
 
     def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,

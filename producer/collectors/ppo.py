@@ -1,4 +1,4 @@
-"""PPO update metrics, given as floats or as device tensors, through the deferred readout path.
+"""PPO update metrics (and the free-form ``metrics``), given as floats or device tensors, through the deferred readout path.
 
 ``emitter.ppo_update(step, policy_loss=pg_loss, value_loss=v_loss, approx_kl=approx_kl,
 clip_fraction=clipfrac, ratio_min=ratio.min(), ratio_max=ratio.max(), entropy={"slot": ent_slot,
@@ -42,6 +42,10 @@ def submit_ppo_update(readouts: Any, emit: Any, step: int, metrics: Mapping[str,
         if isinstance(value, Mapping):
             entries = {}
             for head, item in value.items():
+                if item is None:  # missing, and sent as missing where the field allows it
+                    if name == "values":
+                        entries[head] = None
+                    continue
                 host = _host_value(item, name, head, refuse)
                 if host is _DEVICE:
                     device.append(item)
@@ -93,7 +97,8 @@ def _host_value(value: Any, name: str, head: str | None, refuse: Any) -> Any:
         refuse(f"ppo_update:{name}", f"{where} must be a number or hold one value, got {type(value).__name__}")
         return _SKIP
     try:
-        return float(value)
+        item = getattr(value, "item", None)  # numpy / JAX arrays of one element
+        return float(item() if item is not None else value)
     except (TypeError, ValueError) as exc:
         refuse(f"ppo_update:{name}", f"{where}: {exc}")
         return _SKIP
