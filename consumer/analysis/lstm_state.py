@@ -76,20 +76,25 @@ class LstmState(Rule):
         if not self._conditions and not self._any_bad(event):
             return None  # the healthy path: nothing to observe, nothing open
         fired: list[Alert] | None = None
+        name = event.name  # a model with several recurrent cores: each is watched on its own
+        lstm = "LSTM" if name is None else f"LSTM {name}"
         for condition, field, test, bound, what in self._tests:
             value = getattr(event, field)
             if value is None or not -_INF < value < _INF:  # missing, or non_finite's
                 continue
             bad = test(value)
-            subject = self.watched(event, bad, condition)
+            subject = self.watched(event, bad, condition) if name is None else self.watched(event, bad, condition, name)
             if subject is not None:
+                values = {field: value, "condition": condition}
+                if name is not None:
+                    values["lstm"] = name
                 alert = self.observe(
                     event,
                     subject,
                     bad,
-                    f"LSTM {what} at step {event.step}: {field} = {value:.4g}, {bound}",
-                    {field: value, "condition": condition},
-                    clear_message=f"LSTM {what} over at step {event.step}: {field} = {value:.4g}",
+                    f"{lstm} {what} at step {event.step}: {field} = {value:.4g}, {bound}",
+                    values,
+                    clear_message=f"{lstm} {what} over at step {event.step}: {field} = {value:.4g}",
                 )
                 if alert:
                     fired = (fired or []) + [alert]

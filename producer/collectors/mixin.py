@@ -308,7 +308,8 @@ class CollectorsMixin:
             clip: the ``max_norm`` the trainer clips with, so the post-clip total can be derived.
             step: None: every optimizer step is a step (0, 1, 2, ...). A callable returning the trainer's own
                 counter: the optimizer steps taken under one value make one step (norms: their RMS).
-            timing: measure the ``train`` phase (first forward after an optimizer step to the end of the next).
+            timing: measure the ``train`` phase (first forward with gradients enabled after an optimizer step
+                to the end of the next: forward, backward, clip, step; ``no_grad`` rollouts are left out).
 
         Returns a :class:`Watch`: ``end_step()`` sends the step being built, ``close()`` also removes the hooks.
         Raises ValueError for arguments it cannot use; once installed, nothing raises into the trainer.

@@ -18,8 +18,9 @@ What ``step`` means, and how many samples a step sends:
 
 Per step it also sends one ``lstm_health`` event per watched LSTM (the state of its last forward in
 the step, ``name`` set to the LSTM's name), one ``step_timing`` event with the phase ``train`` (from
-the first forward of the model after an optimizer step to the end of that step; the optimizer steps
-of one step add up), and a ``metrics`` event with ``optimizer/lr`` (the first parameter group's
+the first forward with gradients enabled, of the model or of one of its direct children, after an
+optimizer step, to the end of the next optimizer step: forward, backward, clip and step, not the
+rollouts or evaluations a trainer runs under ``no_grad``; the optimizer steps of one step add up), and a ``metrics`` event with ``optimizer/lr`` (the first parameter group's
 learning rate, when it is a number).
 
 How the pre-clip norms are read without touching the loop: each measured parameter gets a
@@ -44,7 +45,7 @@ from .readout import torch_module
 __all__ = ["Watch", "NullWatch", "default_heads"]
 
 TRAIN_PHASE = "train"
-"""The ``step_timing`` phase a watch measures: first forward after an optimizer step to the end of the next."""
+"""The ``step_timing`` phase a watch measures: first forward with gradients after an optimizer step to the end of the next."""
 
 
 def default_heads(model: Any) -> dict[str, Any]:
@@ -111,8 +112,9 @@ class Watch:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
         for name, module in self.lstms.items():
             self._handles.append(module.register_forward_hook(self._lstm_hook(name)))
-        if timing:
-            self._handles.append(model.register_forward_pre_hook(self._on_forward))
+        if timing:  # the model's own forward, or its children's (loops often call parts: agent.get_value)
+            for module in (model, *model.children()):
+                self._handles.append(module.register_forward_pre_hook(self._on_forward))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._after_step))
         self._closed = False
@@ -151,7 +153,8 @@ class Watch:
             self.emitter._collector_failed("watch:backward", exc)
 
     def _on_forward(self, module: Any, args: Any) -> None:
-        if not self._timing_started and not self.emitter.closed:
+        # Only a forward that builds a graph starts the phase: rollouts and evaluation run under no_grad.
+        if not self._timing_started and self._torch.is_grad_enabled() and not self.emitter.closed:
             self._timing_started = True
             self._timer.start()
 
