@@ -17,6 +17,7 @@ with warnings.catch_warnings():  # torch without numpy says so once, at import: 
     import torch.nn as nn
 
 from simic.producer import spawn_consumer
+from tests.logs import events_of
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "INTEGRATION.md"
 HEADS = ["slot", "blueprint", "blend", "op"]
@@ -99,24 +100,50 @@ class TestIntegrationDoc:
         events = kinds(consumer.log_dir, "doc")
         assert events["step_timing"] == events["head_grad_norms"] == events["lstm_health"] == events["ppo_update"] == 6
 
-    def test_hooks_snippet_instruments_a_loop_it_does_not_edit(self, consumer):
-        """The optimizer/forward-hook snippet, added to an untouched training loop, sends grad norms and LSTM state per optimizer step."""
-        code = snippet("hooks")
-        assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    def test_watch_snippet_instruments_a_loop_it_does_not_edit(self, consumer):
+        """The watch snippet (at most 10 lines), around an untouched PPO-shaped loop of 4 updates of 3
+        minibatches: one head_grad_norms per update (samples=3), LSTM state and timings per update."""
+        code = snippet("watch")
+        lines = [line for line in code.splitlines() if line.strip()]
+        assert len(lines) <= 10
+        setup, teardown = code.split("\n...")
+        teardown = teardown.split("\n", 1)[1]  # the "..." line stands for the loop below
         torch.manual_seed(0)
         model = TinyAgent()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-        namespace = {"model": model, "optimizer": optimizer}
-        exec(compile(code, f"{DOC}:hooks", "exec"), namespace)
+        namespace = {"model": model, "optimizer": optimizer, "update": 0}
+        exec(compile(setup, f"{DOC}:watch", "exec"), namespace)
 
-        for _ in range(5):  # "the library's loop": it knows nothing of simic
-            hidden, _ = model(torch.randn(5, 4, 6), (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)))
-            loss = model.actor(hidden).logsumexp(-1).mean() + model.critic(hidden).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-            optimizer.step()
-        namespace["emitter"].close()
+        for namespace["update"] in range(4):  # "the library's loop": it knows nothing of simic
+            with torch.no_grad():
+                model(torch.randn(5, 4, 6), (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)))  # the rollout
+            for _ in range(3):
+                hidden, _ = model(torch.randn(5, 4, 6), (torch.zeros(1, 4, 8), torch.zeros(1, 4, 8)))
+                loss = model.actor(hidden).logsumexp(-1).mean() + model.critic(hidden).pow(2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                optimizer.step()
+        exec(compile(teardown, f"{DOC}:watch", "exec"), namespace)
         ended(consumer)
         events = kinds(consumer.log_dir, "doc")
-        assert events["head_grad_norms"] == events["lstm_health"] == 5
+        assert events["head_grad_norms"] == events["lstm_health"] == events["step_timing"] == 4
+
+    def test_numbers_snippet_sends_what_it_is_handed(self, consumer):
+        """The emit_<kind> snippet with numpy and Python numbers: one event of each kind per update, values as given."""
+        import numpy as np
+
+        code = snippet("numbers")
+        logs = [{"rollout_ms": 10.0 + i, "update_ms": np.float32(5.5), "grad_norms": {"mean": np.float32(0.5), "log_std": 0.1, "value": None},
+                 "grad_norm": np.float64(0.7), "approx_kl": np.float32(0.01), "clip_fraction": 0.1, "entropy": np.float32(1.25),
+                 "explained_variance": np.float32(0.5)} for i in range(3)]
+        exec(compile(code, f"{DOC}:numbers", "exec"), {"trainer_logs": logs})
+        ended(consumer)
+        events = kinds(consumer.log_dir, "doc")
+        assert events["step_timing"] == events["head_grad_norms"] == events["ppo_update"] == 3
+        logged = events_of(consumer.log_dir, "doc")
+        norms = [e for e in logged if e.kind == "head_grad_norms"]
+        assert [(e.step, e.norms, e.total) for e in norms] == [(i, {"mean": 0.5, "log_std": 0.1, "value": None}, 0.7) for i in range(3)]
+        updates = [e for e in logged if e.kind == "ppo_update"]
+        assert all(e.entropy == {"policy": 1.25} and e.explained_variance == 0.5 for e in updates)
+        assert [e.phases_ms for e in logged if e.kind == "step_timing"] == [{"rollout": 10.0 + i, "update": 5.5} for i in range(3)]

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
 from tests.gpu.test_collectors_cuda import consumer, sync_forbidden  # noqa: E402,F401
-from tests.producer.test_current_step import events_of  # noqa: E402
+from tests.logs import events_of, inspect_run  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -119,8 +119,6 @@ class TestCurrentStepOnCuda:
     def test_a_collectors_only_trainer_reports_its_last_step(self, tmp_path) -> None:
         """Timer, lstm_state, clip_grad_norm_, ppo_update and metrics with device values, no direct emit:
         heartbeat and run_end carry the last step (12) and inspect's last step is 12, not 0."""
-        from tests.producer.test_current_step import inspect_run
-
         torch.manual_seed(2)
         net = torch.nn.Linear(8, 4).cuda()
         log_dir = tmp_path / "logs"

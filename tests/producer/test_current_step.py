@@ -4,37 +4,12 @@ comes from a collector and leaves later. Checked through a real ``simic-consumer
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
-from simic.schemas import LogReader, decode_message  # noqa: E402
-from simic.schemas.eventlog import FRAME_MESSAGE  # noqa: E402
-
-WAIT_S = 60.0
-"""Hang guard for the consumer's command line (not a timing assertion)."""
-
-
-def inspect_run(log_dir, run_id: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "simic.consumer", "inspect", str(log_dir), "--json"],
-                            capture_output=True, text=True, timeout=WAIT_S)
-    assert result.returncode == 0, result.stderr
-    (session,) = json.loads(result.stdout)["runs"][run_id]
-    return session
-
-
-def events_of(log_dir, run_id: str) -> list:
-    """The events of ``run_id`` in the consumer's log, read back frame by frame."""
-    events = []
-    for frame in LogReader(log_dir):
-        if frame.type == FRAME_MESSAGE:
-            events += [e for e in decode_message(frame.payload).events if e.run_id == run_id]
-    return events
+from tests.logs import events_of, inspect_run  # noqa: E402
 
 
 def run(tmp_path, run_id: str, body) -> dict:
