@@ -21,6 +21,10 @@ Variants:
 
 - ``simic batched``: ``Emitter.emit`` x 8, then ``flush()`` (one message per step): the intended use.
   The calls are written as a trainer writes them, with literal keyword arguments (``_workload.emit_step``).
+- ``simic batched, background delivery off``: the same two, with ``EmitterSettings(background_delivery=False)``:
+  batches leave only from ``emit``/``flush``, no delivery thread sends for them (the thread, process-wide,
+  still runs for the other emitters). ``--background-delivery off`` turns it off for every emitter
+  (the thread never starts), ``on`` for every emitter; the default, ``both``, times the two side by side.
 - ``simic single``: ``flush()`` after every ``emit`` (one message per event).
 - ``floor batched`` / ``floor single``: what a hand-written sender must do at least: build the same
   positional rows (code, seq, clock, step, payload), ``msgpack.packb`` them in the same envelope and
@@ -383,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--receiver", choices=("decode", "unpack"), default="decode",
                         help="what the receiving process does per message: decode (simic.schemas, as the consumer) or unpack (msgpack only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the variant order")
+    parser.add_argument("--background-delivery", choices=("both", "on", "off"), default="both",
+                        help="the emitters' background delivery: on for every emitter, off for every emitter (the "
+                             "delivery thread never starts), or both: on, plus the batched variants again with it off (default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, few steps (a few seconds)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -392,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# simic emit cost: {EVENTS_PER_STEP} events per step")
     print(f"nproc={info['nproc']}  cpu={info['cpu']}  python={info['python']}  pyzmq={info['pyzmq']}  "
           f"libzmq={info['libzmq']}  msgpack={info['msgpack']}")
-    print(f"rounds={args.rounds} steps={args.steps} paced_steps={args.paced_steps} pace_us={args.pace_us} receiver={args.receiver}")
+    print(f"rounds={args.rounds} steps={args.steps} paced_steps={args.paced_steps} pace_us={args.pace_us} receiver={args.receiver} "
+          f"background_delivery={args.background_delivery}")
     load_before = os.getloadavg()[0]
 
     tmp = tempfile.mkdtemp(prefix="simic-bench-")
@@ -411,11 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     closers: list[Callable[[], None]] = []
     floors: dict[str, FloorSender] = {}
     try:
-        settings = EmitterSettings(exit_hooks=False)
+        background = args.background_delivery != "off"
+        settings = EmitterSettings(exit_hooks=False, background_delivery=background)
+        settings_off = EmitterSettings(exit_hooks=False, background_delivery=False)
         em_batched = Emitter(endpoint, run_id=RUN_ID, settings=settings)
         em_methods = Emitter(endpoint, run_id=RUN_ID, settings=settings)
         em_single = Emitter(endpoint, run_id=RUN_ID, settings=settings)
-        em_nobody = Emitter(nobody, run_id=RUN_ID, settings=EmitterSettings(exit_hooks=False, linger_ms=0))
+        em_nobody = Emitter(nobody, run_id=RUN_ID, settings=EmitterSettings(exit_hooks=False, linger_ms=0, background_delivery=background))
+        emitters = [em_batched, em_methods, em_single, em_nobody]
         for name, target in (("batched", endpoint), ("single", endpoint), ("nobody", nobody)):
             sock = context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, settings.send_hwm)
@@ -438,6 +449,20 @@ def main(argv: list[str] | None = None) -> int:
                     emitter_counters(em_methods), lambda: (em_methods.session, em_methods.stats.batches)),
             Variant("floor batched (packb + send per step)", floors["batched"].block(per_event=False), None,
                     floor_counters(floors["batched"]), lambda: (floors["batched"].session, floors["batched"].messages)),
+        ]
+        if args.background_delivery == "both":
+            em_batched_off = Emitter(endpoint, run_id=RUN_ID, settings=settings_off)
+            em_methods_off = Emitter(endpoint, run_id=RUN_ID, settings=settings_off)
+            emitters += [em_batched_off, em_methods_off]
+            variant_list += [
+                Variant("simic batched (emit x8 + flush), background delivery off", simic_block(em_batched_off, per_event_flush=False),
+                        "floor batched (packb + send per step)", emitter_counters(em_batched_off),
+                        lambda: (em_batched_off.session, em_batched_off.stats.batches)),
+                Variant("simic batched (emit_<kind> x8 + flush), background delivery off", simic_methods_block(em_methods_off),
+                        "floor batched (packb + send per step)", emitter_counters(em_methods_off),
+                        lambda: (em_methods_off.session, em_methods_off.stats.batches)),
+            ]
+        variant_list += [
             Variant("simic single (flush per event)", simic_block(em_single, per_event_flush=True), "floor single (packb + send per event)",
                     emitter_counters(em_single), lambda: (em_single.session, em_single.stats.batches)),
             Variant("floor single (packb + send per event)", floors["single"].block(per_event=True), None,
@@ -528,6 +553,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'MET' if simic <= TARGET_US else 'NOT MET'} ({simic:.2f} us)")
                 print(f"target [{pace_name}] simic batched ({label}) <= {TARGET_RATIO}x floor: "
                       f"{'MET' if simic <= TARGET_RATIO * floor else 'NOT MET'} ({simic / floor:.2f}x of {floor:.2f} us)")
+        if args.background_delivery == "both":
+            for pace_name, _, _ in paces:
+                for name in ("simic batched (emit x8 + flush)", "simic batched (emit_<kind> x8 + flush)"):
+                    on = results[(pace_name, name)]
+                    off = results[(pace_name, f"{name}, background delivery off")]
+                    print(f"background delivery [{pace_name}] {name}: on {on.median_event() / 1000:.2f} / off "
+                          f"{off.median_event() / 1000:.2f} us/event (median), on {on.mean_event() / 1000:.2f} / off "
+                          f"{off.mean_event() / 1000:.2f} (mean): {on.median_event() / off.median_event():.3f}x")
         for v in variant_list:
             if v.delivered:
                 session, sent_messages = v.delivered()
@@ -544,10 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             print(note)
         busy = " (other work was running: the numbers are suspect, rerun on a quiet machine)" if load_before > 0.5 else ""
         print(f"timed section: {elapsed:.1f} s; 1-min load average before the run: {load_before:.2f}{busy}")
-        em_batched.close()
-        em_methods.close()
-        em_single.close()
-        em_nobody.close()
+        for em in emitters:
+            em.close()
     finally:
         for close in closers:
             close()

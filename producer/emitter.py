@@ -1,10 +1,18 @@
 """The trainer-side emitter: batch events, pack them, hand them to ZeroMQ without waiting.
 
-Mental model: ``emit`` appends a plain list to the current batch (no pydantic, no I/O);
-``flush`` packs the batch into one msgpack message and gives it to a PUSH socket with
+Mental model: ``emit`` appends a plain list to the current batch (no pydantic, no I/O, no
+lock); ``flush`` packs the batch into one msgpack message and gives it to a PUSH socket with
 ``NOBLOCK``. ZeroMQ's own I/O thread sends it. If the consumer is absent, slow or dead, the
 socket's queue fills to its high-water mark and further batches are dropped and counted:
 the trainer never blocks, never raises, and memory stays bounded.
+
+A batch also leaves without the trainer: one daemon thread per process ("simic-batch-delivery")
+sends any batch whose oldest event has waited ``max_batch_delay_ms``, so the events emitted just
+before the trainer hangs (a stuck optimizer step, a deadlocked collective, a long evaluation)
+still reach the consumer, within about ``max_batch_delay_ms``. It sends only what was emitted: it
+emits nothing itself (no heartbeat), so a hung trainer still falls silent and the consumer still
+says so. GPU readouts not yet turned into events (the collectors do that in ``flush()``, on the
+trainer thread) stay where they are. ``EmitterSettings(background_delivery=False)`` turns it off.
 
 ::
 
@@ -12,6 +20,15 @@ the trainer never blocks, never raises, and memory stays bounded.
     emit() -> batch (list of rows)
     flush() -> packb -> send(NOBLOCK) ---> queue (SNDHWM) ---------> PULL
                  |  zmq.Again: drop + count
+    simic-batch-delivery thread:
+      oldest row >= max_batch_delay_ms -> packb -> send(NOBLOCK) (same socket, under the send lock)
+
+How the two threads share a batch without a lock in ``emit``: ``emit`` only appends to the current
+list (``list.append`` is atomic). Every send holds the emitter's send lock. The trainer's send
+swaps in a new list; the delivery thread takes rows from the front of the current one
+(``rows = batch[:n]; del batch[:n]``, each one atomic call), so a row appended meanwhile lands
+after ``n`` and waits for the next send: no row is lost or sent twice, and the counters of sends
+(``sent``, ``dropped``, ``batches``, ``bytes``) change only under the lock.
 """
 
 from __future__ import annotations
@@ -64,9 +81,18 @@ class EmitterSettings:
     max_batch_events: int = 256
     """A batch this large is sent at once, without waiting for ``flush()``."""
     max_batch_delay_ms: float = 100.0
-    """A batch older than this is sent by the next ``emit()``, without waiting for ``flush()``."""
+    """A batch older than this is sent by the next ``emit()``, without waiting for ``flush()``; with
+    ``background_delivery``, by a background thread if no ``emit()`` comes."""
     heartbeat_interval_s: float = 5.0
     """``flush()`` adds a heartbeat (sent and dropped counts) when this long has passed since the last."""
+    background_delivery: bool = True
+    """Send a batch whose oldest event has waited ``max_batch_delay_ms`` from a background daemon
+    thread (one per process, shared by all emitters), so events reach the consumer within about
+    ``max_batch_delay_ms`` even if the trainer never calls the emitter again (a hang, a deadlocked
+    collective). ``emit()`` is unchanged (no lock, no signal); the thread wakes about once per
+    ``max_batch_delay_ms`` and sends under the emitter's send lock. It emits nothing itself, and GPU
+    readouts not yet turned into events (that happens in ``flush()``) are not touched. False: batches
+    leave only from ``emit()``, ``flush()`` and ``close()``, as without it."""
     exit_hooks: bool = True
     """Flush and send ``run_end`` at interpreter exit, when an uncaught exception ends the program,
     and on SIGTERM (only when the program has no SIGTERM handler of its own; then it still dies)."""
@@ -195,12 +221,16 @@ class Emitter(CollectorsMixin):
         self._heartbeat_ns = int(self.settings.heartbeat_interval_s * 1e9)
         self._warned: set[str] = set()
         self._closed = False
+        self._background = bool(self.settings.background_delivery)
+        self._send_lock = threading.RLock()  # every send holds it (ZeroMQ sockets are not thread-safe)
         self._open_socket()  # before the session: run_start may be sent at once (max_batch_events=1)
         self._new_session()
         self.flush()
         _live.add(self)
         if self.settings.exit_hooks:
             _install_process_hooks()
+        if self._background:
+            _start_delivery()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -275,10 +305,19 @@ class Emitter(CollectorsMixin):
 
     def _after_fork(self) -> None:
         """In a forked child: leave the parent's ZeroMQ objects alone (touching them would corrupt the
-        parent's) and start an own session; the child's socket opens when it first sends."""
+        parent's) and start an own session; the child's socket opens when it first sends.
+
+        The send lock is new (the parent's delivery thread may have held it at the fork). With
+        background delivery the child's first ``emit`` sends at once: that opens the child's socket
+        and starts the child's delivery thread (threads do not survive a fork), so a child that
+        emits and then hangs still delivers. A child that never emits (a data-loader worker) opens
+        nothing and starts nothing."""
+        self._send_lock = threading.RLock()
         _abandoned.append((self._socket, getattr(self, "_alerts", None), self._context))
         self._socket = self._context = self._alerts = None
         self._new_session()
+        if self._background:
+            self._batch_since = _monotonic_ns() - self._delay_ns  # due: the next emit sends
 
     def close(self, status: str = "ok", error: str | None = None) -> None:
         """Send what is pending and ``run_end``, then close the socket (waits at most ``linger_ms``)."""
@@ -288,16 +327,18 @@ class Emitter(CollectorsMixin):
             self._closed = True
             _live.discard(self)
             return
+        self._closing = True  # the delivery thread leaves this emitter alone from here on
         # From here on a full queue is waited for, up to linger_ms in all: the last events (the
         # one showing the fault, and run_end with the counts) matter most.
         self._close_deadline_ns = _monotonic_ns() + self.settings.linger_ms * 1_000_000
         try:
             self._drain_readouts()  # GPU readouts still in flight (bounded wait): the last ones matter most
             self._run_flush_hooks()
-            self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
-            self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
-                      dropped=self.stats.dropped, error=error, readouts_dropped=self._readouts_dropped())
-            self._send_batch()
+            with self._send_lock:  # waits for a background send in progress, so run_end's counts include it
+                self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
+                self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
+                          dropped=self.stats.dropped, error=error, readouts_dropped=self._readouts_dropped())
+                self._send_batch()
         finally:
             self._closed = True
             _live.discard(self)
@@ -375,10 +416,36 @@ class Emitter(CollectorsMixin):
         self._send_batch()
 
     def _send_batch(self) -> None:
-        batch = self._batch
-        if not batch:
+        if not self._batch:
             return
-        self._batch = []
+        with self._send_lock:
+            batch = self._batch
+            if not batch:  # the delivery thread sent it meanwhile
+                return
+            self._batch = []
+            self._send_rows(batch)
+
+    def _deliver_in_background(self) -> bool:
+        """Delivery thread: send the rows pending now. False when the trainer holds the send lock
+        (it is sending them itself); never waits for the lock, never raises into the thread."""
+        lock = self._send_lock
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closing or self._socket is None:  # closing: close() sends; None: a forked child's own thread opens it
+                return True
+            batch = self._batch
+            n = len(batch)
+            if n:
+                rows = batch[:n]
+                del batch[:n]  # a row the trainer appends meanwhile lands after n: it stays for the next send
+                self._send_rows(rows)
+            return True
+        finally:
+            lock.release()
+
+    def _send_rows(self, batch: list[list[Any]]) -> None:
+        """Pack rows into one message and send it (split when it cannot be packed whole). Under the send lock."""
         try:
             data = self._packer.pack([SCHEMA_VERSION, self.run_id, self.rank, self.session, batch])
         except Exception:
@@ -392,6 +459,8 @@ class Emitter(CollectorsMixin):
     def _send(self, data: bytes, events: int) -> None:
         if self._socket is None:
             self._open_socket()
+            if self._background:  # a forked child's first send: its delivery thread starts here
+                _start_delivery()
         try:
             self._socket.send(data, zmq.NOBLOCK, copy=True)
         except zmq.Again:
@@ -410,6 +479,7 @@ class Emitter(CollectorsMixin):
         self._last_send_ns = _monotonic_ns()
 
     _close_deadline_ns = 0
+    _closing = False
 
     def _readouts_dropped(self) -> int | None:
         """GPU measurements dropped unread by the collectors (None when no collector ran)."""
@@ -455,7 +525,8 @@ class Emitter(CollectorsMixin):
                     self._send(data, len(chunk))
 
     def _refuse(self, kind: str, fields: Mapping[str, Any], step: Any) -> None:
-        self.stats.invalid += 1
+        with self._send_lock:  # a send (the delivery thread's too) may count an unpackable row as invalid
+            self.stats.invalid += 1
         spec = KINDS.get(kind)
         if step is None:
             self._warn_once(f"step:{kind}", "simic emitter: step must be an integer (%s not sent)", kind)
@@ -618,7 +689,115 @@ def _install_process_hooks() -> None:
             signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+# -- background delivery: one daemon thread per process ---------------------------------------------
+
+_WAKE_MIN_NS = 500_000
+"""Shortest sleep of the delivery thread (also how early a batch may be taken before it is due)."""
+_WAKE_MAX_NS = 3600 * 10**9
+"""Longest sleep (a huge ``max_batch_delay_ms``); a new emitter wakes the thread anyway."""
+_BUSY_RETRY_NS = 1_000_000
+"""Look again this soon at an emitter whose trainer held the send lock."""
+
+_delivery_lock = threading.Lock()  # guards _delivery_thread
+_delivery_wake = threading.Event()  # set: look at the emitters now (a new one, a shorter delay)
+_delivery_thread: threading.Thread | None = None
+
+
+def _start_delivery() -> None:
+    """Start the delivery thread if it is not running (lazily: at the first emitter that wants it, and
+    in a forked child at its first send); else wake it, so it sees a new emitter's delay."""
+    global _delivery_thread
+    with _delivery_lock:
+        thread = _delivery_thread
+        if thread is not None and thread.is_alive():
+            _delivery_wake.set()
+            return
+        thread = threading.Thread(target=_deliver_forever, args=(_delivery_wake,), name="simic-batch-delivery", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # interpreter shutting down: batches leave from emit/flush/close only
+            log.warning("simic emitter: background delivery not started (%s)", exc)
+            return
+        _delivery_thread = thread
+
+
+def _background_emitters() -> list["Emitter"]:
+    for _ in range(3):
+        try:
+            return [e for e in tuple(_live) if e._background and not e._closing]
+        except RuntimeError:  # _live changed while being copied: copy again
+            continue
+    return []
+
+
+def _deliver_forever(wake: threading.Event) -> None:
+    """The delivery thread: send due batches, sleep until the next is due (or a new emitter wakes it);
+    end when no emitter wants it. A daemon thread: it never keeps the interpreter alive, and at exit
+    ``close()`` makes it leave each emitter alone. It never raises."""
+    global _delivery_thread
+    me = threading.current_thread()
+    try:
+        while True:
+            wake.clear()
+            emitters = _background_emitters()
+            if not emitters:
+                with _delivery_lock:
+                    if not _background_emitters():  # re-checked under the lock _start_delivery takes
+                        if _delivery_thread is me:
+                            _delivery_thread = None
+                        return
+                continue
+            wake.wait(_deliver_due(emitters) / 1e9)
+    except BaseException:  # interpreter teardown (module globals going away): just stop
+        try:
+            with _delivery_lock:
+                if _delivery_thread is me:
+                    _delivery_thread = None
+        except BaseException:
+            pass
+
+
+def _deliver_due(emitters: list["Emitter"]) -> int:
+    """Send every batch whose oldest row has waited its emitter's delay; nanoseconds until the next
+    look: when the next pending row falls due, and at least once per delay (rows that arrive in an
+    empty batch are seen then, before they are due: none waits more than its delay)."""
+    now = _monotonic_ns()
+    wait_ns = _WAKE_MAX_NS
+    for emitter in emitters:
+        try:
+            delay = emitter._delay_ns
+            wait_ns = min(wait_ns, delay)
+            if emitter._socket is None or emitter._closing:
+                continue
+            batch = emitter._batch
+            if not batch:
+                continue
+            due = batch[0][2] + delay  # row[2]: the monotonic clock at emit
+            if due - now <= _WAKE_MIN_NS:
+                if not emitter._deliver_in_background():
+                    wait_ns = min(wait_ns, _BUSY_RETRY_NS)
+                    continue
+                now = _monotonic_ns()
+                batch = emitter._batch  # rows appended while sending
+                if not batch:
+                    continue
+                due = batch[0][2] + delay
+            wait_ns = min(wait_ns, due - now)
+        except Exception as exc:  # never raise in the thread; warn once per emitter
+            try:
+                emitter._warn_once("background", "simic emitter: background delivery failed: %r", exc)
+            except Exception:
+                pass
+    return max(_WAKE_MIN_NS, wait_ns)
+
+
 def _after_fork_in_child() -> None:
+    # Threads do not survive fork: the child's delivery thread starts with its first send. Its locks
+    # are new: the parent's thread may have held them at the fork.
+    global _delivery_lock, _delivery_wake, _delivery_thread
+    _delivery_lock = threading.Lock()
+    _delivery_wake = threading.Event()
+    _delivery_thread = None
     for emitter in list(_live):
         if not emitter._closed:
             emitter._after_fork()
