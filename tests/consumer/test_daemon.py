@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import msgpack
 import zmq
@@ -59,6 +60,30 @@ class TestRunRecordReplay:
         assert live[0]["step"] == 120 and live[1]["cleared"] is True
         assert replayed == live
         assert replay_summary["events"] == produced
+
+    def test_alerts_carry_the_time_their_evidence_arrived_live_and_in_replay(self, tmp_path, ipc_endpoint, daemons, cli):
+        """received_at is the consumer's wall clock when the message that fired the alert arrived: between
+        the moment before sending and the moment the alert was seen, and replay reports the same value
+        from the log (not the time of the replay)."""
+        log_dir = tmp_path / "logs"
+        daemon = daemons(ipc_endpoint, log_dir)
+        with Emitter(daemon.endpoint, run_id="received", heads=HEADS) as emitter:
+            train(emitter, 5)
+            before = time.time()
+            train(emitter, 1, start=5, nan_at=5)
+            daemon.wait_for("[CRITICAL] non_finite")
+            after = time.time()
+            train(emitter, 5, start=6)
+        daemon.wait_for("ended (ok)")
+        assert daemon.stop() == 0
+        live = [json.loads(line) for line in (log_dir / "alerts.jsonl").read_text().splitlines()]
+        fired = live[0]
+        assert fired["rule"] == "non_finite" and fired["step"] == 5 and not fired["cleared"]
+        assert before <= fired["received_at"] <= after
+        assert all(a["received_at"] is not None for a in live)
+        replayed, _ = cli.replay_json(log_dir)
+        assert [a["received_at"] for a in replayed] == [a["received_at"] for a in live]
+        assert replayed == live
 
     def test_tcp_loopback_with_a_port_chosen_by_the_system(self, tmp_path, daemons, cli):
         """Binding tcp://127.0.0.1:* prints the real port, and producers reach it."""
