@@ -230,17 +230,38 @@ class TestDaemonLifecycle:
         env.pop("SIMIC_ENDPOINT", None)
         proc = subprocess.Popen(consumer_command("run"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            lines = [proc.stdout.readline().strip() for _ in range(3)]
+            lines = [proc.stdout.readline().strip() for _ in range(4)]
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=WAIT_S)
         assert lines == [
+            f"simic-consumer: pid {proc.pid}",
             f"simic-consumer: listening on ipc://{tmp_path}/run/simic/consumer.ipc",
             f"simic-consumer: publishing alerts on ipc://{tmp_path}/run/simic/consumer-alerts.ipc",
             f"simic-consumer: logging to {tmp_path}/simic-logs",
         ]
         assert oct((tmp_path / "run" / "simic").stat().st_mode & 0o777) == "0o700"
         assert code == 0
+
+    def test_exit_with_a_pid_that_is_not_running_refuses_to_start(self, tmp_path, ipc_endpoint, cli):
+        """--exit-with-pid naming a process that has already exited: a clear error at once, nothing bound or
+        created; the directory given to --remove-dir-at-exit is removed all the same."""
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(timeout=WAIT_S)
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        result = cli.run("run", "--bind", ipc_endpoint, "--log-dir", str(tmp_path / "logs"), "--exit-with-pid", str(gone.pid),
+                         "--remove-dir-at-exit", str(private), check=False)
+        assert result.returncode == 1
+        assert f"--exit-with-pid {gone.pid}: process {gone.pid} is not running; not starting" in result.stderr
+        assert not (tmp_path / "logs").exists() and not private.exists()
+
+    def test_remove_dir_at_exit_refuses_a_directory_with_files(self, tmp_path, cli):
+        """Only a directory of sockets is removed at exit: one holding a file is refused before anything starts."""
+        (tmp_path / "keep.txt").write_text("mine")
+        result = cli.run("run", "--log-dir", str(tmp_path / "logs"), "--remove-dir-at-exit", str(tmp_path), check=False)
+        assert result.returncode == 2 and "'keep.txt'" in result.stderr
+        assert (tmp_path / "keep.txt").exists()
 
     def test_sigterm_with_no_traffic_exits_zero(self, tmp_path, ipc_endpoint, daemons):
         """An idle daemon stops cleanly on SIGTERM and reports zero traffic."""
