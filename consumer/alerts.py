@@ -2,7 +2,9 @@
 
 An alert is an event (``simic.schemas.Alert``) about the run, rank, session and step of the event
 that fired it, stamped with that event's clock: analysis runs on event time, so a replay of a log
-makes the same alerts as the live run did. The JSON form is shared by ``alerts.jsonl`` and
+makes the same alerts as the live run did. ``received_at`` is the arrival time (consumer wall
+clock, Unix seconds) of the message or clock tick that made the rule fire or clear, as the event
+log keeps it: a replay reports the original time, not its own. The JSON form is shared by ``alerts.jsonl`` and
 ``simic-consumer replay --json``; non-finite floats become the strings "NaN", "Infinity",
 "-Infinity" so every line is strict JSON.
 """
@@ -15,14 +17,20 @@ from typing import Any, Mapping
 
 from simic.schemas.models import Alert, Event
 
-__all__ = ["AlertMaker", "alert_record", "to_json_line", "json_safe"]
+from .pipeline import Batch, SyncStage
+
+__all__ = ["AlertMaker", "AlertClock", "alert_record", "to_json_line", "json_safe"]
 
 
 class AlertMaker:
-    """Builds alerts; numbers them 0, 1, 2, ... in the order they are raised."""
+    """Builds alerts; numbers them 0, 1, 2, ... in the order they are raised.
+
+    ``received_ns`` is the arrival time of the batch being analysed (set by :class:`AlertClock`
+    before the rules see it); every alert made is stamped with it as ``received_at``."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.received_ns: int | None = None
 
     def make(
         self,
@@ -46,9 +54,23 @@ class AlertMaker:
             message=message[:4096],
             values=dict(values or {}),
             cleared=cleared,
+            received_at=None if self.received_ns is None else self.received_ns / 1e9,
         )
         self.count += 1
         return alert
+
+
+class AlertClock(SyncStage):
+    """First of the analysis stages: tells the rules' :class:`AlertMaker` when the batch arrived
+    (live: the receive time; in replay: the one the log kept), the one place alerts get ``received_at``."""
+
+    name = "alert_clock"
+
+    def __init__(self, maker: AlertMaker) -> None:
+        self.maker = maker
+
+    def consume_now(self, batch: Batch) -> None:
+        self.maker.received_ns = batch.recv_ns
 
 
 def json_safe(value: Any) -> Any:
@@ -76,6 +98,7 @@ def alert_record(alert: Alert) -> dict[str, Any]:
         "clock_ns": alert.clock_ns,
         "message": alert.message,
         "values": json_safe(alert.values),
+        "received_at": alert.received_at,
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .accounting import Accounting
-from .alerts import AlertMaker
+from .alerts import AlertClock, AlertMaker
 from .analysis import RULES
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
@@ -19,9 +19,10 @@ __all__ = ["build_pipeline", "analysis_stages"]
 
 
 def analysis_stages(config: ConsumerConfig) -> list[Stage]:
-    """The enabled rules, in registration order, sharing one alert numbering."""
+    """The enabled rules, in registration order, sharing one alert numbering, after the stage that
+    stamps their alerts with the batch's arrival time."""
     alerts = AlertMaker()
-    stages: list[Stage] = []
+    stages: list[Stage] = [AlertClock(alerts)]
     for name, rule in RULES.items():
         rule_config = getattr(config.rules, name)
         if rule_config.enabled:

@@ -63,15 +63,41 @@ def main() -> None:
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="Address for --metrics-port; 0.0.0.0 lets a Prometheus on another host scrape it.")
 @click.option("--dashboard", is_flag=True, help="Live terminal dashboard of runs, ranks and alerts (plain status lines when stdout is not a terminal).")
+@click.option("--exit-with-pid", type=click.IntRange(min=1), default=None, metavar="PID",
+              help="Stop when process PID (on this host) exits: record its exit (rule producer_exited alerts about each "
+                   "session it left without run_end), drain, checkpoint, exit 0. spawn_consumer passes the trainer's pid. "
+                   "Refuses to start if PID is not running.")
+@click.option("--remove-dir-at-exit", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Remove DIR when the consumer exits: a private directory made for its ipc sockets (spawn_consumer's), "
+                   "owned by this user, holding nothing but sockets; otherwise it is left alone, with a warning.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
         curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
-        verbose: bool) -> None:
-    """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM."""
-    from .daemon import DaemonOptions, serve
-    from .security import CurveServer, SecurityError
+        exit_with_pid: int | None, remove_dir_at_exit: Path | None, verbose: bool) -> None:
+    """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM (or until the
+    process given to --exit-with-pid exits)."""
+    from .lifecycle import check_private_dir, remove_private_dir
 
     _setup_logging(verbose)
+    if remove_dir_at_exit is not None:
+        problem = check_private_dir(remove_dir_at_exit)
+        if problem is not None:
+            raise click.UsageError(f"--remove-dir-at-exit: {problem}")
+    try:
+        _run(endpoint, log_dir, config_path, alerts_endpoint, dead_letter, insecure_bind, curve_secret, curve_allow,
+             metrics_port, metrics_host, dashboard, exit_with_pid)
+    finally:
+        if remove_dir_at_exit is not None:
+            remove_private_dir(remove_dir_at_exit)
+
+
+def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
+         curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
+         exit_with_pid: int | None) -> None:
+    from .daemon import DaemonOptions, serve
+    from .lifecycle import ProcessGone
+    from .security import CurveServer, SecurityError
+
     config = _config(config_path)
     endpoint = endpoint or default_endpoint()
     alerts = None if alerts_endpoint.lower() == "none" else alerts_endpoint
@@ -98,9 +124,12 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
     if curve is not None:
         click.echo(f"simic-consumer: {curve.summary_line()}")
     options = DaemonOptions(endpoint=endpoint, log_dir=log_dir, config=config, dead_letter=dead_letter, alerts_endpoint=alerts,
-                            metrics_port=metrics_port, metrics_host=metrics_host, dashboard=dashboard, curve=curve)
+                            metrics_port=metrics_port, metrics_host=metrics_host, dashboard=dashboard, curve=curve,
+                            exit_with_pid=exit_with_pid)
     try:
         code = asyncio.run(serve(options))
+    except ProcessGone as error:
+        raise click.ClickException(f"--exit-with-pid {exit_with_pid}: {error}; not starting") from None
     except Exception as error:  # bind failures and the like: one clear line, not a traceback
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     if curve is not None:

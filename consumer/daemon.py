@@ -10,6 +10,11 @@ Start: load the checkpoint in the log directory and catch up on what was logged 
 sinks quiet), so a restarted daemon continues its EMAs and counts. Shutdown: stop receiving
 (what ZeroMQ already holds is moved to the queue first), process the queue, checkpoint, close
 every stage, print a summary, exit 0, all within ``shutdown_timeout_s``.
+
+With ``exit_with_pid`` (``--exit-with-pid``, what ``spawn_consumer`` passes for its trainer) the
+daemon also watches that process: when it exits, the daemon lets what it had sent arrive, records
+the exit in the event log (a tick carrying its pid and host: ``producer_exited`` alerts about every
+session it left without ``run_end``), and shuts down as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -30,6 +36,7 @@ from .accounting import Accounting
 from .backpressure import ByteBoundedQueue
 from .build import build_pipeline
 from .config import ConsumerConfig
+from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
 from .pipeline import Pipeline, Stage
 from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink
@@ -65,12 +72,25 @@ class DaemonOptions:
     """Show the live dashboard on stdout (plain status lines when stdout is not a terminal)."""
     curve: CurveServer | None = None
     """CurveZMQ keys and allow-list for the events socket and the alerts PUB; None: no encryption."""
+    exit_with_pid: int | None = None
+    """Watch this process (on this host) and stop, after recording its exit, when it exits. A process
+    that is not running when :func:`serve` starts raises :class:`~simic.consumer.lifecycle.ProcessGone`."""
+    settle_s: float = 0.2
+    """After the watched process exited: how long the input must stay quiet (at most ``10 x`` this)
+    before its exit is recorded, so what it sent before dying is logged and analysed first."""
     bound: str | None = field(default=None, compare=False)
     """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
 
 def _say(message: str) -> None:
-    print(f"simic-consumer: {message}", flush=True)
+    try:
+        print(f"simic-consumer: {message}", flush=True)
+    except BrokenPipeError:  # whoever read the output (the trainer) is gone
+        detach_closed_output()
+
+
+class _Note(bytes):
+    """A queue item that is a tick carrying a note (its payload), not a received message."""
 
 
 class _Daemon:
@@ -121,7 +141,7 @@ class _Daemon:
         frames = 0
         for frame in frames_after(self.options.log_dir, position):
             if frame.type == FRAME_TICK:
-                await self.pipeline.tick(frame.recv_ns, catching_up=True)
+                await self.pipeline.tick(frame.recv_ns, catching_up=True, note=frame.payload)
             else:
                 await self.pipeline.consume(frame.payload, frame.recv_ns, catching_up=True)
             frames += 1
@@ -142,6 +162,8 @@ class _Daemon:
             try:
                 if raw is None:
                     await pipeline.tick(recv_ns)
+                elif raw.__class__ is _Note:
+                    await pipeline.tick(recv_ns, note=bytes(raw))
                 else:
                     await pipeline.consume(raw, recv_ns)
             finally:
@@ -157,6 +179,25 @@ class _Daemon:
                 await pipeline.flush()
                 last_flush = now
 
+    async def follow(self, watch: ProcessWatch, source: ZmqPullSource, queue: asyncio.Queue, stop: asyncio.Event) -> None:
+        """Wait for the watched process to exit; then record its exit and ask for the shutdown."""
+        await watch.wait()
+        detach_closed_output()  # its pipe to our output may have died with it
+        _say(f"process {watch.pid} exited: recording it, then stopping")
+        # What it sent before it died is in the socket buffers or in ZeroMQ's queue: let it arrive first.
+        loop = asyncio.get_running_loop()
+        settle = self.options.settle_s
+        give_up = loop.time() + 10 * settle
+        seen, quiet_since = source.received, loop.time()
+        while loop.time() < give_up:
+            await asyncio.sleep(settle / 4)
+            if source.received != seen:
+                seen, quiet_since = source.received, loop.time()
+            elif loop.time() - quiet_since >= settle:
+                break
+        await queue.put((_Note(exit_note(watch.pid, host_name())), time.time_ns()))
+        stop.set()
+
     async def ticks(self, queue: asyncio.Queue) -> None:
         interval = self.config.daemon.tick_interval_s
         while True:
@@ -165,8 +206,8 @@ class _Daemon:
 
 
 async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) -> int:
-    """Run the daemon until ``stop`` is set or a SIGINT/SIGTERM arrives. Returns the exit status."""
-    config = options.config
+    """Run the daemon until ``stop`` is set, a SIGINT/SIGTERM arrives or the process it watches
+    (``options.exit_with_pid``) exits. Returns the exit status."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,6 +216,16 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
         except (NotImplementedError, RuntimeError):  # not the main thread: the caller owns `stop`
             pass
 
+    watch = ProcessWatch(options.exit_with_pid) if options.exit_with_pid is not None else None  # ProcessGone: not running
+    try:
+        return await _serve(options, loop, stop, watch)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, watch: ProcessWatch | None) -> int:
+    config = options.config
     options.log_dir.mkdir(parents=True, exist_ok=True)
     daemon = _Daemon(options)
     await daemon.restore()
@@ -187,6 +238,7 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
         await pipeline.close()
         raise
     options.bound = endpoint
+    _say(f"pid {os.getpid()}" + (f", stopping when process {watch.pid} exits (watched by {watch.how})" if watch is not None else ""))
     _say(f"listening on {endpoint}")
     for sink in pipeline.find(PubAlertSink):
         _say(f"publishing alerts on {sink.endpoint}")
@@ -202,16 +254,21 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
     ticking = asyncio.create_task(daemon.ticks(queue), name="ticks")
     processing = asyncio.create_task(daemon.process(queue), name="process")
     stopping = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait({receiving, processing, ticking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    tasks = {receiving, processing, ticking, stopping}
+    following = None
+    if watch is not None:
+        following = asyncio.create_task(daemon.follow(watch, source, queue, stop), name="watch")
+        tasks.add(following)
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         if task is not stopping and task.exception() is not None:
             log.error("%s task failed: %r", task.get_name(), task.exception())
 
     # Shutdown: stop receiving, finish what arrived, checkpoint, close every stage.
     deadline = loop.time() + config.daemon.shutdown_timeout_s
-    for task in (receiving, ticking):
+    for task in filter(None, (receiving, ticking, following)):
         task.cancel()
-    await asyncio.gather(receiving, ticking, return_exceptions=True)
+    await asyncio.gather(*filter(None, (receiving, ticking, following)), return_exceptions=True)
     while source.drain_into(queue) and not processing.done() and loop.time() < deadline:
         await _join(queue, processing, deadline - loop.time())
     source.close()

@@ -23,6 +23,8 @@ from typing import Sequence
 from simic.schemas.codec import DecodeError, decode_message
 from simic.schemas.models import Alert, Event
 
+from .lifecycle import parse_note
+
 __all__ = ["Batch", "Stage", "SyncStage", "Pipeline", "RateLimitedLog"]
 
 log = logging.getLogger("simic.consumer")
@@ -51,6 +53,9 @@ class Batch:
     """Re-processing logged messages after a restart to rebuild state: alert sinks stay quiet."""
     one_session: bool = False
     """Every event is of one producer session (true of the events decoded from one message)."""
+    exited: tuple[str, int] | None = None
+    """On a tick: ``(host, pid)`` of the process the daemon watched (``--exit-with-pid``), which had
+    just exited. The tick's payload records it in the log, so replay sees the exit at the same point."""
     _by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def of_kind(self, kind: str) -> Sequence[Event]:
@@ -164,9 +169,13 @@ class Pipeline:
             batch.one_session = True
         return await self._run(batch)
 
-    async def tick(self, now_ns: int, *, catching_up: bool = False) -> Batch:
-        """Let time-based stages see that time passed (no message)."""
-        return await self._run(Batch(raw=b"", recv_ns=now_ns, tick=True, catching_up=catching_up))
+    async def tick(self, now_ns: int, *, catching_up: bool = False, note: bytes = b"") -> Batch:
+        """Let time-based stages see that time passed (no message). ``note``: the tick's payload, what
+        the daemon noticed besides time (``simic.consumer.lifecycle.exit_note``), logged with it."""
+        batch = Batch(raw=note, recv_ns=now_ns, tick=True, catching_up=catching_up)
+        if note:
+            batch.exited = parse_note(note)
+        return await self._run(batch)
 
     async def _run(self, batch: Batch) -> Batch:
         for stage, direct in self._calls:

@@ -47,7 +47,7 @@ async def run_source(source: LogFilesSource, pipeline: Pipeline) -> None:
     try:
         for frame in source:
             if frame.type == FRAME_TICK:
-                await pipeline.tick(frame.recv_ns)
+                await pipeline.tick(frame.recv_ns, note=frame.payload)
             elif frame.type == FRAME_MESSAGE:
                 await pipeline.consume(frame.payload, frame.recv_ns)
     finally:

@@ -11,13 +11,20 @@ or in one step, ``Emitter(None, run_id="ppo-42", spawn_consumer=True)`` (or a ma
 arguments below instead of ``True``): the emitter starts the sidecar and stops it when it closes,
 after the consumer has logged the end of the run.
 
-Lifecycle: :func:`spawn_consumer` returns once the consumer has printed its startup lines (``listening
-on``, then ``logging to``), so events sent from then on are received. The consumer runs in its own
-session (a terminal's Ctrl-C reaches the trainer, which then sends its last events, not the
-consumer). :meth:`Sidecar.close` sends SIGTERM (the consumer drains, checkpoints and exits 0), waits
-at most ``stop_timeout_s`` and then kills it; it is safe to call twice, and does nothing in a forked
-child or for a consumer that was already running. A trainer killed with SIGKILL leaves its sidecar
-running: it reports the silent producer, and stops on SIGTERM to the pid it printed.
+Lifecycle: :func:`spawn_consumer` returns once the consumer has printed its startup lines (its
+``pid``, ``listening on``, then ``logging to``), so events sent from then on are received. The
+consumer runs in its own session (a terminal's Ctrl-C reaches the trainer, which then sends its last
+events, not the consumer). :meth:`Sidecar.close` sends SIGTERM (the consumer drains, checkpoints and
+exits 0), waits at most ``stop_timeout_s`` and then kills it; it is safe to call twice, and does
+nothing in a forked child or for a consumer that was already running.
+
+The sidecar dies with its trainer, however the trainer dies: it is started with ``--exit-with-pid``
+and this process's pid, watches it (a pidfd on Linux 5.3 and later, else a poll every 0.2 s) and,
+when the trainer has exited without closing it (``os._exit``, SIGKILL, the OOM killer, a segfault),
+raises the ``producer_exited`` alert about each session the trainer left without ``run_end`` (in the
+event log too, so a replay raises it), drains, checkpoints and exits 0, typically within half a second.
+The private socket directory goes with it (``--remove-dir-at-exit``): no process and no temporary
+directory is left behind.
 """
 
 from __future__ import annotations
@@ -197,7 +204,9 @@ def spawn_consumer(
             (in a fresh 0700 directory), so two trainers never share a sidecar by accident.
         log_dir: the started consumer's ``--log-dir``.
         args: more ``simic-consumer run`` arguments (``["--config", "rules.toml"]``, ``["--metrics-port", "0"]``).
-        command: how to run the consumer (default: this Python, ``-m simic.consumer``).
+        command: how to run the consumer (default: this Python, ``-m simic.consumer``). It is given
+            ``--exit-with-pid`` with this process's pid (and ``--remove-dir-at-exit`` for a private
+            socket directory), so it must run on this host, in this pid namespace.
         echo: where the consumer's output lines go besides ``Sidecar.lines``: a text stream
             (written with a ``[simic-consumer]`` prefix) or a callable given each line.
         startup_timeout_s: longest wait for the consumer's startup lines.
@@ -215,7 +224,11 @@ def spawn_consumer(
         endpoint = f"ipc://{private_dir}/consumer.ipc"
 
     log_dir = Path(log_dir)
-    argv = [*(command or (sys.executable, "-m", "simic.consumer")), "run", "--bind", endpoint, "--log-dir", str(log_dir), *args]
+    lifecycle = ["--exit-with-pid", str(os.getpid())]  # it stops, after saying so, when this process dies
+    if private_dir is not None:
+        lifecycle += ["--remove-dir-at-exit", private_dir]  # and removes the socket directory then
+    argv = [*(command or (sys.executable, "-m", "simic.consumer")), "run", "--bind", endpoint, "--log-dir", str(log_dir),
+            *lifecycle, *args]
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,  # Ctrl-C in the terminal stops the trainer, which then stops its sidecar
@@ -224,7 +237,7 @@ def spawn_consumer(
     threading.Thread(target=_pump, args=(process, output, _echo_to(echo)), name="simic-sidecar-output", daemon=True).start()
     sidecar = Sidecar(endpoint, None, log_dir, process, output, private_dir)
 
-    # Startup: "listening on EP", "publishing alerts on EP" (unless off), ..., "logging to DIR" (last).
+    # Startup: "pid N, ...", "listening on EP", "publishing alerts on EP" (unless off), ..., "logging to DIR" (last).
     startup = ("listening on ", "publishing alerts on ", "logging to ")
     deadline = time.monotonic() + startup_timeout_s
     seen = 0

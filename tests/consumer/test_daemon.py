@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import msgpack
 import zmq
@@ -59,6 +60,30 @@ class TestRunRecordReplay:
         assert live[0]["step"] == 120 and live[1]["cleared"] is True
         assert replayed == live
         assert replay_summary["events"] == produced
+
+    def test_alerts_carry_the_time_their_evidence_arrived_live_and_in_replay(self, tmp_path, ipc_endpoint, daemons, cli):
+        """received_at is the consumer's wall clock when the message that fired the alert arrived: between
+        the moment before sending and the moment the alert was seen, and replay reports the same value
+        from the log (not the time of the replay)."""
+        log_dir = tmp_path / "logs"
+        daemon = daemons(ipc_endpoint, log_dir)
+        with Emitter(daemon.endpoint, run_id="received", heads=HEADS) as emitter:
+            train(emitter, 5)
+            before = time.time()
+            train(emitter, 1, start=5, nan_at=5)
+            daemon.wait_for("[CRITICAL] non_finite")
+            after = time.time()
+            train(emitter, 5, start=6)
+        daemon.wait_for("ended (ok)")
+        assert daemon.stop() == 0
+        live = [json.loads(line) for line in (log_dir / "alerts.jsonl").read_text().splitlines()]
+        fired = live[0]
+        assert fired["rule"] == "non_finite" and fired["step"] == 5 and not fired["cleared"]
+        assert before <= fired["received_at"] <= after
+        assert all(a["received_at"] is not None for a in live)
+        replayed, _ = cli.replay_json(log_dir)
+        assert [a["received_at"] for a in replayed] == [a["received_at"] for a in live]
+        assert replayed == live
 
     def test_tcp_loopback_with_a_port_chosen_by_the_system(self, tmp_path, daemons, cli):
         """Binding tcp://127.0.0.1:* prints the real port, and producers reach it."""
@@ -205,17 +230,38 @@ class TestDaemonLifecycle:
         env.pop("SIMIC_ENDPOINT", None)
         proc = subprocess.Popen(consumer_command("run"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            lines = [proc.stdout.readline().strip() for _ in range(3)]
+            lines = [proc.stdout.readline().strip() for _ in range(4)]
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=WAIT_S)
         assert lines == [
+            f"simic-consumer: pid {proc.pid}",
             f"simic-consumer: listening on ipc://{tmp_path}/run/simic/consumer.ipc",
             f"simic-consumer: publishing alerts on ipc://{tmp_path}/run/simic/consumer-alerts.ipc",
             f"simic-consumer: logging to {tmp_path}/simic-logs",
         ]
         assert oct((tmp_path / "run" / "simic").stat().st_mode & 0o777) == "0o700"
         assert code == 0
+
+    def test_exit_with_a_pid_that_is_not_running_refuses_to_start(self, tmp_path, ipc_endpoint, cli):
+        """--exit-with-pid naming a process that has already exited: a clear error at once, nothing bound or
+        created; the directory given to --remove-dir-at-exit is removed all the same."""
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(timeout=WAIT_S)
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        result = cli.run("run", "--bind", ipc_endpoint, "--log-dir", str(tmp_path / "logs"), "--exit-with-pid", str(gone.pid),
+                         "--remove-dir-at-exit", str(private), check=False)
+        assert result.returncode == 1
+        assert f"--exit-with-pid {gone.pid}: process {gone.pid} is not running; not starting" in result.stderr
+        assert not (tmp_path / "logs").exists() and not private.exists()
+
+    def test_remove_dir_at_exit_refuses_a_directory_with_files(self, tmp_path, cli):
+        """Only a directory of sockets is removed at exit: one holding a file is refused before anything starts."""
+        (tmp_path / "keep.txt").write_text("mine")
+        result = cli.run("run", "--log-dir", str(tmp_path / "logs"), "--remove-dir-at-exit", str(tmp_path), check=False)
+        assert result.returncode == 2 and "'keep.txt'" in result.stderr
+        assert (tmp_path / "keep.txt").exists()
 
     def test_sigterm_with_no_traffic_exits_zero(self, tmp_path, ipc_endpoint, daemons):
         """An idle daemon stops cleanly on SIGTERM and reports zero traffic."""

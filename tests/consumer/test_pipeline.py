@@ -186,16 +186,18 @@ class TestPipeline:
 
 class TestReplay:
     async def test_replay_of_a_written_log_gives_the_live_alerts(self, tmp_path):
-        """The pipeline over a log file raises exactly the alerts it raised on the live messages."""
+        """The pipeline over a log file raises exactly the alerts it raised on the live messages, each
+        with the arrival time the log kept for the message that raised it."""
         messages = [message("r", 1, [lstm(i, i, float("nan") if i in (3, 4) else 1.0)]) for i in range(8)]
         live = RecordingSink()
         await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[live]), messages)
         with LogWriter(tmp_path) as writer:
             for index, raw in enumerate(messages):
-                writer.write(raw, index)
+                writer.write(raw, 1_700_000_000_000_000_000 + index)  # the arrival times run_messages gave
         result = await replay([tmp_path], ConsumerConfig())
         assert [alert_record(a) for a in result.alerts] == [alert_record(a) for a in live.alerts]  # NaN-safe comparison
         assert len(result.alerts) == 2
+        assert all(abs(a.received_at - 1_700_000_000.0) < 1e-6 for a in result.alerts)  # the logged time, not the replay's
         assert result.summary["events"] == 8 and result.problems == []
 
     async def test_logs_of_several_nodes_merge_by_arrival_time(self, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from simic.producer import Emitter, NullEmitter, spawn_consumer
 from simic.producer.sidecar import is_listening
+
+from .dying_trainer import SIDECAR_WAIT_S
 
 WAIT_S = 60.0
 """Hang guard for subprocesses (not a timing assertion)."""
@@ -108,3 +111,118 @@ class TestEmitterSpawnConsumer:
     def test_null_emitter_has_no_sidecar(self):
         """Telemetry off: ``sidecar`` is None, as on an emitter that did not spawn one."""
         assert NullEmitter().sidecar is None
+
+
+DYING_TRAINER = Path(__file__).with_name("dying_trainer.py")
+
+EXIT_BOUND_S = 10.0
+"""Longest a sidecar may take to exit after its trainer died (typically 0.3-0.5 s: 0.2 s for what the
+trainer sent to settle, then drain, checkpoint and close); the silent_producer rule alone would need
+10 s of silence just to notice."""
+
+
+def alerts_jsonl(log_dir: Path) -> list[dict]:
+    path = log_dir / "alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def replay_json(log_dir: Path) -> list[dict]:
+    result = subprocess.run([sys.executable, "-m", "simic.consumer", "replay", str(log_dir), "--json"],
+                            capture_output=True, text=True, timeout=WAIT_S, check=True)
+    return [record for record in map(json.loads, result.stdout.splitlines()) if record["type"] == "alert"]
+
+
+def pid_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def run_dying_trainer(mode: str, log_dir: Path, *, kill: bool = False) -> tuple[dict, dict, dict]:
+    """Run dying_trainer.py MODE under its supervisor; SIGKILL the trainer once it has reported when ``kill``.
+    Returns the trainer's report, the trainer's exit and the sidecar's exit as the supervisor saw them."""
+    supervisor = subprocess.Popen([sys.executable, str(DYING_TRAINER), "supervise", mode, str(log_dir)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(supervisor.stdout.readline() or "{}")
+        assert "sidecar_pid" in info, info
+        if kill:
+            os.kill(info["trainer_pid"], signal.SIGKILL)
+        out, err = supervisor.communicate(timeout=WAIT_S + SIDECAR_WAIT_S)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    assert supervisor.returncode == 0, err
+    trainer_exit, sidecar_exit = map(json.loads, out.splitlines())
+    return info, trainer_exit, sidecar_exit
+
+
+class TestSidecarDiesWithItsTrainer:
+    @pytest.mark.parametrize("how", ["os_exit", "sigkill"])
+    def test_a_dead_trainer_is_reported_and_its_sidecar_exits_leaving_nothing(self, tmp_path, how):
+        """A trainer that dies without a word (``os._exit(1)``, or SIGKILL from outside): its sidecar raises
+        producer_exited (alerts.jsonl, and the log: replay gives the same alert), drains, checkpoints and
+        exits 0 within EXIT_BOUND_S, and neither its process nor its private socket directory is left."""
+        log_dir = tmp_path / "logs"
+        mode = "exit" if how == "os_exit" else "wait"
+        info, trainer_exit, sidecar_exit = run_dying_trainer(mode, log_dir, kill=how == "sigkill")
+
+        assert trainer_exit["trainer_status"] == (1 if how == "os_exit" else -signal.SIGKILL)
+        assert sidecar_exit["sidecar_status"] == 0, sidecar_exit
+        assert sidecar_exit["sidecar_after_s"] < EXIT_BOUND_S
+        assert pid_is_gone(info["sidecar_pid"])
+        assert not Path(info["private_dir"]).exists()
+        assert (log_dir / "consumer-state.json").is_file()
+
+        live = alerts_jsonl(log_dir)
+        exited = [a for a in live if a["rule"] == "producer_exited"]
+        assert len(exited) == 1, live
+        (alert,) = exited
+        assert alert["severity"] == "critical" and not alert["cleared"]
+        assert (alert["run_id"], alert["rank"], alert["session"], alert["step"]) == (info["run_id"], 0, info["session"], 5)
+        assert f"pid {info['trainer_pid']}" in alert["message"] and "without ending run" in alert["message"]
+        assert alert["message"].endswith("at step 5")
+        assert alert["values"]["pid"] == info["trainer_pid"] and alert["values"]["last_step"] == 5
+        assert [a["rule"] for a in live] == ["non_finite", "producer_exited"]  # no silent_producer: it was told sooner
+        assert replay_json(log_dir) == live  # the exit is in the log: the same alerts, the same received_at
+
+        (session,) = inspect(log_dir)["runs"][info["run_id"]]
+        assert session["status"] == "open" and session["pid"] == info["trainer_pid"] and session["lost"] == 0
+
+    def test_a_trainer_that_ended_its_run_and_exited_leaves_no_alert_and_nothing_behind(self, tmp_path):
+        """spawn_consumer's trainer closes its emitter (run_end) but never the sidecar, and exits: the sidecar
+        sees run_end before the exit, raises no producer_exited, and exits 0 leaving nothing."""
+        log_dir = tmp_path / "logs"
+        info, trainer_exit, sidecar_exit = run_dying_trainer("forget", log_dir)
+        assert trainer_exit["trainer_status"] == 0
+        assert sidecar_exit["sidecar_status"] == 0 and sidecar_exit["sidecar_after_s"] < EXIT_BOUND_S
+        assert pid_is_gone(info["sidecar_pid"]) and not Path(info["private_dir"]).exists()
+        assert [a["rule"] for a in alerts_jsonl(log_dir)] == ["non_finite"]
+        assert [a["rule"] for a in replay_json(log_dir)] == ["non_finite"]
+        (session,) = inspect(log_dir)["runs"][info["run_id"]]
+        assert session["status"] == "ok"
+
+    def test_close_stops_the_sidecar_with_no_alert_and_nothing_left(self, tmp_path):
+        """The normal path: spawn, emit, close. Exit 0, no producer_exited, no process, no private directory."""
+        log_dir = tmp_path / "logs"
+        with Emitter(None, run_id="closed-run", spawn_consumer={"log_dir": log_dir}) as emitter:
+            sidecar = emitter.sidecar
+            private_dir = Path(sidecar.endpoint[len("ipc://"):]).parent
+            assert private_dir.is_dir()
+            for step in range(10):
+                emitter.emit("step_timing", step=step, phases_ms={"rollout": 2.0})
+                emitter.flush()
+        assert sidecar.returncode == 0
+        assert pid_is_gone(sidecar.pid)
+        assert not private_dir.exists()
+        assert all(a["rule"] != "producer_exited" for a in alerts_jsonl(log_dir) + replay_json(log_dir))
+        assert (log_dir / "consumer-state.json").is_file()
+
+    def test_the_sidecar_prints_its_pid_and_the_pid_it_follows(self, tmp_path):
+        """The first startup line names the consumer's own pid and the trainer's (this process)."""
+        with spawn_consumer(log_dir=tmp_path / "logs") as sidecar:
+            line = sidecar.wait_for_line("simic-consumer: pid ", timeout_s=0)
+            assert line is not None and line.startswith(f"simic-consumer: pid {sidecar.pid}, stopping when process {os.getpid()} exits")
