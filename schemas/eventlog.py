@@ -50,7 +50,10 @@ FRAME_MARK = b"\xd3SF"
 FRAME_MESSAGE = 1
 """Frame type of a received message."""
 FRAME_TICK = 2
-"""Frame type of a clock tick: no payload, only ``recv_ns`` (time passed, so replay sees it pass too)."""
+"""Frame type of a clock tick: ``recv_ns`` (time passed, so replay sees it pass too) and usually no
+payload. A tick may carry a note, a msgpack map: ``{"exited": {"pid": N, "host": H}}`` records that
+the consumer saw the trainer process it followed exit (``simic-consumer run --exit-with-pid``), so
+replay raises the same ``producer_exited`` alert. A reader that does not know a note ignores it."""
 
 _HEADER = struct.Struct("<8sHI")
 _FRAME = struct.Struct("<3sBIqI")
