@@ -28,7 +28,7 @@ from simic.producer import Emitter, training_profiler
 
 HEADS = ("slot", "blueprint", "blend", "op")
 """The action heads of the factored policy (the value head comes on top)."""
-FAULT_VALUE = {"head_grad_scale": 10.0, "lr_spike": 100.0, "slow_drift": 1.25, "slow_phase": 250.0}
+FAULT_VALUE = {"head_grad_scale": 10.0, "lr_spike": 100.0, "slow_drift": 1.25, "slow_phase": 250.0, "lr_ramp": 1.15}
 """The size of each fault when --fault-value is not given (see Args.fault_value)."""
 
 
@@ -104,14 +104,14 @@ class Args:
     """where --profile writes its traces"""
 
     # Fault injection (for demos and the detection benchmark)
-    fault: Optional[Literal["nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang"]] = None
+    fault: Optional[Literal["nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang", "lr_ramp"]] = None
     """the fault to inject (default: none, a healthy run)"""
     fault_at: int = 30
     """the update (counted from 1) at which the fault starts: its onset"""
     fault_head: str = "blueprint"
     """the action head that head_grad_scale, slow_drift and dead_head act on"""
     fault_value: Optional[float] = None
-    """the fault's size: head_grad_scale factor (10), lr_spike factor (100), slow_drift growth per update (1.25), slow_phase ms (250)"""
+    """the fault's size: head_grad_scale factor (10), lr_spike factor (100), slow_drift growth per update (1.25), slow_phase ms (250), lr_ramp growth per update (1.15)"""
     hang_seconds: Optional[float] = None
     """how long `hang` stops the trainer, alive but silent, before it goes on (default: for ever)"""
 
@@ -361,6 +361,8 @@ if __name__ == "__main__":
             if fault_on and args.fault == "lr_spike":  # FAULT INJECTION: the learning rate jumps by X and stays there
                 lrnow *= fault_value
             optimizer.param_groups[0]["lr"] = lrnow
+            if fault_on and args.fault == "lr_ramp":  # FAULT INJECTION: the optimizer's rate grows by X per update; lrnow (logged) does not
+                optimizer.param_groups[0]["lr"] = lrnow * fault_value ** (iteration - args.fault_at + 1)
 
             # TELEMETRY: host time on the CPU, CUDA-event time on a GPU (the timer never waits for it)
             with emitter.timer("rollout", step=iteration, device=device):

@@ -21,15 +21,33 @@ class TestDetectionBenchmark:
         assert "| fault | onset | expected rule(s) |" in out and "| healthy run | updates |" in out
         assert "| nan_lstm | 18 | non_finite | non_finite @ 18 (critical) | 0 |" in out
         assert "| hang | 18 | silent_producer | silent_producer @ 18 (critical)" in out
-        for fault in ("head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase"):
+        for fault in ("head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "lr_ramp"):
             assert f"| {fault} | 18 |" in out
         runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
-        assert set(runs) == {"healthy-1", "nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang"}
+        assert set(runs) == {"healthy-1", "nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang", "lr_ramp"}
         assert all((results / name / "log").is_dir() for name in runs)
         assert (results / "detection.md").read_text().startswith("Machine: ")
 
+    def test_quick_run_of_the_continuous_trainer(self, tmp_path):
+        """--trainer ppo_continuous --quick --faults nan_obs lr_ramp: its own sizes and faults, the NaN observation found at onset."""
+        results = tmp_path / "results"
+        result = subprocess.run([sys.executable, str(BENCH), "--trainer", "ppo_continuous", "--quick", "--jobs", "2", "--faults", "nan_obs",
+                                 "lr_ramp", "--results", str(results)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "runs of ppo_continuous.py, 26 updates of 8 x 32 (quick)" in result.stdout
+        assert "| nan_obs | 18 | non_finite | non_finite @ 18 (critical) | 0 |" in result.stdout
+        assert "| lr_ramp | 18 | approx_kl, gradient_drift, gradient_scale |" in result.stdout
+        runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
+        assert set(runs) == {"healthy-1", "nan_obs", "lr_ramp"} and {run["trainer"] for run in runs.values()} == {"ppo_continuous"}
+
+    def test_a_fault_the_trainer_lacks_is_refused(self):
+        """nan_lstm is ppo_lstm's: asked of ppo_continuous, the benchmark stops before running anything, naming the trainer's faults."""
+        result = subprocess.run([sys.executable, str(BENCH), "--trainer", "ppo_continuous", "--faults", "nan_lstm"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "has no fault nan_lstm" in result.stderr and "nan_obs" in result.stderr
+
     def test_help_describes_the_options(self):
-        """--help exits 0 and names --quick and --what-if."""
+        """--help exits 0 and names --trainer, --quick and --what-if."""
         result = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        assert "--quick" in result.stdout and "--what-if" in result.stdout
+        assert "--trainer" in result.stdout and "--quick" in result.stdout and "--what-if" in result.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from simic.producer import spawn_consumer
+from tests.logs import events_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = ROOT / "examples" / "ppo_lstm.py"
@@ -108,13 +109,27 @@ class TestReferenceTrainer:
         assert "ended (ok)" in consumer.ended("spike")
         assert "update 40/40" not in result.stdout
 
+    def test_lr_ramp_changes_nothing_before_its_onset(self, consumer):
+        """--fault lr_ramp at update 6: returns printed up to update 6 are the healthy run's to the digit, later ones differ; the logged rate stays the schedule's."""
+        runs = {}
+        for run_id, fault in (("ramp-healthy", []), ("ramp", ["--fault", "lr_ramp", "--fault-at", "6"])):
+            result = train(consumer.endpoint, run_id, *TINY, "--total-timesteps", str(12 * 128), "--print-every", "1", *fault)
+            assert result.returncode == 0, result.stdout + result.stderr
+            consumer.ended(run_id)
+            runs[run_id] = result
+        healthy, ramp = returns(runs["ramp-healthy"].stdout), returns(runs["ramp"].stdout)
+        assert len(healthy) == len(ramp) == 12
+        assert healthy[:6] == ramp[:6] and healthy[6:] != ramp[6:]
+        rates = {run_id: [e.learning_rate for e in events_of(consumer.log_dir, run_id) if e.kind == "ppo_update"] for run_id in runs}
+        assert rates["ramp"] == rates["ramp-healthy"] and len(rates["ramp"]) == 12
+
     def test_help_lists_every_option_with_its_docstring(self):
         """--help shows each Args field as a flag with its one-line docstring, and every fault."""
         result = subprocess.run([sys.executable, str(TRAINER), "--help"], capture_output=True, text=True, timeout=WAIT_S)
         assert result.returncode == 0
         assert "--fault-at FAULT_AT" in result.stdout and "the update (counted from 1) at which the fault starts" in result.stdout
         assert "--stop-on-critical" in result.stdout and "--batch-size" not in result.stdout
-        assert all(fault in result.stdout for fault in ("nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang"))
+        assert all(fault in result.stdout for fault in ("nan_lstm", "head_grad_scale", "lr_spike", "slow_drift", "dead_head", "slow_phase", "hang", "lr_ramp"))
 
     def test_setup_fails_early_with_a_message(self):
         """Arguments it cannot honour end the script before training, with a message naming them."""
