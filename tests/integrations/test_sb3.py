@@ -293,6 +293,25 @@ class TestHeads:
         assert heads["action_1"] == [(policy.action_net.weight, slice(3, 7)), (policy.action_net.bias, slice(3, 7))]
         assert list(policy_heads(policy, ["recall", "count"])) == ["recall", "count", "value"]
 
+    def test_multibinary_has_one_row_per_sub_action_and_large_spaces_one_head(self):
+        """MultiBinary(3): heads action_0..2, each one row of action_net; MultiBinary(40) (over 32 sub-actions): one head."""
+
+        class Bits(gym.Env):
+            def __init__(self, n: int) -> None:
+                self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,))
+                self.action_space = gym.spaces.MultiBinary(n)
+
+        policy = PPO("MlpPolicy", Bits(3)).policy
+        heads = policy_heads(policy)
+        assert list(heads) == ["action_0", "action_1", "action_2", "value"]
+        assert heads["action_2"] == [(policy.action_net.weight, slice(2, 3)), (policy.action_net.bias, slice(2, 3))]
+        assert list(policy_heads(PPO("MlpPolicy", Bits(40)).policy)) == ["action", "value"]
+
+    def test_a_policy_without_action_net_is_refused(self):
+        """Without action_net and value_net there are no default heads: ValueError naming heads=."""
+        with pytest.raises(ValueError, match="pass heads="):
+            policy_heads(torch.nn.Linear(2, 2))
+
     def test_action_names_that_do_not_fit_are_refused(self):
         """Two names for a Discrete space, three for two sub-actions, or a sub-action named value: ValueError."""
         with pytest.raises(ValueError, match="one action head"):
