@@ -90,9 +90,9 @@ callback goes on with the same emitter.
 
 **stop_on_critical=True**: at the last environment step of each rollout the callback polls the
 consumer's alerts and, on a critical alert not yet cleared, returns False from ``_on_step``: SB3 ends
-``learn()`` before that rollout's update, and ``callback.stop_alert`` is the alert. The alerts come
-from the events sent one rollout earlier, so training stops at most one update after the one that
-raised it.
+``learn()`` before that rollout's update, and ``callback.stop_alert`` is the alert. The events of
+update N leave early in the next rollout, so an alert about them stops training before update N+1
+trains when the consumer answers within that rollout (else at the next rollout's end).
 """
 
 from __future__ import annotations
