@@ -12,6 +12,8 @@ logs, episode returns), and stops the sidecar when training ends. A few updates 
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 from dataclasses import dataclass, fields
 
 import gymnasium as gym
@@ -50,12 +52,13 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """One --flag per Args field (underscores become dashes), its docstring line as help."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    helps = {"log_dir": "where the spawned simic-consumer writes its event log", "updates": "number of PPO updates"}
+    """One --flag per Args field (underscores become dashes), the field's docstring as its help."""
+    body = ast.parse(inspect.getsource(Args)).body[0].body
+    docs = {a.target.id: b.value.value for a, b in zip(body, body[1:]) if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in fields(Args):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
-                            help=helps.get(field.name, f"(default {field.default})"))
+                            help=docs[field.name])
     return Args(**vars(parser.parse_args(argv)))
 
 
