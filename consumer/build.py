@@ -8,6 +8,7 @@ from typing import TextIO
 from .accounting import Accounting
 from .alerts import AlertClock, AlertMaker
 from .analysis import RULES
+from .analysis.updates import UpdateCombiner
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
 from .sinks.alert_console import ConsoleAlertSink
@@ -20,9 +21,9 @@ __all__ = ["build_pipeline", "analysis_stages"]
 
 def analysis_stages(config: ConsumerConfig) -> list[Stage]:
     """The enabled rules, in registration order, sharing one alert numbering, after the stage that
-    stamps their alerts with the batch's arrival time."""
+    stamps their alerts with the batch's arrival time and the one that combines each update's events."""
     alerts = AlertMaker()
-    stages: list[Stage] = [AlertClock(alerts)]
+    stages: list[Stage] = [AlertClock(alerts), UpdateCombiner()]
     for name, rule in RULES.items():
         rule_config = getattr(config.rules, name)
         if rule_config.enabled:

@@ -56,7 +56,11 @@ class Batch:
     exited: tuple[str, int] | None = None
     """On a tick: ``(host, pid)`` of the process the daemon watched (``--exit-with-pid``), which had
     just exited. The tick's payload records it in the log, so replay sees the exit at the same point."""
+    updates: list[Event] = field(default_factory=list)
+    """The batch's events as the rules that count updates see them: one per update and kind, combined
+    by the ``updates`` stage (``simic.consumer.analysis.updates``); empty before that stage."""
     _by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
+    _updates_by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def of_kind(self, kind: str) -> Sequence[Event]:
         """The events of one kind, in order."""
@@ -69,6 +73,20 @@ class Batch:
         if index is None:
             index = self._by_kind = {}
             for event in self.events:
+                bucket = index.get(event.kind)
+                if bucket is None:
+                    index[event.kind] = [event]
+                else:
+                    bucket.append(event)
+        return index
+
+
+    def update_index(self) -> dict[str, list[Event]]:
+        """Kind to its combined per-update events (``updates``), in order. Made on first use and kept."""
+        index = self._updates_by_kind
+        if index is None:
+            index = self._updates_by_kind = {}
+            for event in self.updates:
                 bucket = index.get(event.kind)
                 if bucket is None:
                     index[event.kind] = [event]

@@ -82,6 +82,10 @@ class Rule(SyncStage):
     Config: ClassVar[type[RuleConfig]] = RuleConfig
     kinds: ClassVar[frozenset[str] | None] = None
     """Event kinds :meth:`check` is given (None: every kind). Saves a call per event of other kinds."""
+    per_update: ClassVar[bool] = False
+    """True: :meth:`check` is given one event per update and kind, the events of one step combined
+    (``simic.consumer.analysis.updates``), so counts and baselines are in updates whatever the
+    trainer's cadence. False: every event as it arrived."""
 
     def __init__(self, config: RuleConfig, alerts: AlertMaker) -> None:
         self.config = config
@@ -100,8 +104,10 @@ class Rule(SyncStage):
         if self._checks and not self._ticks and self._kind is not None:
             check, kind = self.check, self._kind
 
+            per_update = self.per_update
+
             def checks_one_kind(batch: Batch) -> None:
-                events = batch.kind_index().get(kind)
+                events = (batch.update_index() if per_update else batch.kind_index()).get(kind)
                 if events:
                     now = batch.recv_ns
                     for event in events:
@@ -124,14 +130,15 @@ class Rule(SyncStage):
 
     def consume_now(self, batch: Batch) -> None:
         now = batch.recv_ns
-        if self._checks and batch.events:
+        source = batch.updates if self.per_update else batch.events
+        if self._checks and source:
             kinds = self.kinds
             if self._kind is not None:
-                events = batch.of_kind(self._kind)
+                events = (batch.update_index() if self.per_update else batch.kind_index()).get(self._kind, ())
             elif kinds is None:
-                events = batch.events
+                events = source
             else:
-                events = [event for event in batch.events if event.kind in kinds]
+                events = [event for event in source if event.kind in kinds]
             for event in events:
                 fired = self.check(event, now)
                 if fired:

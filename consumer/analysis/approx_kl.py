@@ -49,6 +49,7 @@ class ApproxKl(Rule):
     name = "approx_kl"
     Config = ApproxKlConfig
     kinds = frozenset({"ppo_update"})
+    per_update = True
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "ppo_update":

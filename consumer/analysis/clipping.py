@@ -40,6 +40,7 @@ class Clipping(Rule):
     name = "clipping"
     Config = ClippingConfig
     kinds = frozenset({"head_grad_norms"})
+    per_update = True
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms":

@@ -53,6 +53,7 @@ class EntropyCollapse(Rule):
     name = "entropy_collapse"
     Config = EntropyCollapseConfig
     kinds = frozenset({"ppo_update"})
+    per_update = True
 
     def __init__(self, config: EntropyCollapseConfig, alerts) -> None:
         super().__init__(config, alerts)

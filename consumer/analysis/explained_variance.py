@@ -49,6 +49,7 @@ class ExplainedVariance(Rule):
     name = "explained_variance"
     Config = ExplainedVarianceConfig
     kinds = frozenset({"ppo_update"})
+    per_update = True
 
     def __init__(self, config: ExplainedVarianceConfig, alerts) -> None:
         super().__init__(config, alerts)

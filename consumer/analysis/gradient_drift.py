@@ -103,6 +103,7 @@ class GradientDrift(Rule):
     name = "gradient_drift"
     Config = GradientDriftConfig
     kinds = frozenset({"head_grad_norms"})
+    per_update = True
 
     def __init__(self, config: GradientDriftConfig, alerts) -> None:
         super().__init__(config, alerts)

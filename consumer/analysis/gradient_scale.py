@@ -71,6 +71,7 @@ class GradientScale(Rule):
     name = "gradient_scale"
     Config = GradientScaleConfig
     kinds = frozenset({"head_grad_norms"})
+    per_update = True
 
     def __init__(self, config: GradientScaleConfig, alerts) -> None:
         super().__init__(config, alerts)

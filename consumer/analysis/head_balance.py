@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from statistics import median
+from typing import Any
 
 from pydantic import Field
 
@@ -19,6 +21,21 @@ class HeadBalanceConfig(RuleConfig):
     over the heads compared) dominates: at 0.9 its norm is three times that of all the others
     together, so they barely learn. Shares are compared, not norms, so the threshold does not
     depend on the gradient scale."""
+    dominance_jump: float = Field(10.0, gt=1)
+    """...and only when its odds (``share / (1 - share)``) are more than 10 times its own usual odds
+    (the median over the last ``baseline_updates`` updates): its norm grew about three times against
+    the other heads. Heads are not alike (a Gaussian policy's ``log_std`` is one number, an action
+    layer thousands; a value head's loss dwarfs the policy's), so a head that always carries 95% of
+    the squared norm is that model's normal, not a fault: only a change against the run's own
+    history is."""
+    baseline_updates: int = Field(24, ge=2)
+    """Updates the usual odds of each head are taken over (the median of the last 24)."""
+    warmup: int = Field(8, ge=1)
+    """Updates (8) a head must have been seen before its dominance is judged (there is no usual yet)."""
+    min_norm: float = Field(1e-6, ge=0)
+    """Compared heads whose norms add up (L2) to less than this (1e-6) are not judged for dominance, nor
+    when they fell below 1/1000 of their usual size: shares of a vanishing gradient are noise (that is
+    ``gradient_scale``'s to report)."""
     dominance_ignore_heads: list[str] = ["value"]
     """Heads left out of the dominance comparison. The value head's loss is usually much larger
     than the policy loss, so it normally carries most of the gradient: that is not a fault."""
@@ -37,20 +54,25 @@ class HeadBalanceConfig(RuleConfig):
 
 
 class _Run:
-    __slots__ = ("dominance", "dead")
+    __slots__ = ("dominance", "dead", "odds", "scale")
 
     def __init__(self, event: Event) -> None:
         self.dominance = subject_key(event, "dominance")
         self.dead: dict[str, str] = {}
+        self.odds: dict[str, list[float]] = {}  # head -> its last log-odds of the squared-norm share
+        self.scale: list[float] = []  # the last log L2 norms of the compared heads together
 
 
 @register
 class HeadBalance(Rule):
     """One policy head dominating the gradient, or one going dead while the others learn.
 
-    Per (run, rank), on every ``head_grad_norms`` update not measured after clipping: the largest
-    head's share of the squared norm over the compared heads (all but ``dominance_ignore_heads``,
-    at least two of them) above ``dominance_share`` for ``fire_after`` updates in a row; and any
+    Per (run, rank), on every ``head_grad_norms`` update not measured after clipping (one per update:
+    the events of a step combined, each norm the RMS over them): the largest head's share of the
+    squared norm over the compared heads (all but ``dominance_ignore_heads``, at least two of them)
+    above ``dominance_share`` *and* its odds more than ``dominance_jump`` times its usual odds (its own
+    median over the last ``baseline_updates``; judged after ``warmup`` updates, and not on a gradient
+    below ``min_norm`` or 1/1000 of its usual size) for ``fire_after`` updates in a row; and any
     head at or below ``dead_norm`` (or None, see ``missing_is_dead``) for ``dead_after`` updates in
     a row while at least one other head is above it. A factored policy learns through every head:
     a dominating head drowns the others' signal in a shared optimiser step; a dead head has
@@ -64,6 +86,7 @@ class HeadBalance(Rule):
     name = "head_balance"
     Config = HeadBalanceConfig
     kinds = frozenset({"head_grad_norms"})
+    per_update = True
 
     def __init__(self, config: HeadBalanceConfig, alerts) -> None:
         super().__init__(config, alerts)
@@ -100,27 +123,29 @@ class HeadBalance(Rule):
                 compared += 1
                 if square > top_square:
                     top_square, top = square, name
-        dominating = compared >= 2 and squares > 0.0 and top_square > config.dominance_share * squares
-        if not (dominating or dead or conditions):
-            return None  # the healthy path
-
         run = self._runs.get((event.run_id, event.rank))
         if run is None:
             run = self._runs[(event.run_id, event.rank)] = _Run(event)
         fired: list[Alert] = []
-        if compared >= 2 and squares > 0.0 and (dominating or run.dominance in conditions):
+        if compared >= 2 and squares > 0.0:
             share = top_square / squares
-            alert = self.observe(
-                event,
-                run.dominance,
-                dominating,
-                f"head {top!r} dominates the gradient at step {event.step}: {share:.1%} of the squared norm "
-                f"(norm {math.sqrt(top_square):.4g}, threshold {config.dominance_share:.0%})",
-                {"head": top, "share": share, "norm": math.sqrt(top_square), "dominance_share": config.dominance_share},
-                clear_message=f"no head dominates the gradient any more at step {event.step} (largest: {top!r}, {share:.1%})",
-            )
-            if alert:
-                fired.append(alert)
+            jump = self._odds_jump(run, top, share, squares)
+            dominating = share > config.dominance_share and jump is not None and jump > config.dominance_jump
+            self._remember(run, norms, squares)
+            if dominating or run.dominance in conditions:
+                alert = self.observe(
+                    event,
+                    run.dominance,
+                    dominating,
+                    lambda: f"head {top!r} dominates the gradient at step {event.step}: {share:.1%} of the squared norm, "
+                    f"{jump:.3g}x its usual odds (norm {math.sqrt(top_square):.4g}; thresholds {config.dominance_share:.0%} "
+                    f"and {config.dominance_jump:g}x)",
+                    {"head": top, "share": share, "norm": math.sqrt(top_square), "odds_vs_usual": jump,
+                     "dominance_share": config.dominance_share},
+                    clear_message=f"no head dominates the gradient any more at step {event.step} (largest: {top!r}, {share:.1%})",
+                )
+                if alert:
+                    fired.append(alert)
         if alive and (dead or conditions):
             for name, value in norms.items():
                 is_dead = (config.missing_is_dead if value is None else value <= dead_norm)
@@ -146,3 +171,46 @@ class HeadBalance(Rule):
                     if alert:
                         fired.append(alert)
         return fired or None
+
+    def _odds_jump(self, run: _Run, top: str, share: float, squares: float) -> float | None:
+        """How many times the top head's odds exceed its usual odds; None while that cannot be judged
+        (its warm-up, or a gradient too small to compare)."""
+        config = self.config
+        history = run.odds.get(top)
+        if history is None or len(history) < config.warmup:
+            return None
+        norm = math.sqrt(squares)
+        if norm < config.min_norm or (run.scale and math.log(norm) < median(run.scale) - math.log(1000.0)):
+            return None
+        if share >= 1.0:
+            return math.inf
+        return math.exp(math.log(share / (1.0 - share)) - median(history))
+
+    def _remember(self, run: _Run, norms: dict[str, float | None], squares: float) -> None:
+        """Add this update's log-odds of every compared head, and the compared norm, to the baselines."""
+        keep = self.config.baseline_updates
+        ignore = self._ignore
+        for name, value in norms.items():
+            if name in ignore or value is None or not 0.0 < value < _INF:
+                continue
+            share = value * value / squares
+            if share >= 1.0:
+                continue
+            history = run.odds.setdefault(name, [])
+            history.append(math.log(share / (1.0 - share)))
+            del history[:-keep]
+        run.scale.append(math.log(math.sqrt(squares)))
+        del run.scale[:-keep]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"runs": [[run_id, rank, run.odds, run.scale] for (run_id, rank), run in self._runs.items()]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._runs = Capped()
+        for run_id, rank, odds, scale in state.get("runs", []):
+            run = _Run.__new__(_Run)
+            run.dominance = "\x1f".join([run_id, str(rank), "dominance"])
+            run.dead = {}
+            run.odds = {name: list(values) for name, values in odds.items()}
+            run.scale = list(scale)
+            self._runs[(run_id, int(rank))] = run

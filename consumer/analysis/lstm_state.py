@@ -52,6 +52,7 @@ class LstmState(Rule):
     name = "lstm_state"
     Config = LstmStateConfig
     kinds = frozenset({"lstm_health"})
+    per_update = True
 
     def __init__(self, config: LstmStateConfig, alerts) -> None:
         super().__init__(config, alerts)

@@ -43,6 +43,7 @@ class PpoRatio(Rule):
     name = "ppo_ratio"
     Config = PpoRatioConfig
     kinds = frozenset({"ppo_update"})
+    per_update = True
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "ppo_update":

@@ -60,6 +60,7 @@ class StepTime(Rule):
     name = "step_time"
     Config = StepTimeConfig
     kinds = frozenset({"step_timing"})
+    per_update = True
 
     def __init__(self, config: StepTimeConfig, alerts) -> None:
         super().__init__(config, alerts)

@@ -67,6 +67,7 @@ class TestMetricsEndpoint:
                 emitter.emit("lstm_health", step=step, h_rms=0.3, c_rms=None)
                 emitter.emit("ppo_update", step=step, approx_kl=0.02, entropy={"slot": 1.5})
                 emitter.flush()
+        daemon.wait_for("run metrics rank 0 session")  # the emitter's messages are in before the foreign sender's
         # A foreign sender on its own socket: garbage, then a session with a gap (seq 2..4 never sent), then its end.
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
@@ -77,7 +78,6 @@ class TestMetricsEndpoint:
         push.send(encode_message("gappy", 1, 7, [row("step_timing", 5, 2, {"update": 2.0}), row("run_end", 6, 2)]))
         push.close()
         context.term()
-        daemon.wait_for("run metrics rank 0 session")
         daemon.wait_for("run gappy rank 1 session")  # the daemon's own "... ended (ok)" lines: everything was processed
 
         samples = scrape_after(url, lambda s: value(s, "simic_events_received_total", kind="run_end") == 2)

@@ -21,6 +21,7 @@ from simic.consumer import ConsumerConfig, Pipeline, build_pipeline, replay
 from simic.consumer.alerts import alert_record
 from simic.consumer.lifecycle import exit_note
 from simic.consumer.analysis import RULES, Rule, RuleConfig
+from simic.consumer.analysis.updates import UpdateCombiner
 from simic.consumer.testing import RecordingSink
 from simic.schemas import encode_events
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
@@ -116,13 +117,20 @@ def config(**rules: dict) -> ConsumerConfig:
     return ConsumerConfig.model_validate({"rules": rules})
 
 
-async def play(items, cfg: ConsumerConfig | None = None, state: dict | None = None) -> tuple[list[Alert], Pipeline]:
-    """Run arrivals through a full pipeline (every rule on); optionally start from a checkpoint."""
+async def play(items, cfg: ConsumerConfig | None = None, state: dict | None = None, *, combiner_state: dict | None = None,
+               rule_states: Pipeline | None = None) -> tuple[list[Alert], Pipeline]:
+    """Run arrivals through a full pipeline (every rule on); optionally start from a checkpoint (of the
+    rules: ``state``, or ``rule_states`` taken from a pipeline; of the ``updates`` stage: ``combiner_state``)."""
     sink = RecordingSink()
     pipeline = build_pipeline(cfg or ConsumerConfig(), console=False, extra_sinks=[sink])
+    if rule_states is not None:
+        state = checkpoint(rule_states)
     if state is not None:
         for rule in pipeline.find(Rule):
             rule.load_state_dict(state[rule.name])
+    if combiner_state is not None:
+        for stage in pipeline.find(UpdateCombiner):
+            stage.load_state_dict(combiner_state)
     await pipeline.start()
     for recv_ns, raw in items:
         if raw is None:
@@ -401,6 +409,35 @@ class TestHeadBalance:
         assert of(alerts, "head_balance") == []
         assert of(alerts, "gradient_scale")
 
+    async def test_a_head_that_always_carries_most_of_the_gradient_is_that_models_normal(self):
+        """A Gaussian policy: the action-mean layer holds 95-99% of the policy heads' squared norm against
+        the one-number log_std, from the first update on: nothing fires (a jump against its own usual would)."""
+        rng, p, tl = random.Random(5), Producer(), Timeline()
+        typical = {"mean": 1.0, "log_std": 0.2, "value": 3.0}
+        for step in range(100):
+            tl.send(p.grads(step, norms=noisy(rng, typical, 0.3)))
+        alerts, _ = await play(tl.items)
+        assert of(alerts, "head_balance") == []
+        for step in range(100, 110):
+            tl.send(p.grads(step, norms={**noisy(rng, typical, 0.3), "log_std": 0.2 * 20}))
+        alerts, _ = await play(tl.items)
+        assert [(a.step, a.values["head"]) for a in alerts if a.rule == "head_balance" and not a.cleared] == [(102, "log_std")]
+
+    async def test_shares_of_a_vanishing_gradient_are_not_judged(self):
+        """After a collapse every norm is 1e-5 of its usual size: whichever head is largest then, it does not 'dominate'."""
+        p, tl = Producer(), Timeline()
+        for step in range(40):
+            tl.send(p.grads(step))
+        for step in range(40, 50):
+            tl.send(p.grads(step, norms={**{h: v * 1e-5 for h, v in TYPICAL.items()}, "op": 24.0 * 1e-5}))
+        alerts, _ = await play(tl.items)
+        assert [a for a in alerts if a.rule == "head_balance" and "dominates" in a.message] == []
+
+    async def test_dominance_needs_its_warm_up(self):
+        """A head dominating from the very first update has no usual share yet to be compared with: judged after 8 updates."""
+        alerts, _ = await play(grad_run(0, 20, 0, norms={**TYPICAL, "op": 24.0}).items)
+        assert of(alerts, "head_balance") == []
+
     @pytest.mark.parametrize("seed", SEEDS)
     async def test_noisy_healthy_heads_do_not_flap(self, seed):
         """300 updates with 30% noise per head: no head_balance alert."""
@@ -415,9 +452,10 @@ class TestHeadBalance:
         await assert_resumes_identically(grad_run(40, 10, 10, norms={**TYPICAL, "blend": 0.0}), split=43, rule="head_balance")
 
     def test_defaults_are_the_documented_ones(self):
-        """Share 0.9 (value head ignored), dead at 1e-8 or None for 5 updates, fire after 3, clear after 5."""
-        assert_documented_defaults("head_balance", dominance_share=0.9, dead_norm=1e-8, missing_is_dead=True, dead_after=5,
-                                   fire_after=3, clear_after=5)
+        """Share 0.9 and odds 10x the usual over 24 updates after 8 (value head ignored), dead at 1e-8 or None
+        for 5 updates, fire after 3, clear after 5."""
+        assert_documented_defaults("head_balance", dominance_share=0.9, dominance_jump=10.0, baseline_updates=24, warmup=8,
+                                   min_norm=1e-6, dead_norm=1e-8, missing_is_dead=True, dead_after=5, fire_after=3, clear_after=5)
         assert RULES["head_balance"].Config().dominance_ignore_heads == ["value"]
         assert "value head" in documented(RULES["head_balance"].Config, "dominance_ignore_heads")
 

@@ -1,0 +1,246 @@
+"""One update, one piece of evidence: the events of one kind with one ``step`` combined, before the rules.
+
+Trainers send at their own cadence: the reference trainer one ``head_grad_norms`` per update, a
+CleanRL-style trainer one per minibatch (16 per update), SB3's adapter one per update already
+combined, a recurrent trainer several LSTM samples per update, a timer one ``step_timing`` per phase.
+The rules count *updates* ("3 updates in a row", "a baseline of 20 updates"), so the
+:class:`UpdateCombiner` stage turns the events of one producer session, one kind (and, for
+``lstm_health``, one named LSTM) and one step into one event, and hands those to the rules that
+read updates (``Rule.per_update``). Rules that look for single bad values (``non_finite``) and the
+lifecycle rules read the raw events.
+
+How each kind combines (documented again on the rules that read it):
+
+- ``head_grad_norms``: each head's norm and each total as the root mean square over the events
+  (a NaN or Inf in any of them stays; a head None in every event stays None); ``samples`` adds up
+  (an event without it counts 1); ``nonfinite`` counts add up; ``stage`` and ``max_norm`` of the last.
+- ``lstm_health``: the worst of the samples (largest norm, RMS and max-abs; NaN/Inf if any had them).
+- ``step_timing``: the phases of the step added up (one event per phase, or a phase timed twice).
+- ``ppo_update``: the mean of each metric over the events (``ratio_min`` the smallest, ``ratio_max``
+  the largest; entropy per head the mean).
+- ``param_updates``: each ratio and norm as the root mean square; ``samples`` adds up.
+
+When does an update end? For a session that has so far sent at most one event of a kind per step,
+each event *is* its update and goes to the rules at once (no delay: the common case). Once a second
+event of the same step shows up, that key is combined from then on: an update's events go to the
+rules when the first event of another step of that key arrives, or when the session ends
+(``run_end``). The rest of the step in which the switch happened is left out (its first event was
+already judged): one update, once per session. Everything here depends on the order of events only,
+so replay combines exactly as the live run did; the pending events are checkpointed.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Callable, Sequence
+
+from simic.schemas.codec import KINDS, decode_message, encode_events
+from simic.schemas.models import Event
+
+from ..pipeline import Batch, SyncStage
+from ._rule import Capped
+
+__all__ = ["UpdateCombiner", "COMBINED_KINDS", "combine"]
+
+
+def _rms(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return math.sqrt(sum(v * v for v in present) / len(present))
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _worst(values: Sequence[float | None]) -> float | None:
+    """The largest value; NaN when any is NaN (``max`` alone would depend on the order)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if any(v != v for v in present):
+        return math.nan
+    return max(present)
+
+
+def _per_key(dicts: Sequence[dict[str, Any]], how: Callable[[Sequence[Any]], Any]) -> dict[str, Any]:
+    keys: dict[str, None] = {}
+    for d in dicts:
+        keys.update(dict.fromkeys(d))
+    return {k: how([d.get(k) for d in dicts]) for k in keys}
+
+
+def _head_grad_norms(events: Sequence[Event]) -> dict[str, Any]:
+    nonfinite: dict[str, int] = {}
+    for e in events:
+        for head, count in e.nonfinite.items():
+            nonfinite[head] = nonfinite.get(head, 0) + count
+    last = events[-1]
+    return dict(
+        norms=_per_key([e.norms for e in events], _rms),
+        total=_rms([e.total for e in events]),
+        pre_clip_total=_rms([e.pre_clip_total for e in events]),
+        post_clip_total=_rms([e.post_clip_total for e in events]),
+        nonfinite=nonfinite,
+        stage=last.stage,
+        max_norm=last.max_norm,
+        samples=sum(e.samples or 1 for e in events),
+    )
+
+
+def _lstm_health(events: Sequence[Event]) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        name: _worst([getattr(e, name) for e in events])
+        for name in ("h_norm", "c_norm", "h_rms", "c_rms", "h_max_abs", "c_max_abs", "h_env_max_rms", "c_env_max_rms")
+    }
+    for flag in ("has_nan", "has_inf"):
+        flags = [getattr(e, flag) for e in events if getattr(e, flag) is not None]
+        fields[flag] = any(flags) if flags else None
+    envs = [e.envs for e in events if e.envs is not None]
+    fields["envs"] = max(envs) if envs else None
+    for layers in ("layer_h_rms", "layer_c_rms"):
+        lists = [getattr(e, layers) for e in events if getattr(e, layers)]
+        width = max((len(x) for x in lists), default=0)
+        fields[layers] = [_worst([x[i] if i < len(x) else None for x in lists]) for i in range(width)]
+    fields["name"] = events[-1].name
+    return fields
+
+
+def _step_timing(events: Sequence[Event]) -> dict[str, Any]:
+    phases: dict[str, float] = {}
+    for e in events:
+        for phase, ms in e.phases_ms.items():
+            phases[phase] = phases.get(phase, 0.0) + ms
+    return dict(phases_ms=phases, clock=events[0].clock)
+
+
+def _ppo_update(events: Sequence[Event]) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        name: _mean([getattr(e, name) for e in events])
+        for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "explained_variance", "learning_rate",
+                     "clip_range", "loss")
+        if name in KINDS["ppo_update"].field_set
+    }
+    lows = [e.ratio_min for e in events if e.ratio_min is not None]
+    highs = [e.ratio_max for e in events if e.ratio_max is not None]
+    fields["ratio_min"] = min(lows) if lows else None
+    fields["ratio_max"] = max(highs) if highs else None
+    fields["entropy"] = {k: v for k, v in _per_key([e.entropy for e in events], _mean).items() if v is not None}
+    return fields
+
+
+def _param_updates(events: Sequence[Event]) -> dict[str, Any]:
+    return dict(
+        ratios=_per_key([e.ratios for e in events], _rms),
+        update_norms=_per_key([e.update_norms for e in events], _rms),
+        param_norms=_per_key([e.param_norms for e in events], _rms),
+        total_ratio=_rms([e.total_ratio for e in events]),
+        learning_rate=_mean([e.learning_rate for e in events]),
+        samples=sum(e.samples or 1 for e in events),
+    )
+
+
+_COMBINE: dict[str, Callable[[Sequence[Event]], dict[str, Any]]] = {
+    "head_grad_norms": _head_grad_norms,
+    "lstm_health": _lstm_health,
+    "step_timing": _step_timing,
+    "ppo_update": _ppo_update,
+    "param_updates": _param_updates,
+}
+COMBINED_KINDS = frozenset(kind for kind in _COMBINE if kind in KINDS)
+"""The kinds the per-update rules read combined."""
+
+_ENVELOPE = ("schema_version", "kind", "run_id", "rank", "session", "step")
+
+
+def combine(events: Sequence[Event]) -> Event:
+    """One event of the events of one update (same session, kind and step): the first one's envelope,
+    the last one's ``seq`` and clock, the payload combined as the module docstring says."""
+    if len(events) == 1:
+        return events[0]
+    first, last = events[0], events[-1]
+    fields = {name: getattr(first, name) for name in _ENVELOPE}
+    fields.update(seq=last.seq, clock_ns=last.clock_ns, **_COMBINE[first.kind](events))
+    return type(first).model_construct(**fields)
+
+
+class _Key:
+    __slots__ = ("multi", "step", "pending", "skip_step")
+
+    def __init__(self) -> None:
+        self.multi = False  # a step of this key has had more than one event: combine from now on
+        self.step: int | None = None  # the step of the last event seen
+        self.pending: list[Event] = []  # (multi) the events of the update being gathered
+        self.skip_step: int | None = None  # (multi) the rest of the step in which combining began
+
+
+class UpdateCombiner(SyncStage):
+    """Pipeline stage before the rules: fills ``batch.updates`` with one event per update (see the module)."""
+
+    name = "updates"
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple, _Key] = Capped()
+
+    def consume_now(self, batch: Batch) -> None:
+        updates: list[Event] = []
+        keys = self._keys
+        for event in batch.events:
+            kind = event.kind
+            if kind not in COMBINED_KINDS:
+                if kind == "run_end":
+                    self._end_session(event, updates)
+                continue
+            key = (event.run_id, event.rank, event.session, kind, event.name if kind == "lstm_health" else None)
+            state = keys.get(key)
+            if state is None:
+                state = keys[key] = _Key()
+            step = event.step
+            if not state.multi:
+                if step == state.step:  # a second event of a step: combine from now on
+                    state.multi = True
+                    state.skip_step = step
+                    continue
+                state.step = step
+                updates.append(event)
+                continue
+            if step == state.skip_step:
+                continue
+            if state.pending and step != state.step:
+                updates.append(combine(state.pending))
+                state.pending = []
+            state.step = step
+            state.pending.append(event)
+        batch.updates = updates
+
+    def _end_session(self, end: Event, updates: list[Event]) -> None:
+        """``run_end``: the session's last updates are complete; release and forget them."""
+        ended = [key for key in self._keys if key[:3] == (end.run_id, end.rank, end.session)]
+        for key in ended:
+            state = self._keys.pop(key)
+            if state.pending:
+                updates.append(combine(state.pending))
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The keys and the events of updates still being gathered (as wire messages, base64: exact,
+        NaN included, in strict JSON)."""
+        return {
+            "keys": [
+                [list(key), state.multi, state.step, state.skip_step,
+                 base64.b64encode(encode_events(state.pending)).decode() if state.pending else None]
+                for key, state in self._keys.items()
+            ]
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._keys.clear()
+        for key, multi, step, skip_step, pending in state.get("keys", []):
+            entry = _Key()
+            entry.multi, entry.step, entry.skip_step = multi, step, skip_step
+            entry.pending = list(decode_message(base64.b64decode(pending)).events) if pending else []
+            self._keys[tuple(key)] = entry
