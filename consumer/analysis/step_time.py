@@ -29,6 +29,12 @@ class StepTimeConfig(RuleConfig):
     min_baseline_ms: float = Field(1.0, ge=0)
     """Phases whose baseline is below this are not judged: sub-millisecond host timings jitter by
     more than 1.5x from scheduling alone, and cost little either way."""
+    machine_factor: float = Field(2.0, gt=1)
+    """When *every* phase of a step (two or more) is slow together, it is the machine (another job on
+    it, a throttled clock), not one part of the trainer: that is reported only beyond this factor
+    (2.0, for the smallest of the phases' slowdowns), once, as the machine's. Below it, the slower
+    times are the machine's new normal and join the baselines. A contended two-core machine slowed
+    every phase of healthy runs by about 1.5x."""
     fire_after: int = Field(3, ge=1)
     """Steps in a row: one slow step (a checkpoint save, a garbage collection) is not a regression."""
     clear_after: int = Field(3, ge=1)
@@ -48,7 +54,10 @@ class StepTime(Rule):
     """A phase of the training step (``step_timing.phases_ms``) getting slower than its own baseline.
 
     Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
-    slow EMA. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
+    slow EMA. One observation per step: the ``step_timing`` events of a step are combined first,
+    their phases added up (one event per phase, or a phase timed twice, is one step). When every
+    phase of a step (two or more) is slow together, no phase is blamed: it is the machine, reported
+    only beyond ``machine_factor`` (as the machine's, phase ``"*"``), and the baselines follow it. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
     (the message says which clock measured it: ``cuda_event`` GPU time or ``cpu`` host time);
     ``clear_after`` steps back under it clear. Slow samples are not folded into the baseline, and
     the baseline is frozen while the alert is active, so a lasting regression does not become the
@@ -78,6 +87,7 @@ class StepTime(Rule):
         phases = self._by_run.get((run_id, rank))
         if phases is None:
             phases = self._by_run[(run_id, rank)] = {}
+        judged: list[tuple[str, _Phase, float, float]] = []  # (name, phase, ms, baseline) of the warm phases
         for name, ms in event.phases_ms.items():
             if not 0.0 <= ms < _INF:
                 continue
@@ -88,6 +98,31 @@ class StepTime(Rule):
             if baseline is None or baseline < min_baseline_ms:
                 phase.baseline.add(ms, momentum, warmup)
                 continue
+            judged.append((name, phase, ms, baseline))
+        if not judged:
+            return None
+        every_phase_slow = len(judged) >= 2 and all(ms > factor * baseline for _, _, ms, baseline in judged)
+        machine = subject_key(event, "machine") if (every_phase_slow or conditions) else None
+        if machine is not None and (every_phase_slow or machine in conditions):
+            slowdown = min(ms / baseline for _, _, ms, baseline in judged)
+            shown = ", ".join(f"{name} {ms / baseline:.2f}x" for name, _, ms, baseline in judged)
+            alert = self.observe(
+                event,
+                machine,
+                every_phase_slow and slowdown > config.machine_factor,
+                lambda: f"every phase of the step slowed together at step {event.step} ({shown}, {event.clock} clock) "
+                f"for {config.fire_after} steps: the machine (contention, a throttled clock), not one part of the trainer",
+                lambda: {"phase": "*", "factor": slowdown, "machine_factor": config.machine_factor, "clock": event.clock},
+                clear_message=lambda: f"the step's phases are back near their baselines at step {event.step} ({shown})",
+            )
+            if alert:
+                fired = [alert]
+        if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
+            for _, phase, ms, _ in judged:
+                phase.baseline.value = momentum * phase.baseline.value + (1.0 - momentum) * ms
+            return fired
+        others = len(judged) - 1
+        for name, phase, ms, baseline in judged:
             bad = ms > factor * baseline
             if not (bad or phase.subject in conditions):
                 phase.baseline.value = momentum * baseline + (1.0 - momentum) * ms  # Baseline.add once warm
@@ -97,7 +132,8 @@ class StepTime(Rule):
                 phase.subject,
                 bad,
                 lambda: f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
-                f"{baseline:.4g} ms ({event.clock} clock) for {config.fire_after} steps",
+                f"{baseline:.4g} ms ({event.clock} clock) for {config.fire_after} steps"
+                + (" while the other phases kept their pace: this part of the trainer, not the machine" if others else ""),
                 lambda: {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock},
                 clear_message=lambda: f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
                 f"(baseline {baseline:.4g} ms, {event.clock} clock)",

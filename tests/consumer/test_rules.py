@@ -751,6 +751,32 @@ def timing_run(update_ms: list[float], clock: str = "cuda_event", rollout_ms: fl
 
 
 class TestStepTime:
+    @staticmethod
+    def both(factors: list[float]) -> Timeline:
+        """Rollout 20 ms and update 8 ms, both times the step's factor (a machine slowing every phase)."""
+        p, tl = Producer(), Timeline()
+        for step, f in enumerate(factors):
+            tl.send(p.timing(step, {"rollout": 20.0 * f, "update": 8.0 * f}))
+        return tl
+
+    async def test_every_phase_a_little_slower_is_the_machine_and_not_an_alert(self):
+        """Both phases 1.5x from step 30 on (a contended machine): no alert, no phase blamed."""
+        alerts, _ = await play(self.both([1.0] * 30 + [1.5] * 60).items)
+        assert of(alerts, "step_time") == []
+
+    async def test_every_phase_much_slower_is_reported_once_as_the_machine(self):
+        """Both phases 3x from step 30 to 39: one alert about the machine (phase "*") at step 32, none per phase."""
+        alerts, _ = await play(self.both([1.0] * 30 + [3.0] * 10 + [1.0] * 10).items)
+        fired = [a for a in alerts if a.rule == "step_time"]
+        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 32, "*"), (True, 42, "*")]
+        assert "the machine" in fired[0].message
+
+    async def test_one_phase_slowing_alone_is_the_trainer(self):
+        """Only the update phase 2x: the alert names it and says the other phases kept their pace."""
+        alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10).items)
+        [fired] = [a for a in alerts if a.rule == "step_time" and not a.cleared]
+        assert fired.values["phase"] == "update" and "not the machine" in fired.message
+
     async def test_steady_phases_raise_nothing(self):
         """Constant phase times for 100 steps: no alert."""
         alerts, _ = await play(timing_run([8.0] * 100).items)
@@ -802,7 +828,7 @@ class TestStepTime:
 
     def test_defaults_are_the_documented_ones(self):
         """Factor 1.5 over a 0.99 EMA seeded by the median of 10, phases under 1 ms skipped, fire after 3, clear after 3."""
-        assert_documented_defaults("step_time", regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
+        assert_documented_defaults("step_time", machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
                                    fire_after=3, clear_after=3)
 
 
