@@ -22,8 +22,10 @@ class ApproxKlConfig(RuleConfig):
     trust region and the policy may collapse."""
     severity: Severity = "warning"
     """Severity at ``warning_kl`` (at ``critical_kl`` it is always critical)."""
-    fire_after: int = Field(1, ge=1)
-    """A KL spike is one update: it fires at once."""
+    fire_after: int = Field(2, ge=1)
+    """Updates in a row above ``warning_kl`` (2): a small-batch recurrent PPO has single updates near
+    0.1-0.45 in healthy runs (one odd batch); a step size out of proportion stays. Above
+    ``critical_kl`` it fires at once."""
     clear_after: int = Field(3, ge=1)
     """Updates in a row below the level before it clears (a run hovering at the level raises one
     alert, not one per update)."""
@@ -40,7 +42,7 @@ class ApproxKl(Rule):
     """Approximate KL between the rollout policy and the updated one spiking, in ``ppo_update``.
 
     Two levels, each its own subject per (run, rank), so severity escalates: above ``warning_kl``
-    a warning, above ``critical_kl`` also a critical alert; each clears on its own after
+    for ``fire_after`` updates a warning, above ``critical_kl`` at once a critical alert; each clears on its own after
     ``clear_after`` updates below its level. A KL spike is the direct measure of an update that
     moved the policy too far (learning rate, advantage scale, too many epochs); PPO implementations
     with ``target_kl`` stop the epoch for much less. Missing and non-finite values are not observed.
@@ -63,10 +65,10 @@ class ApproxKl(Rule):
             return None
         fired: list[Alert] | None = None
         levels = (
-            ("warning", config.warning_kl, warning, config.severity),
-            ("critical", config.critical_kl, kl > config.critical_kl, "critical"),
+            ("warning", config.warning_kl, warning, config.severity, config.fire_after),
+            ("critical", config.critical_kl, kl > config.critical_kl, "critical", 1),
         )
-        for level, threshold, bad, severity in levels:
+        for level, threshold, bad, severity, fire_after in levels:
             subject = subject_key(event, level)
             if bad or subject in self._conditions:
                 alert = self.observe(
@@ -76,6 +78,7 @@ class ApproxKl(Rule):
                     f"approx KL {kl:.4g} > {threshold:g} at step {event.step}: the update moved the policy too far",
                     {"approx_kl": kl, "threshold": threshold},
                     severity=severity,
+                    fire_after=fire_after,
                     clear_message=f"approx KL back below {threshold:g} at step {event.step}: {kl:.4g}",
                 )
                 if alert:

@@ -28,6 +28,11 @@ class HeadBalanceConfig(RuleConfig):
     layer thousands; a value head's loss dwarfs the policy's), so a head that always carries 95% of
     the squared norm is that model's normal, not a fault: only a change against the run's own
     history is."""
+    growth: float = Field(2.0, gt=1)
+    """...and only when the dominating head's own norm is more than twice its usual (the median of its
+    last ``baseline_updates`` norms): a head takes over by growing. When the other heads' gradients
+    shrink instead (an action the policy has learned, whose gradient fades), the shares shift without
+    any head gaining: that is learning, not imbalance (a dying head is the dead-head check's)."""
     baseline_updates: int = Field(24, ge=2)
     """Updates the usual odds of each head are taken over (the median of the last 24)."""
     warmup: int = Field(8, ge=1)
@@ -54,13 +59,14 @@ class HeadBalanceConfig(RuleConfig):
 
 
 class _Run:
-    __slots__ = ("dominance", "dead", "odds", "scale")
+    __slots__ = ("dominance", "dead", "odds", "scale", "norms")
 
     def __init__(self, event: Event) -> None:
         self.dominance = subject_key(event, "dominance")
         self.dead: dict[str, str] = {}
         self.odds: dict[str, list[float]] = {}  # head -> its last log-odds of the squared-norm share
         self.scale: list[float] = []  # the last log L2 norms of the compared heads together
+        self.norms: dict[str, list[float]] = {}  # head -> its last log norms
 
 
 @register
@@ -70,7 +76,8 @@ class HeadBalance(Rule):
     Per (run, rank), on every ``head_grad_norms`` update not measured after clipping (one per update:
     the events of a step combined, each norm the RMS over them): the largest head's share of the
     squared norm over the compared heads (all but ``dominance_ignore_heads``, at least two of them)
-    above ``dominance_share`` *and* its odds more than ``dominance_jump`` times its usual odds (its own
+    above ``dominance_share`` *and* its odds more than ``dominance_jump`` times its usual odds *and* its
+    norm more than ``growth`` times its usual norm (its own
     median over the last ``baseline_updates``; judged after ``warmup`` updates, and not on a gradient
     below ``min_norm`` or 1/1000 of its usual size) for ``fire_after`` updates in a row; and any
     head at or below ``dead_norm`` (or None, see ``missing_is_dead``) for ``dead_after`` updates in
@@ -130,7 +137,9 @@ class HeadBalance(Rule):
         if compared >= 2 and squares > 0.0:
             share = top_square / squares
             jump = self._odds_jump(run, top, share, squares)
-            dominating = share > config.dominance_share and jump is not None and jump > config.dominance_jump
+            grew = self._growth(run, top, top_square)
+            dominating = (share > config.dominance_share and jump is not None and jump > config.dominance_jump
+                          and grew is not None and grew > config.growth)
             self._remember(run, norms, squares)
             if dominating or run.dominance in conditions:
                 alert = self.observe(
@@ -186,6 +195,13 @@ class HeadBalance(Rule):
             return math.inf
         return math.exp(math.log(share / (1.0 - share)) - median(history))
 
+    def _growth(self, run: _Run, top: str, top_square: float) -> float | None:
+        """The top head's norm over its usual norm (None before it has one)."""
+        history = run.norms.get(top)
+        if not history or top_square <= 0.0:
+            return None
+        return math.exp(0.5 * math.log(top_square) - median(history))
+
     def _remember(self, run: _Run, norms: dict[str, float | None], squares: float) -> None:
         """Add this update's log-odds of every compared head, and the compared norm, to the baselines."""
         keep = self.config.baseline_updates
@@ -193,6 +209,9 @@ class HeadBalance(Rule):
         for name, value in norms.items():
             if name in ignore or value is None or not 0.0 < value < _INF:
                 continue
+            own = run.norms.setdefault(name, [])
+            own.append(math.log(value))
+            del own[:-keep]
             share = value * value / squares
             if share >= 1.0:
                 continue
@@ -203,14 +222,15 @@ class HeadBalance(Rule):
         del run.scale[:-keep]
 
     def extra_state(self) -> dict[str, Any]:
-        return {"runs": [[run_id, rank, run.odds, run.scale] for (run_id, rank), run in self._runs.items()]}
+        return {"runs": [[run_id, rank, run.odds, run.scale, run.norms] for (run_id, rank), run in self._runs.items()]}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._runs = Capped()
-        for run_id, rank, odds, scale in state.get("runs", []):
+        for run_id, rank, odds, scale, norms in state.get("runs", []):
             run = _Run.__new__(_Run)
             run.dominance = "\x1f".join([run_id, str(rank), "dominance"])
             run.dead = {}
             run.odds = {name: list(values) for name, values in odds.items()}
             run.scale = list(scale)
+            run.norms = {name: list(values) for name, values in norms.items()}
             self._runs[(run_id, int(rank))] = run

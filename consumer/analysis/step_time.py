@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import median
 from typing import Any
 
 from pydantic import Field
@@ -29,6 +30,15 @@ class StepTimeConfig(RuleConfig):
     min_baseline_ms: float = Field(1.0, ge=0)
     """Phases whose baseline is below this are not judged: sub-millisecond host timings jitter by
     more than 1.5x from scheduling alone, and cost little either way."""
+    noise_z: float = Field(4.0, gt=0)
+    """...and only when the slowdown is more than 4 times the phase's own jitter (the robust spread of
+    its log time over its last ``spread_window`` steps, at least ``min_spread``): host-timed phases on
+    a busy machine swing by 30-70% from step to step, GPU-timed ones by a few percent, and a
+    regression must stand out of the phase's own noise."""
+    spread_window: int = Field(24, ge=4)
+    """Recent steps (24) of a phase whose spread sets its jitter."""
+    min_spread: float = Field(0.05, ge=0)
+    """The jitter counts as at least 0.05 (5%) in log time, so a very steady phase is not held to less."""
     machine_factor: float = Field(2.0, gt=1)
     """When *every* phase of a step (two or more) is slow together, it is the machine (another job on
     it, a throttled clock), not one part of the trainer: that is reported only beyond this factor
@@ -42,11 +52,24 @@ class StepTimeConfig(RuleConfig):
 
 
 class _Phase:
-    __slots__ = ("baseline", "subject")
+    __slots__ = ("baseline", "subject", "recent")
 
-    def __init__(self, baseline: Baseline, subject: str) -> None:
+    def __init__(self, baseline: Baseline, subject: str, recent: list[float] | None = None) -> None:
         self.baseline = baseline
         self.subject = subject
+        self.recent: list[float] = recent if recent is not None else []  # log times of the last good steps
+
+    def jitter(self, floor: float) -> float:
+        """Robust spread (1.4826 x MAD) of the recent log times, at least ``floor``."""
+        if len(self.recent) < 4:
+            return max(floor, 0.1)
+        mid = median(self.recent)
+        return max(floor, 1.4826 * median(abs(x - mid) for x in self.recent))
+
+    def remember(self, ms: float, keep: int) -> None:
+        if ms > 0.0:
+            self.recent.append(math.log(ms))
+            del self.recent[:-keep]
 
 
 @register
@@ -54,7 +77,8 @@ class StepTime(Rule):
     """A phase of the training step (``step_timing.phases_ms``) getting slower than its own baseline.
 
     Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
-    slow EMA. One observation per step: the ``step_timing`` events of a step are combined first,
+    slow EMA. A phase is slow above ``regression_factor`` x baseline *and* ``noise_z`` times its own
+    jitter (the robust spread of its recent log times). One observation per step: the ``step_timing`` events of a step are combined first,
     their phases added up (one event per phase, or a phase timed twice, is one step). When every
     phase of a step (two or more) is slow together, no phase is blamed: it is the machine, reported
     only beyond ``machine_factor`` (as the machine's, phase ``"*"``), and the baselines follow it. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
@@ -97,11 +121,17 @@ class StepTime(Rule):
             baseline = phase.baseline.value
             if baseline is None or baseline < min_baseline_ms:
                 phase.baseline.add(ms, momentum, warmup)
+                phase.remember(ms, config.spread_window)
                 continue
             judged.append((name, phase, ms, baseline))
         if not judged:
             return None
-        every_phase_slow = len(judged) >= 2 and all(ms > factor * baseline for _, _, ms, baseline in judged)
+        floor, z = config.min_spread, config.noise_z
+
+        def is_slow(phase: _Phase, ms: float, baseline: float) -> bool:
+            return ms > factor * baseline and math.log(ms / baseline) > z * phase.jitter(floor)
+
+        every_phase_slow = len(judged) >= 2 and all(is_slow(phase, ms, baseline) for _, phase, ms, baseline in judged)
         machine = subject_key(event, "machine") if (every_phase_slow or conditions) else None
         if machine is not None and (every_phase_slow or machine in conditions):
             slowdown = min(ms / baseline for _, _, ms, baseline in judged)
@@ -117,15 +147,18 @@ class StepTime(Rule):
             )
             if alert:
                 fired = [alert]
+        keep = config.spread_window
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
             for _, phase, ms, _ in judged:
                 phase.baseline.value = momentum * phase.baseline.value + (1.0 - momentum) * ms
+                phase.remember(ms, keep)
             return fired
         others = len(judged) - 1
         for name, phase, ms, baseline in judged:
-            bad = ms > factor * baseline
+            bad = is_slow(phase, ms, baseline)
             if not (bad or phase.subject in conditions):
                 phase.baseline.value = momentum * baseline + (1.0 - momentum) * ms  # Baseline.add once warm
+                phase.remember(ms, keep)
                 continue
             alert = self.observe(
                 event,
@@ -142,17 +175,20 @@ class StepTime(Rule):
                 fired = (fired or []) + [alert]
             if not bad and phase.subject not in conditions:
                 phase.baseline.add(ms, config.momentum, config.warmup)  # a good sample with nothing pending
+                phase.remember(ms, keep)
         return fired
 
     def extra_state(self) -> dict[str, Any]:
         return {
-            phase.subject: {"run_id": run_id, "rank": rank, "phase": name, "baseline": phase.baseline.state()}
+            phase.subject: {"run_id": run_id, "rank": rank, "phase": name, "baseline": phase.baseline.state(),
+                            "recent": phase.recent}
             for (run_id, rank, name), phase in self._phases.items()
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._phases = Capped({
-            (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject)
+            (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject,
+                                                                  [float(x) for x in saved.get("recent", [])])
             for subject, saved in state.items()
         })
         self._by_run = Capped()
