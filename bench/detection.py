@@ -307,6 +307,8 @@ def report(healthy: list[Run], faulty: list[Run], window: int, trainer: Trainer,
         "| fault | onset | expected rule(s) | first expected alert | delay (updates) | other rules from onset | alerts before onset | seed rule: delay |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    twins = {run.seed: run for run in healthy}  # the healthy run each fault run is, bit for bit, until onset
+    shared = False
     for run in faulty:
         expected = fault_rules[run.fault]
         hit = first(alerts_of(run), expected, run.onset)
@@ -315,6 +317,10 @@ def report(healthy: list[Run], faulty: list[Run], window: int, trainer: Trainer,
             shown = f"{hit['rule']} @ {hit['step']} ({hit['severity']})"
             if run.fault == "hang" and "silent_s" in hit["values"]:
                 shown += f", {hit['values']['silent_s']:.1f} s silent"
+            twin = twins.get(run.seed)
+            if twin is not None and any(a["rule"] == hit["rule"] and a["step"] == hit["step"] for a in alerts_of(twin)):
+                shown += f", also in healthy seed {run.seed}"
+                shared = True
         others = []
         for alert in alerts_of(run):
             if alert["step"] >= run.onset and alert["rule"] not in expected and alert["rule"] not in [o[0] for o in others]:
@@ -326,6 +332,9 @@ def report(healthy: list[Run], faulty: list[Run], window: int, trainer: Trainer,
             f"{', '.join(f'{r} @ {s}' for r, s in others) or 'none'} | {by_rule(before) if before else 0} | "
             f"{'missed' if seed_hit is None else seed_hit - run.onset} ({sum(1 for step in run.seed_reports if step < run.onset)} flagged before onset) |"
         )
+    if shared:
+        out += ["", "\"also in healthy seed N\": the healthy run of the fault run's seed raised the same rule at the same step, "
+                "so that alert may owe nothing to the fault (it still counts as found below)."]
     out += ["", "| healthy run | updates | exit | alerts | seed rule: updates flagged | seed set |", "|---|---|---|---|---|---|"]
     score = Score(faults=len(faulty))
     updates_total = 0
