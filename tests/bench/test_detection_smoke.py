@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,37 @@ class TestDetectionBenchmark:
         runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
         assert set(runs) == {"healthy-1", "nan_obs", "lr_ramp"} and {run["trainer"] for run in runs.values()} == {"ppo_continuous"}
 
+    def test_quick_run_of_the_sb3_trainer_then_replay_only(self, tmp_path):
+        """--trainer sb3_recurrent_ppo --quick with a seen and an unseen seed: onset update 18 is step 17, the NaN found there;
+        --replay-only replays the recorded logs to the same tables without running or touching the results."""
+        results = tmp_path / "results"
+        result = subprocess.run([sys.executable, str(BENCH), "--trainer", "sb3_recurrent_ppo", "--quick", "--jobs", "2", "--seed-list", "1,101",
+                                 "--faults", "nan_lstm", "head_grad_scale", "--results", str(results)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert "4 runs of sb3_detection.py, 26 updates of 8 x 16 (quick)" in out
+        assert "| nan_lstm | 17 | non_finite | non_finite @ 17 (critical) | 0 |" in out
+        assert "| head_grad_scale | 17 | gradient_drift, head_balance, gradient_scale |" in out
+        assert "| seed 1 | 26 | 0 |" in out and out.count("| seen |") == 1 and "| seed 101 | 26 | 0 |" in out and out.count("| unseen |") == 1
+        assert "over 1 seen seed(s)" in out and "over 1 unseen" in out
+        runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
+        assert runs["nan_lstm"]["onset"] == 17 and runs["nan_lstm"]["fault_at"] == 18 and runs["nan_lstm"]["exit_code"] != 0
+        recorded = (results / "detection.md").read_text()
+
+        replayed = subprocess.run([sys.executable, str(BENCH), "--replay-only", str(results)], capture_output=True, text=True, timeout=300)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "replaying 4 recorded runs of sb3_recurrent_ppo" in replayed.stdout and "sb3_detection.py" not in replayed.stdout
+        table = lambda text: text[text.index("| fault | onset |"):]  # noqa: E731  (the heading says how it was made)
+        assert table(replayed.stdout).strip() == table(recorded).strip()
+        assert (results / "detection.md").read_text() == recorded and (results / "replay.md").is_file()
+
+        every = tmp_path / "all"  # what --trainer all writes: one folder per trainer; here the same one twice
+        for name in ("first", "second"):
+            shutil.copytree(results, every / name)
+        replayed = subprocess.run([sys.executable, str(BENCH), "--replay-only", str(every)], capture_output=True, text=True, timeout=300)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "- first: 2 of 2 faults" in replayed.stdout and "- all trainers: 4 of 4 faults" in replayed.stdout
+
     def test_a_fault_the_trainer_lacks_is_refused(self):
         """nan_lstm is ppo_lstm's: asked of ppo_continuous, the benchmark stops before running anything, naming the trainer's faults."""
         result = subprocess.run([sys.executable, str(BENCH), "--trainer", "ppo_continuous", "--faults", "nan_lstm"],
@@ -47,7 +79,8 @@ class TestDetectionBenchmark:
         assert result.returncode == 2 and "has no fault nan_lstm" in result.stderr and "nan_obs" in result.stderr
 
     def test_help_describes_the_options(self):
-        """--help exits 0 and names --trainer, --quick and --what-if."""
+        """--help exits 0 and names --trainer, --quick, --what-if, --seed-list and --replay-only."""
         result = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        assert "--trainer" in result.stdout and "--quick" in result.stdout and "--what-if" in result.stdout
+        for option in ("--trainer", "--quick", "--what-if", "--seed-list", "--seeds-from", "--replay-only"):
+            assert option in result.stdout
