@@ -302,7 +302,7 @@ class TestGradientDrift:
 
     def test_defaults_are_the_documented_ones(self):
         """Momentum 0.9, norm drift 1.0, health drift 0.5, warmup 20, floor 1e-8, 3 of 4 fire, clear after 5."""
-        assert_documented_defaults("gradient_drift", momentum=0.9, drift_threshold=1.0, health_drift_threshold=0.5, warmup=20, vanishing_floor=1e-8,
+        assert_documented_defaults("gradient_drift", momentum=0.9, drift_threshold=1.0, health_drift_threshold=0.5, warmup=30, vanishing_floor=1e-8,
                                    per_head=True, fire_after=3, fire_window=4, clear_after=5)
 
 
@@ -783,23 +783,23 @@ class TestStepTime:
         assert of(alerts, "step_time") == []
 
     async def test_every_phase_much_slower_is_reported_once_as_the_machine(self):
-        """Both phases 3x from step 30 to 39: one alert about the machine (phase "*") at step 32, none per phase."""
+        """Both phases 3x from step 30 to 39: one alert about the machine (phase "*") at step 34, none per phase."""
         alerts, _ = await play(self.both([1.0] * 30 + [3.0] * 10 + [1.0] * 10).items)
         fired = [a for a in alerts if a.rule == "step_time"]
-        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 32, "*"), (True, 42, "*")]
+        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 34, "*"), (True, 42, "*")]
         assert "the machine" in fired[0].message
 
     async def test_a_phase_that_jitters_a_lot_is_held_to_its_own_noise(self):
         """A host-timed rollout whose time swings by 40% (log-normal) from step to step: 1.7x for three steps is
-        within its noise (no alert); the same 1.7x on a steady phase fires."""
+        within its noise (no alert); the same 1.7x for five steps on a steady phase fires."""
         rng, p, tl = random.Random(4), Producer(), Timeline()
         for step in range(60):
-            slow = 1.7 if 40 <= step < 43 else 1.0
+            slow = 1.7 if 40 <= step < 45 else 1.0
             tl.send(p.timing(step, {"rollout": 50.0 * math.exp(rng.gauss(0.0, 0.4)) * slow, "update": 30.0}, clock="cpu"))
         alerts, _ = await play(tl.items)
         assert of(alerts, "step_time") == []
-        alerts, _ = await play(timing_run([8.0] * 40 + [8.0 * 1.7] * 3 + [8.0] * 5).items)
-        assert [a.step for a in alerts if a.rule == "step_time" and not a.cleared] == [42]
+        alerts, _ = await play(timing_run([8.0] * 40 + [8.0 * 1.7] * 5 + [8.0] * 5).items)
+        assert [a.step for a in alerts if a.rule == "step_time" and not a.cleared] == [44]
 
     async def test_one_phase_slowing_alone_is_the_trainer(self):
         """Only the update phase 2x: the alert names it and says the other phases kept their pace."""
@@ -812,25 +812,25 @@ class TestStepTime:
         alerts, _ = await play(timing_run([8.0] * 100).items)
         assert alerts == []
 
-    async def test_a_regression_fires_on_the_third_step_names_the_clock_and_clears(self):
-        """'update' 8 -> 16 ms from step 30 fires at 32 (cuda_event clock); back to 8 ms from 40, clears at 42."""
+    async def test_a_regression_fires_on_the_fifth_step_names_the_clock_and_clears(self):
+        """'update' 8 -> 16 ms from step 30 fires at 34 (its fifth slow step) (cuda_event clock); back to 8 ms from 40, clears at 42."""
         alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10 + [8.0] * 5).items)
         fired = [a for a in alerts if a.rule == "step_time"]
-        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 32, "update"), (True, 42, "update")]
+        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 34, "update"), (True, 42, "update")]
         assert fired[0].values["factor"] == 2.0 and fired[0].values["clock"] == "cuda_event"
         assert "cuda_event clock" in fired[0].message
 
     async def test_a_lasting_regression_does_not_become_the_new_normal(self):
         """300 steps at twice the baseline: one alert that stays active (the baseline is frozen)."""
         alerts, pipeline = await play(timing_run([8.0] * 30 + [16.0] * 300).items)
-        assert of(alerts, "step_time") == [("warning", False, 32)]
+        assert of(alerts, "step_time") == [("warning", False, 34)]
         state = pipeline.find(RULES["step_time"])[0].state_dict()["extra"]
         assert [s["baseline"][0] for s in state.values() if s["phase"] == "update"] == [8.0]
 
     async def test_slow_first_steps_do_not_set_the_baseline(self):
         """Three 500 ms warm-up steps (compilation) are outvoted by the warm-up median; a later 2x still fires."""
-        alerts, _ = await play(timing_run([500.0] * 3 + [8.0] * 40 + [16.0] * 3).items)
-        assert of(alerts, "step_time") == [("warning", False, 45)]
+        alerts, _ = await play(timing_run([500.0] * 3 + [8.0] * 40 + [16.0] * 5).items)
+        assert of(alerts, "step_time") == [("warning", False, 47)]
 
     async def test_sub_millisecond_phases_are_not_judged(self):
         """A 0.05 ms phase jumping tenfold is noise, not a regression."""
@@ -859,7 +859,7 @@ class TestStepTime:
     def test_defaults_are_the_documented_ones(self):
         """Factor 1.5 over a 0.99 EMA seeded by the median of 10, phases under 1 ms skipped, fire after 3, clear after 3."""
         assert_documented_defaults("step_time", noise_z=4.0, spread_window=24, min_spread=0.05, machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
-                                   fire_after=3, clear_after=3)
+                                   fire_after=5, clear_after=3)
 
 
 def chatty(tl: Timeline, p: Producer, steps: range, every_s: float = 0.1) -> None:
@@ -1278,7 +1278,7 @@ class TestAllRules:
         assert ("head_balance", 44) in fired
         assert ("gradient_drift", 62) in fired
         assert ("event_loss", 70) in fired
-        assert ("step_time", 82) in fired
+        assert ("step_time", 84) in fired
         assert ("lstm_state", 97) in fired
         assert ("silent_producer", 119) in fired
         assert ("run_failed", 120) in fired

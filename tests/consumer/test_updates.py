@@ -40,14 +40,14 @@ class TestRulesCountUpdates:
 
     async def test_one_event_per_phase_is_one_step_of_step_time(self):
         """Phases sent one event each: step_time's baseline and counts are per step (a slow phase fires
-        on its third slow step, as with one event per step)."""
+        on its fifth slow step, as with one event per step)."""
         p, tl = Producer(), Timeline()
         for step in range(60):
             update = 30.0 + (250.0 if step >= 40 else 0.0)
             tl.send(p.timing(step, {"rollout": 50.0}), p.timing(step, {"update": update}))
         alerts, _ = await play(tl.items)
         fired = [(a.step, a.values["phase"]) for a in alerts if a.rule == "step_time" and not a.cleared]
-        assert fired == [(42, "update")]
+        assert fired == [(44, "update")]
 
     async def test_a_checkpoint_between_the_minibatches_of_an_update_continues_identically(self):
         """State saved halfway through an update's events (pending ones included, NaN and all, as strict
