@@ -70,6 +70,10 @@ def _other_kinds(rng: random.Random, i: int) -> list[tuple[str, dict[str, Any]]]
         ("metrics", {"values": {"train/loss": rng.uniform(0, 2), "train/accuracy": rng.uniform(0, 1)}}),
         ("episodes", {"returns": [rng.uniform(-5, 200) for _ in range(4)], "lengths": [rng.randint(10, 500) for _ in range(4)],
                       "count": 4}),
+        ("param_updates", {"ratios": {h: rng.uniform(1e-4, 1e-2) for h in HEADS},
+                           "update_norms": {h: rng.uniform(1e-3, 1e-1) for h in HEADS},
+                           "param_norms": {h: rng.uniform(1, 20) for h in HEADS},
+                           "total_ratio": rng.uniform(1e-4, 1e-2), "samples": 8, "learning_rate": 2.5e-4}),
     ]
 
 

@@ -465,7 +465,8 @@ if __name__ == "__main__":
                         # TELEMETRY: clips as nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm) does, and sends
                         # this minibatch's pre-clip per-head norms (every minibatch, all with the update's step)
                         emitter.clip_grad_norm_(iteration, head_groups, args.max_grad_norm)
-                        optimizer.step()
+                        with emitter.param_updates(iteration, head_groups, optimizer=optimizer):  # TELEMETRY: update-to-weight ratio per head
+                            optimizer.step()
 
                 y_pred, y_true = b_values, b_returns
                 var_y = y_true.var().item()

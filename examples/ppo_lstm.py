@@ -481,7 +481,8 @@ if __name__ == "__main__":
                         if last_minibatch:  # TELEMETRY: per-head norms before clipping (the post-clip total is derived from max_norm)
                             emitter.head_grad_norms(iteration, head_groups, stage="pre_clip", max_norm=args.max_grad_norm)
                         nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                        optimizer.step()
+                        with emitter.param_updates(iteration, head_groups, optimizer=optimizer):  # TELEMETRY: update-to-weight ratio per head
+                            optimizer.step()
 
                 y_pred, y_true = b_values, b_returns
                 var_y = y_true.var()

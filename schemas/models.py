@@ -54,6 +54,7 @@ __all__ = [
     "Alert",
     "Metrics",
     "Episodes",
+    "ParamUpdates",
     "AnyEvent",
     "EVENT_TYPES",
     "iter_numbers",
@@ -63,7 +64,7 @@ SCHEMA_VERSION = 2
 """The version this code writes. It reads every version from 1 up to this one.
 
 Version 2 added ``HeadGradNorms.samples``, ``LstmHealth.name``, ``PpoUpdate.clip_range`` and ``loss``,
-``Alert.received_at``, and the kinds ``metrics`` and ``episodes``."""
+``Alert.received_at``, and the kinds ``metrics``, ``episodes`` and ``param_updates``."""
 
 # Bounds that keep a decoded event small no matter what arrives.
 MAX_NAME = 128
@@ -345,6 +346,31 @@ class Episodes(Event):
     """How many episodes ended in all (``returns`` may keep only the last ones)."""
 
 
+class ParamUpdates(Event):
+    """How far one optimiser step moved the parameters, per head: ``||theta_after - theta_before||``
+    over ``||theta_before||`` (rows only, for a head made of rows of a shared tensor). It is the step
+    size the optimiser really took, which a learning rate that is not what the schedule says (or a
+    corrupted optimiser state) changes and gradient norms under Adam do not show. (version 2)"""
+
+    code: ClassVar[int] = 12
+    kind: Literal["param_updates"] = "param_updates"
+    ratios: Annotated[dict[Name, float | None], Field(max_length=MAX_ITEMS)]
+    """Head name to the update-to-weight ratio. 0.0: no parameter of the head changed. ``None``: not
+    measurable (the head's parameters were all zero before the step)."""
+    update_norms: Annotated[dict[Name, float | None], Field(max_length=MAX_ITEMS)] = {}
+    """Head name to the L2 norm of the step's change of its parameters."""
+    param_norms: Annotated[dict[Name, float | None], Field(max_length=MAX_ITEMS)] = {}
+    """Head name to the L2 norm of its parameters before the step (their scale)."""
+    total_ratio: float | None = None
+    """The ratio over every measured parameter (the ones a clip covers), None when not measurable."""
+    samples: Count | None = None
+    """How many optimiser steps this event combines. None or 1: one. More: an update of several
+    optimiser steps (minibatches) sent as one event; each ratio and norm is then the root mean square
+    over those steps (a ratio over the steps where it was measurable); a NaN or Inf in any stays in it."""
+    learning_rate: float | None = None
+    """The learning rate of the optimiser's first parameter group at the (last) step, when a number."""
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunStart,
     StepTiming,
@@ -357,11 +383,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Alert,
     Metrics,
     Episodes,
+    ParamUpdates,
 )
 """Every event kind, in code order."""
 
 AnyEvent = Annotated[
-    Union[RunStart, StepTiming, HeadGradNorms, LstmHealth, PpoUpdate, ProfilerTrace, Heartbeat, RunEnd, Alert, Metrics, Episodes],
+    Union[RunStart, StepTiming, HeadGradNorms, LstmHealth, PpoUpdate, ProfilerTrace, Heartbeat, RunEnd, Alert, Metrics, Episodes,
+          ParamUpdates],
     Field(discriminator="kind"),
 ]
 

@@ -3,7 +3,8 @@
 Device values are reduced on the device, copied ``non_blocking`` into a pinned ring behind a CUDA
 event and become events at a later ``flush()`` (``readout``). On top of it: phase timers
 (``timing``), per-head gradient norms (``grad_norms``), LSTM state statistics (``lstm_state``),
-PPO update metrics (``ppo``), hooks that run them for an unedited loop (``watch``), the profiler wrapper (``profiler``) and the seed plan's synchronous
+PPO update metrics (``ppo``), the update-to-weight ratio per head around ``optimizer.step()``
+(``param_updates``), hooks that run them for an unedited loop (``watch``), the profiler wrapper (``profiler``) and the seed plan's synchronous
 API (``seed_api``). ``Emitter`` gets the collector methods from :class:`CollectorsMixin`;
 ``NullEmitter`` the no-op twins from :class:`NullCollectorsMixin`.
 
@@ -12,6 +13,7 @@ Importing this package does not import torch; the collectors import it when firs
 
 from .grad_norms import HeadGroups
 from .mixin import CollectorSettings, CollectorsMixin, NullCollectorsMixin
+from .param_updates import NullParamUpdates, ParamUpdates
 from .profiler import training_profiler
 from .readout import CollectorStats
 from .seed_api import CUDATimer, LSTMHealthMetrics, compute_lstm_health
@@ -28,6 +30,8 @@ __all__ = [
     "NullTimer",
     "Watch",
     "NullWatch",
+    "ParamUpdates",
+    "NullParamUpdates",
     "training_profiler",
     "CUDATimer",
     "LSTMHealthMetrics",

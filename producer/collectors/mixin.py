@@ -9,6 +9,8 @@
     emitter.lstm_state(step, (h, c), env_mask)    -> lstm_health event, later
     emitter.ppo_update(step, **metrics)           -> ppo_update event, later (or now, if all on host)
     emitter.metrics(step, {"train/loss": t})      -> metrics event, later (or now, if all on host)
+    with emitter.param_updates(step, groups):     -> param_updates event (update-to-weight ratio per head),
+        optimizer.step()                             once the step is over (see param_updates)
     emitter.watch(model, optimizer, ...)          -> Watch: hooks that do all of the above per step, no loop edits
     emitter.flush()                               -> ready readouts and timings become events
     emitter.close()                               -> waits (bounded) for what is in flight, then sends
@@ -35,6 +37,7 @@ from typing import Any, Mapping
 from .grad_norms import HeadGroups, clip_and_submit_head_grad_norms, submit_head_grad_norms
 from .readout import torch_module
 from .lstm_state import submit_lstm_state
+from .param_updates import NULL_PARAM_UPDATES, NullParamUpdates, ParamUpdates
 from .ppo import PPO_FIELDS, submit_ppo_update
 from .readout import CollectorStats, Readouts
 from .timing import NullTimer, Timer, Timings, group_by_step, resolve_stream
@@ -74,16 +77,20 @@ class _State:
         self.readouts = Readouts(settings.readout_slots, self.stats, emitter._collector_failed)
         self.timings = Timings(settings.max_pending_timers, self.stats)
         self.group_cache: dict[tuple, Any] = {}
+        self.param_updates: dict[int, ParamUpdates] = {}  # id(HeadGroups) -> its measurement (keeps the groups alive)
         self.emit_grad_norms = functools.partial(emitter.emit, "head_grad_norms")
         self.emit_lstm = functools.partial(emitter.emit, "lstm_health")
         self.emit_ppo = functools.partial(emitter.emit, "ppo_update")
         self.emit_metrics = functools.partial(emitter.emit, "metrics")
+        self.emit_param_updates = functools.partial(emitter.emit, "param_updates")
 
     def poll(self) -> None:
         """Flush hook: ready timings and readouts become events (restoring the emitter's last step)."""
         emitter = self.emitter
         step = getattr(emitter, "_step", None)
         try:
+            if self.param_updates and step is not None:
+                self.end_param_updates(step)
             done = self.timings.poll()
             for s, clock, phases in group_by_step(done) if done else ():
                 emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock)
@@ -91,6 +98,17 @@ class _State:
         finally:
             if step is not None:
                 emitter._step = step
+
+    def end_param_updates(self, current: Any = None) -> None:
+        """Send the pending ``param_updates`` aggregates: those older than ``current``, or all (None)."""
+        for measurement in list(self.param_updates.values()):
+            try:
+                if current is None:
+                    measurement.send()
+                else:
+                    measurement.on_flush(current)
+            except Exception as exc:
+                self.emitter._collector_failed("param_updates", exc)
 
 
 _with_state: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -295,8 +313,45 @@ class CollectorsMixin:
         except Exception as exc:
             self._collector_failed("metrics", exc)
 
+    def param_updates(self, step: int, heads: Any, *, optimizer: Any = None) -> Any:
+        """Measure the update-to-weight ratio per head of the ``optimizer.step()`` inside the block::
+
+            with emitter.param_updates(update, groups, optimizer=optimizer):
+                optimizer.step()
+
+        The optimizer steps of one ``step`` make one ``param_updates`` event (ratios and norms as root
+        mean squares over them, ``samples``), sent when a call names another step, at the first
+        ``flush()`` after a later step was named, or at close (see :mod:`simic.producer.collectors.param_updates`).
+
+        Args:
+            step: training step the optimizer step belongs to (a PPO loop's update number).
+            heads: a :class:`HeadGroups` from :meth:`head_groups` (pass the same one every time: its
+                parameter copies are allocated once), or the mapping itself.
+            optimizer: the optimizer, to send its first parameter group's learning rate (when a number).
+
+        Memory: one copy of the heads' parameters (those ``params=`` names too). The block always
+        runs; a measurement that fails is counted, never raised, and the exception of a failing
+        step propagates unchanged.
+        """
+        if self.closed:
+            return NULL_PARAM_UPDATES
+        state = self._collector_state()
+        self._note_step(step)
+        try:
+            groups = heads if type(heads) is HeadGroups else self._groups_for(state, heads)
+            measurement = state.param_updates.get(id(groups))
+            if measurement is None:
+                if len(state.param_updates) >= 16:
+                    state.end_param_updates()
+                    state.param_updates.clear()
+                measurement = state.param_updates[id(groups)] = ParamUpdates(self, state, groups)
+            return measurement.prepare(step, optimizer)
+        except Exception as exc:
+            self._collector_failed("param_updates", exc)
+            return NULL_PARAM_UPDATES
+
     def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
-              clip: float | None = None, step: Any = None, timing: bool = True) -> Watch:
+              clip: float | None = None, step: Any = None, timing: bool = True, update_ratio: bool = True) -> Watch:
         """Instrument a torch trainer without editing its loop (see :mod:`simic.producer.collectors.watch`).
 
         Args:
@@ -310,12 +365,16 @@ class CollectorsMixin:
                 counter: the optimizer steps taken under one value make one step (norms: their RMS).
             timing: measure the ``train`` phase (first forward with gradients enabled after an optimizer step
                 to the end of the next: forward, backward, clip, step; ``no_grad`` rollouts are left out).
+            update_ratio: measure each optimizer step's update-to-weight ratio per head and send a
+                ``param_updates`` event per step (as :meth:`param_updates` does). Costs one copy of the
+                measured (trainable) parameters in memory and four fused passes over them per optimizer
+                step: small for RL-sized models; False turns it off.
 
         Returns a :class:`Watch`: ``end_step()`` sends the step being built, ``close()`` also removes the hooks.
         Raises ValueError for arguments it cannot use; once installed, nothing raises into the trainer.
         """
         return Watch(self, self._collector_state(), model, optimizer, heads=heads, lstm=lstm, clip=clip, step=step,
-                     timing=timing)
+                     timing=timing, update_ratio=update_ratio)
 
     def _note_step(self, step: Any) -> None:
         """A collector call names its step: it becomes the current step now (the event comes later)."""
@@ -336,6 +395,8 @@ class CollectorsMixin:
         if state is None:
             return
         try:
+            if state.param_updates:  # the last step's aggregates leave now, so the drain reads them
+                state.end_param_updates()
             deadline = time.monotonic() + state.settings.drain_timeout_s
             left = state.readouts.drain(state.settings.drain_timeout_s) if state.readouts.pending else 0
             while state.timings.pending and time.monotonic() < deadline and not state.timings.all_done():
@@ -390,8 +451,12 @@ class NullCollectorsMixin:
     def metrics(self, step: int, values: Mapping[str, Any]) -> None:
         pass
 
+    def param_updates(self, step: int, heads: Any, *, optimizer: Any = None) -> NullParamUpdates:
+        """Telemetry off: a block that only runs its body."""
+        return NULL_PARAM_UPDATES
+
     def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
-              clip: float | None = None, step: Any = None, timing: bool = True) -> NullWatch:
+              clip: float | None = None, step: Any = None, timing: bool = True, update_ratio: bool = True) -> NullWatch:
         return NullWatch()
 
     def ppo_update(self, step: int, **metrics: Any) -> None:

@@ -3,8 +3,10 @@
 ::
 
     backward() ends          -> per-head gradient norms of the accumulated ``.grad`` (pre-clip), on the device
-    optimizer.step() ends    -> that measurement joins the step's aggregate; the LSTM state seen last is sampled
-    the step changes         -> one head_grad_norms, lstm_health (per LSTM), step_timing and metrics event
+    optimizer.step() starts  -> a copy of the measured parameters (update_ratio=True)
+    optimizer.step() ends    -> that measurement joins the step's aggregate, with the step's change of the
+                                parameters per head; the LSTM state seen last is sampled
+    the step changes         -> one head_grad_norms, param_updates, lstm_health (per LSTM), step_timing and metrics event
 
 What ``step`` means, and how many samples a step sends:
 
@@ -23,6 +25,13 @@ optimizer step, to the end of the next optimizer step: forward, backward, clip a
 rollouts or evaluations a trainer runs under ``no_grad``; the optimizer steps of one step add up), and a ``metrics`` event with ``optimizer/lr`` (the first parameter group's
 learning rate, when it is a number).
 
+With ``update_ratio=True`` (the default) it also sends one ``param_updates`` event per step: per head the
+update-to-weight ratio ``||theta_after - theta_before|| / ||theta_before||`` of each optimizer step, as
+:mod:`~simic.producer.collectors.param_updates` measures it (an optimizer step pre-hook copies the
+parameters, the post-hook compares), root mean squares over the step's optimizer steps like the
+gradient norms. Its cost is one copy of the measured parameters (every trainable parameter of the
+model) in memory and four fused passes over them per optimizer step; ``update_ratio=False`` turns it off.
+
 How the pre-clip norms are read without touching the loop: each measured parameter gets a
 post-accumulate-grad hook; the first one to fire in a backward pass queues one callback at the end of
 that pass (the autograd engine's final callback, as ``DistributedDataParallel`` uses), which reduces
@@ -40,6 +49,7 @@ import math
 from typing import Any, Callable, Mapping
 
 from .grad_norms import HeadGroups, _with_missing
+from .param_updates import UpdateAggregate, UpdateMeter, learning_rate_of, submit_param_updates
 from .readout import torch_module
 
 __all__ = ["Watch", "NullWatch", "default_heads"]
@@ -72,7 +82,8 @@ class Watch:
     """
 
     def __init__(self, emitter: Any, state: Any, model: Any, optimizer: Any, *, heads: Mapping[str, Any] | None,
-                 lstm: Any, clip: float | None, step: Callable[[], int] | None, timing: bool) -> None:
+                 lstm: Any, clip: float | None, step: Callable[[], int] | None, timing: bool,
+                 update_ratio: bool = True) -> None:
         torch = torch_module()
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -101,6 +112,9 @@ class Watch:
         self._lstm_seen: dict[str, Any] = {}
         self._lr: float | None = None
         self._masks: dict[Any, Any] = {}
+        self._meter = UpdateMeter(self.groups) if update_ratio and optimizer is not None else None
+        self._updates = UpdateAggregate(self._meter) if self._meter is not None else None
+        self._measuring = False
         first = next(iter(self.groups.params))
         self._timer = emitter.timer(TRAIN_PHASE, device=first.device) if timing else None
         self._timing_started = False
@@ -115,6 +129,8 @@ class Watch:
         if timing:  # the model's own forward, or its children's (loops often call parts: agent.get_value)
             for module in (model, *model.children()):
                 self._handles.append(module.register_forward_pre_hook(self._on_forward))
+        if self._meter is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._before_step))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._after_step))
         self._closed = False
@@ -165,6 +181,17 @@ class Watch:
 
         return hook
 
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Start of ``optimizer.step()``: copy the parameters it is about to change."""
+        self._measuring = False
+        if self.emitter.closed:
+            return
+        try:
+            self._meter.before()
+            self._measuring = True
+        except Exception as exc:
+            self.emitter._collector_failed("watch:update_ratio", exc)
+
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """End of ``optimizer.step()``: the measurement of the backward before it joins its step."""
         if self.emitter.closed:
@@ -176,8 +203,10 @@ class Watch:
             self._pending = step
             self.emitter._step = step
             self._add_latest()
-            lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-            self._lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+            self._lr = learning_rate_of(optimizer)
+            if self._measuring:
+                self._measuring = False
+                self._updates.add(self._meter.after(), self._lr)
             if self._timer is not None and self._timing_started:
                 self._timing_started = False
                 self._timer.stop(step)
@@ -252,6 +281,10 @@ class Watch:
                 self._state.readouts.add(acc.device, acc.numel(), _resolve, context, vectors=[acc])
             else:
                 self._state.readouts.resolve_now(acc.tolist(), _resolve, context)
+        updates, samples, lr = self._updates.take() if self._updates is not None else (None, 0, None)
+        if updates is not None:
+            submit_param_updates(self._state.readouts, self._state.emit_param_updates, self.groups, step, updates,
+                                 samples, lr)
         seen, self._lstm_seen = self._lstm_seen, {}
         for name, hidden in seen.items():
             hidden = tuple(t.detach() for t in hidden) if isinstance(hidden, tuple) else hidden.detach()

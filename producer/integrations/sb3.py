@@ -18,6 +18,10 @@
   parameter before and after that clip (``stage="pre_clip"``, ``max_norm=max_grad_norm``). PPO takes
   several optimizer steps (minibatches times epochs) per update: each norm is their root mean
   square and ``samples`` says how many (A2C: one).
+- ``param_updates``: per head the update-to-weight ratio ``||theta_after - theta_before|| / ||theta_before||``
+  of each optimizer step (the step size Adam really took), their root mean square over the update
+  and ``samples``, with the optimizer's learning rate. It keeps one copy of the policy's trainable
+  parameters (SB3 policies are small).
 - ``ppo_update``: what SB3 itself logged for the update (``model.logger``): ``train/approx_kl``,
   ``train/clip_fraction``, ``train/policy_gradient_loss`` (A2C: ``train/policy_loss``),
   ``train/value_loss``, ``train/explained_variance``, ``train/learning_rate``, ``train/clip_range``,

@@ -1,4 +1,5 @@
-"""``emitter.watch``, the fused clip and the current step on a CUDA GPU: right values, no host sync.
+"""``emitter.watch``, ``emitter.param_updates``, the fused clip and the current step on a CUDA GPU: right
+values, no host sync.
 
 The training loop runs under ``torch.cuda.set_sync_debug_mode("error")`` except for the reference
 reads the test itself makes, so any synchronizing call the hooks make would raise (or be counted in
@@ -89,6 +90,65 @@ class TestWatchOnCuda:
         for event, (_, hc) in zip(states, expected):
             assert_matches(event, lstm_reference(*hc), rel=1e-4)
         assert [e.step for e in events if e.kind == "step_timing"] == [0, 1, 2]
+
+
+def update_ratio_reference(net: Policy, before: dict, after: dict) -> dict[str, float]:
+    """||after - before|| / ||before|| per head of :func:`heads_of` (rows) and over every parameter, in float64."""
+    def ratio(names_rows):
+        moved = sum(float((after[n][r] - before[n][r]).pow(2).sum()) for n, r in names_rows)
+        return math.sqrt(moved / sum(float(before[n][r].pow(2).sum()) for n, r in names_rows))
+
+    every = slice(None)
+    return {"slot": ratio([("actor.weight", slice(0, 4)), ("actor.bias", slice(0, 4))]),
+            "op": ratio([("actor.weight", slice(4, 9)), ("actor.bias", slice(4, 9))]),
+            "value": ratio([("critic.weight", every), ("critic.bias", every)]),
+            "total": ratio([(n, every) for n in before])}
+
+
+class TestParamUpdatesOnCuda:
+    def test_param_updates_and_watch_update_ratio_match_a_synchronous_reference_without_syncing(self, consumer) -> None:
+        """Three updates of four minibatches under sync-debug "error", each optimizer step inside
+        ``emitter.param_updates`` and watched with ``update_ratio=True``: both send one param_updates per
+        update (samples=4) whose ratios are the RMS of float64 references read outside the guarded loop."""
+        torch.manual_seed(3)
+        emitter = Emitter(consumer.endpoint, run_id="param-updates-cuda", settings=EmitterSettings(exit_hooks=False))
+        net = Policy().cuda()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        update = [0]
+        groups = emitter.head_groups({f"cm_{k}": v for k, v in heads_of(net).items()}, params=net.parameters())
+        watch = emitter.watch(net, optimizer, heads=heads_of(net), clip=CLIP, step=lambda: update[0], update_ratio=True)
+        expected = []
+        for update[0] in range(3):
+            squares = {"slot": 0.0, "op": 0.0, "value": 0.0, "total": 0.0}
+            for _ in range(4):
+                with sync_forbidden():
+                    optimizer.zero_grad()
+                    net.loss().backward()
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
+                before = {k: p.detach().double().clone() for k, p in net.named_parameters()}  # the reference reads (syncs)
+                with sync_forbidden():
+                    with emitter.param_updates(update[0], groups, optimizer=optimizer):
+                        optimizer.step()
+                    emitter.flush()
+                after = {k: p.detach().double() for k, p in net.named_parameters()}
+                for head, ratio in update_ratio_reference(net, before, after).items():
+                    squares[head] += ratio ** 2
+            expected.append({k: math.sqrt(v / 4) for k, v in squares.items()})
+        with sync_forbidden():
+            watch.close()
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        emitter.close()
+        events = [e for e in consumer.until_run_end() if e.kind == "param_updates"]
+        watched = [e for e in events if "slot" in e.ratios]
+        measured = [e for e in events if "cm_slot" in e.ratios]
+        for sent, prefix in ((watched, ""), (measured, "cm_")):
+            assert [(e.step, e.samples) for e in sent] == [(0, 4), (1, 4), (2, 4)]
+            for event, reference in zip(sent, expected):
+                for head in ("slot", "op", "value"):
+                    assert math.isclose(event.ratios[prefix + head], reference[head], rel_tol=1e-4), (prefix, head)
+                assert math.isclose(event.total_ratio, reference["total"], rel_tol=1e-4)
+                assert event.learning_rate == 1e-3
 
 
 class TestFusedClipOnCuda:

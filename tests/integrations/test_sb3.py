@@ -39,7 +39,7 @@ WAIT_S = 120.0
 """Hang guard for subprocesses (not a timing assertion)."""
 REL = 1e-5
 """float32 gradients reduced in two different orders agree to about this."""
-PER_UPDATE = ["episodes", "head_grad_norms", "lstm_health", "metrics", "ppo_update", "step_timing"]
+PER_UPDATE = ["episodes", "head_grad_norms", "lstm_health", "metrics", "param_updates", "ppo_update", "step_timing"]
 
 
 def load_example() -> Any:
@@ -177,10 +177,10 @@ def trained(request) -> tuple[str, Run]:
 
 class TestWhatArrives:
     def test_one_event_of_each_kind_per_update_with_steps_in_update_order(self, trained):
-        """Steps are the update numbers 0..N-1; each update sends one head_grad_norms, step_timing and ppo_update."""
+        """Steps are the update numbers 0..N-1; each update sends one head_grad_norms, param_updates, step_timing and ppo_update."""
         name, run = trained
         steps = list(range(run.updates))
-        for kind in ("head_grad_norms", "step_timing", "ppo_update"):
+        for kind in ("head_grad_norms", "param_updates", "step_timing", "ppo_update"):
             assert [e.step for e in of(run.events, kind)] == steps, kind
         assert set(PER_UPDATE) - {"lstm_health"} <= {e.kind for e in run.events}
         (end,) = of(run.events, "run_end")
@@ -200,6 +200,10 @@ class TestWhatArrives:
         name, run = trained
         assert [e.samples for e in of(run.events, "head_grad_norms")] == [len(run.recorder.clips[u]) for u in range(run.updates)]
         assert all(len(run.recorder.clips[u]) == 4 for u in range(run.updates))  # 2 minibatches x 2 epochs
+        updates = of(run.events, "param_updates")
+        assert [e.samples for e in updates] == [len(run.recorder.clips[u]) for u in range(run.updates)]
+        assert all(set(e.ratios) == set(HEADS[name]) and e.learning_rate == run.model.learning_rate for e in updates)
+        assert all(r is None or 0 < r < 1 for e in updates for r in e.ratios.values())
 
     def test_norms_are_the_rms_over_minibatches_of_the_pre_clip_norms(self, trained):
         """total = RMS of what clip_grad_norm_ returned; each head = RMS of its own pre-clip norm; post-clip as the clip made it."""

@@ -233,6 +233,71 @@ class TestWatchOtherEvents:
         assert emitter.collector_stats.errors == 0
 
 
+class TestWatchUpdateRatio:
+    def test_each_step_sends_the_rms_update_to_weight_ratio_per_head(self, consumer, emitter) -> None:
+        """update_ratio (default): one param_updates per step with samples = its optimizer steps; each ratio
+        is the root mean square over them of ||dtheta|| / ||theta_before|| (rows for the sliced heads),
+        computed here in float64, over the steps where it is defined (log_std starts at zero: not in its
+        first step); the head without gradients did not move (0.0); the lr is the optimizer's."""
+        torch.manual_seed(8)
+        net = Policy()
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+        update = {"n": 0}
+        watch = emitter.watch(net, optimizer, heads=heads_of(net), clip=CLIP, step=lambda: update["n"])
+        expected = []
+        for n in range(3):
+            update["n"] = n
+            squares: dict[str, list[float]] = {"move": [], "turn": [], "log_std": [], "value": [], "total": []}
+            for _ in range(3):
+                optimizer.zero_grad()
+                net.loss().backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
+                before = {k: p.detach().double().clone() for k, p in net.named_parameters()}
+                optimizer.step()
+                after = {k: p.detach().double() for k, p in net.named_parameters()}
+                for head, ratio in update_ratios(before, after).items():
+                    if ratio is not None:
+                        squares[head].append(ratio ** 2)
+            expected.append({head: math.sqrt(sum(v) / len(v)) for head, v in squares.items()})
+        watch.close()
+        events = received(consumer, emitter, "param_updates")
+        assert [(e.step, e.samples) for e in events] == [(0, 3), (1, 3), (2, 3)]
+        for event, reference in zip(events, expected):
+            for head in ("move", "turn", "log_std", "value"):
+                assert close(event.ratios[head], reference[head]), (head, event.ratios[head], reference[head])
+            assert close(event.total_ratio, reference["total"])
+            assert event.ratios["unused"] == 0.0 and event.learning_rate == 3e-3
+
+    def test_update_ratio_false_sends_no_param_updates(self, consumer, emitter) -> None:
+        """update_ratio=False: the gradient norms come as before, no param_updates."""
+        net = Policy()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        watch = emitter.watch(net, optimizer, update_ratio=False)
+        train(net, optimizer, updates=2, minibatches=1)
+        watch.close()
+        emitter.close()
+        kinds = [e.kind for e in consumer.until_run_end()]
+        assert kinds.count("head_grad_norms") == 2 and "param_updates" not in kinds
+
+
+def update_ratios(before: dict, after: dict) -> dict[str, float | None]:
+    """||after - before|| / ||before|| per head of :func:`heads_of` and over every parameter, in float64
+    (None where the parameters were all zero)."""
+    def ratio(pairs):
+        moved = sum(float((a - b).pow(2).sum()) for b, a in pairs)
+        scale = sum(float(b.pow(2).sum()) for b, _ in pairs)
+        return math.sqrt(moved / scale) if scale else None
+
+    w, bias = (before["actor.weight"], after["actor.weight"]), (before["actor.bias"], after["actor.bias"])
+    return {
+        "move": ratio([(w[0][:3], w[1][:3]), (bias[0][:3], bias[1][:3])]),
+        "turn": ratio([(w[0][3:], w[1][3:]), (bias[0][3:], bias[1][3:])]),
+        "log_std": ratio([(before["log_std"], after["log_std"])]),
+        "value": ratio([(before[k], after[k]) for k in ("critic.weight", "critic.bias")]),
+        "total": ratio([(before[k], after[k]) for k in before]),
+    }
+
+
 class TestWatchSetup:
     @pytest.mark.parametrize("kwargs", [
         dict(clip=-1.0), dict(clip="0.5"), dict(step=3), dict(lstm=torch.nn.Linear(2, 2)), dict(heads={"x": []}),

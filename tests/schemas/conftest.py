@@ -46,6 +46,10 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
         ),
         "metrics": dict(values={"train/loss": 0.25, "val/acc": 0.5, "lr": None}),
         "episodes": dict(returns=[1.5, 2.0], lengths=[200, 180], count=2),
+        "param_updates": dict(
+            ratios={"slot": 1e-3, "op": 0.0, "value": None}, update_norms={"slot": 2e-3, "op": 0.0, "value": 0.0},
+            param_norms={"slot": 2.0, "op": 1.5, "value": 0.0}, total_ratio=5e-4, samples=4, learning_rate=3e-4,
+        ),
     }
 
 
@@ -73,6 +77,7 @@ def minimal_payloads() -> dict[str, dict[str, Any]]:
         "alert": dict(rule="r", severity="info", message=""),
         "metrics": dict(values={}),
         "episodes": {},
+        "param_updates": dict(ratios={}),
     }
 
 

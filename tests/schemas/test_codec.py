@@ -305,6 +305,13 @@ PAYLOADS = {
     "episodes": st.fixed_dictionaries(
         {}, optional={"returns": st.lists(floats, max_size=4), "lengths": st.lists(counts, max_size=4), "count": st.none() | counts},
     ),
+    "param_updates": st.fixed_dictionaries(
+        {"ratios": small_dict(opt_floats)},
+        optional={
+            "update_norms": small_dict(opt_floats), "param_norms": small_dict(opt_floats), "total_ratio": opt_floats,
+            "samples": st.none() | counts, "learning_rate": opt_floats,
+        },
+    ),
 }
 
 
