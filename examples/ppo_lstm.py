@@ -430,7 +430,6 @@ if __name__ == "__main__":
                         end = start + envsperbatch
                         mbenvinds = envinds[start:end]
                         mb_inds = flatinds[:, mbenvinds].ravel()  # be really careful about the index
-                        last_minibatch = epoch == args.update_epochs - 1 and end == args.num_envs
 
                         _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(
                             b_obs[mb_inds],
@@ -478,9 +477,9 @@ if __name__ == "__main__":
                                 scale = fault_value ** (iteration - args.fault_at + 1)
                             for param in fault_grads:
                                 param.grad.mul_(scale)
-                        if last_minibatch:  # TELEMETRY: per-head norms before clipping (the post-clip total is derived from max_norm)
-                            emitter.head_grad_norms(iteration, head_groups, stage="pre_clip", max_norm=args.max_grad_norm)
-                        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                        # TELEMETRY: torch's clip, bit for bit, measuring every head's pre-clip norm on the way (every
+                        # minibatch: the consumer combines an update's events into one, the RMS over them)
+                        emitter.clip_grad_norm_(iteration, head_groups, args.max_grad_norm)
                         with emitter.param_updates(iteration, head_groups, optimizer=optimizer):  # TELEMETRY: update-to-weight ratio per head
                             optimizer.step()
 
