@@ -1325,3 +1325,44 @@ class TestClipFraction:
     def test_defaults_are_the_documented_ones(self):
         assert_documented_defaults("clip_fraction", max_clip_fraction=0.3, jump=3.0, min_usual=0.01, baseline_updates=24,
                                    warmup=8, fire_after=2, clear_after=3)
+
+
+class TestUpdateRatio:
+    @staticmethod
+    def run(ratios: list[float], logged_lr: list[float] | None = None) -> Timeline:
+        """One param_updates (and one ppo_update with the logged learning rate) per update."""
+        from simic.schemas.models import ParamUpdates
+
+        p, tl = Producer(), Timeline()
+        for step, ratio in enumerate(ratios):
+            lr = logged_lr[step] if logged_lr else 3e-4
+            tl.send(p.ppo(step, learning_rate=lr), p.make(ParamUpdates, step, ratios={"policy": ratio}, total_ratio=ratio, samples=16))
+        return tl
+
+    async def test_a_steady_or_scheduled_step_size_raises_nothing(self):
+        """The ratio jitters by 10% around 1e-3 for 100 updates; then a logged warm-up that doubles the learning
+        rate doubles the ratio: nothing (the schedule explains it)."""
+        rng = random.Random(1)
+        ratios = [1e-3 * math.exp(rng.gauss(0, 0.1)) for _ in range(100)]
+        alerts, _ = await play(self.run(ratios).items)
+        assert of(alerts, "update_ratio") == []
+        lrs = [3e-4 * min(2.0, 1.0 + step / 20) for step in range(100)]
+        alerts, _ = await play(self.run([1e-3 * lr / 3e-4 for lr in lrs], lrs).items)
+        assert of(alerts, "update_ratio") == []
+
+    async def test_a_learning_rate_ramp_the_log_does_not_show_fires_within_five_updates(self):
+        """The step size grows 1.15x per update from update 40 while the logged rate stays: fires at step 44
+        (2x; the second update clearly beyond 1.5x its usual), in the message as 'not the one the trainer reports'."""
+        rng = random.Random(2)
+        ratios = [1e-3 * math.exp(rng.gauss(0, 0.05)) * (1.15 ** max(0, step - 39)) for step in range(60)]
+        alerts, _ = await play(self.run(ratios).items)
+        fired = [a for a in alerts if a.rule == "update_ratio" and not a.cleared]
+        assert [a.step for a in fired] == [44] and "not the one the trainer reports" in fired[0].message
+
+    async def test_a_checkpoint_mid_fault_continues_identically(self):
+        ratios = [1e-3] * 40 + [5e-3] * 5 + [1e-3] * 10
+        await assert_resumes_identically(self.run(ratios), split=41, rule="update_ratio")
+
+    def test_defaults_are_the_documented_ones(self):
+        assert_documented_defaults("update_ratio", rise=1.5, noise_z=4.0, min_spread=0.05, baseline_updates=24, warmup=10,
+                                   fire_after=2, clear_after=3)

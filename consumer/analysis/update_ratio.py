@@ -1,0 +1,123 @@
+"""update_ratio: the optimizer's effective step size rising above what the logged learning rate explains."""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import Any
+
+from pydantic import Field
+
+from simic.schemas.models import Alert, Event
+
+from ._rule import Capped, Rule, RuleConfig, register, subject_key
+
+_INF = math.inf
+
+
+class UpdateRatioConfig(RuleConfig):
+    rise: float = Field(1.5, gt=1)
+    """The update-to-weight ratio (``param_updates.total_ratio``: the norm of what an optimizer step
+    changed over the norm of the parameters), divided by the learning rate the trainer logs
+    (``ppo_update.learning_rate``, when it sends one), more than 1.5 times its usual (the median of
+    the last ``baseline_updates`` updates) is a step size the schedule does not explain: a learning
+    rate that is not what the trainer says, optimizer state gone wrong. Under Adam the ratio follows
+    the learning rate closely whatever the gradient's scale, so healthy updates stay within a few
+    tens of percent of their usual."""
+    noise_z: float = Field(4.0, gt=0)
+    """...and more than 4 times the ratio's own jitter (the robust spread of its log over the same
+    updates, at least ``min_spread``), so an optimizer whose steps vary a lot is held to its noise."""
+    min_spread: float = Field(0.05, ge=0)
+    """The jitter counts as at least 0.05 in log (5%)."""
+    baseline_updates: int = Field(24, ge=4)
+    """Updates (24) the usual ratio and its jitter are taken over."""
+    warmup: int = Field(10, ge=1)
+    """Updates (10) before it is judged."""
+    fire_after: int = Field(2, ge=1)
+    """Updates in a row (2): one update whose step was large can be one odd batch."""
+    clear_after: int = Field(3, ge=1)
+    """Updates in a row back within the limits before it clears."""
+
+
+class _Run:
+    __slots__ = ("recent", "learning_rate")
+
+    def __init__(self) -> None:
+        self.recent: list[float] = []  # log(total_ratio / logged learning rate) of the last good updates
+        self.learning_rate: float | None = None  # the learning rate the trainer logged last
+
+
+@register
+class UpdateRatio(Rule):
+    """The effective step size of the optimizer rising above what the logged learning rate explains.
+
+    Per (run, rank), one value per update (the ``param_updates`` events of a step combined, their
+    RMS): ``total_ratio`` divided by the last ``learning_rate`` the run's ``ppo_update`` logged (so a
+    schedule that warms up or anneals is not a fault; without one, the ratio itself), on a log scale.
+    Above ``rise`` times its usual *and* ``noise_z`` times its jitter, after ``warmup`` updates, for
+    ``fire_after`` updates in a row, fires; values of a firing condition stay out of the usual. This
+    is what shows a learning rate that grows while the trainer reports the scheduled one (a broken
+    schedule, a scaler or optimizer state gone wrong): gradient norms do not show it under Adam,
+    and KL and clip fraction only once the policy is already moving too fast. Missing, zero and
+    non-finite ratios are not observed (``non_finite`` reports NaN).
+    """
+
+    name = "update_ratio"
+    Config = UpdateRatioConfig
+    kinds = frozenset({"param_updates", "ppo_update"})
+    per_update = True
+
+    def __init__(self, config: UpdateRatioConfig, alerts) -> None:
+        super().__init__(config, alerts)
+        self._runs: dict[tuple[str, int], _Run] = Capped()
+
+    def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        run = self._runs.get((event.run_id, event.rank))
+        if run is None:
+            run = self._runs[(event.run_id, event.rank)] = _Run()
+        if event.kind == "ppo_update":
+            lr = event.learning_rate
+            if lr is not None and 0.0 < lr < _INF:
+                run.learning_rate = lr
+            return None
+        ratio = event.total_ratio
+        if ratio is None or not 0.0 < ratio < _INF:
+            return None
+        config = self.config
+        x = math.log(ratio / run.learning_rate) if run.learning_rate else math.log(ratio)
+        recent = run.recent
+        bad = False
+        usual = rise = 0.0
+        if len(recent) >= config.warmup:
+            usual = median(recent)
+            jitter = max(config.min_spread, 1.4826 * median(abs(v - usual) for v in recent))
+            rise = x - usual
+            bad = rise > math.log(config.rise) and rise > config.noise_z * jitter
+        subject = self.watched(event, bad, "step_size")
+        alert = None
+        if subject is not None:
+            factor = math.exp(rise)
+            alert = self.observe(
+                event,
+                subject,
+                bad,
+                lambda: f"the optimizer's step is {factor:.3g}x its usual size for the logged learning rate at step "
+                f"{event.step} (update-to-weight ratio {ratio:.3g}) for {config.fire_after} updates: the effective "
+                f"learning rate is not the one the trainer reports",
+                lambda: {"total_ratio": ratio, "factor": factor, "learning_rate": run.learning_rate, "rise": config.rise},
+                clear_message=lambda: f"the optimizer's step is back near its usual size at step {event.step} ({factor:.3g}x)",
+            )
+        if not (bad or (subject is not None and self.is_active(subject))):
+            recent.append(x)
+            del recent[:-config.baseline_updates]
+        return [alert] if alert else None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"runs": [[run_id, rank, run.recent, run.learning_rate] for (run_id, rank), run in self._runs.items()]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._runs = Capped()
+        for run_id, rank, recent, learning_rate in state.get("runs", []):
+            run = self._runs[(run_id, int(rank))] = _Run()
+            run.recent = [float(v) for v in recent]
+            run.learning_rate = None if learning_rate is None else float(learning_rate)
