@@ -23,7 +23,7 @@ class GradientDriftConfig(RuleConfig):
     trainer's healthy runs 0.99 raised 6 to 10 alerts per 100 updates (``docs/DETECTION.md``).
     Set 0.99 (and ``drift_threshold`` 0.5, ``warmup`` 0, ``fire_after`` 1) for the seed plan's rule."""
     drift_threshold: float = Field(1.0, gt=0)
-    """Relative drift of a norm ``|x - ema| / ema`` above which an update drifts: 1.0, a norm more
+    """Relative growth of a norm ``(x - ema) / ema`` above which an update drifts: 1.0, a norm more
     than twice its recent average. The seed plan's 0.5 sits inside the noise of one minibatch's
     per-head norm, which varies by about +-50% from update to update in healthy runs. (A norm
     collapsing towards 0 is ``gradient_scale``'s and ``head_balance``'s to report.)"""
@@ -149,7 +149,7 @@ class GradientDrift(Rule):
                 ema_count[1] = count + 1
                 continue
             ema_count[0] = momentum * ema + rest * value
-            drift = abs(value - ema) / (ema + 1e-8)
+            drift = (value - ema) / (ema + 1e-8)  # growth only: a fading head is head_balance's and gradient_scale's
             drifted = drift > threshold
             if not (drifted or recent or conditions):
                 continue
@@ -190,9 +190,10 @@ class GradientDrift(Rule):
             if count == warmup:  # the EMAs start from the warmup's means, not from its first sample
                 tracker.load_state_dict({"ema_norm": warm[0], "ema_health": warm[1], "initialized": True, "update_count": count})
             return head_alerts
+        growing = total > tracker.ema_norm  # the norm's drift counts when it grows (a fading one is gradient_scale's)
         metrics = tracker.update(total, health)
         norm_drift, health_drift = metrics["norm_drift"], metrics["health_drift"]
-        drifted = norm_drift > threshold or health_drift > health_threshold
+        drifted = (growing and norm_drift > threshold) or health_drift > health_threshold
         if not (drifted or run.recent or run.subject in self._conditions):
             return head_alerts
         run.recent, bad = _sustained(run.recent, drifted, window, count_needed)

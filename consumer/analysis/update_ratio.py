@@ -16,21 +16,25 @@ _INF = math.inf
 
 
 class UpdateRatioConfig(RuleConfig):
-    rise: float = Field(1.5, gt=1)
+    rise: float = Field(1.3, gt=1)
     """The update-to-weight ratio (``param_updates.total_ratio``: the norm of what an optimizer step
     changed over the norm of the parameters), divided by the learning rate the trainer logs
-    (``ppo_update.learning_rate``, when it sends one), more than 1.5 times its usual (the median of
-    the last ``baseline_updates`` updates) is a step size the schedule does not explain: a learning
-    rate that is not what the trainer says, optimizer state gone wrong. Under Adam the ratio follows
-    the learning rate closely whatever the gradient's scale, so healthy updates stay within a few
-    tens of percent of their usual."""
-    noise_z: float = Field(4.0, gt=0)
-    """...and more than 4 times the ratio's own jitter (the robust spread of its log over the same
-    updates, at least ``min_spread``), so an optimizer whose steps vary a lot is held to its noise."""
-    min_spread: float = Field(0.05, ge=0)
-    """The jitter counts as at least 0.05 in log (5%)."""
-    baseline_updates: int = Field(24, ge=4)
-    """Updates (24) the usual ratio and its jitter are taken over."""
+    (``ppo_update.learning_rate``, when it sends one), more than 1.3 times its recent level (the
+    median of the last ``baseline_updates`` updates) is a step size the schedule does not explain: a
+    learning rate that is not what the trainer says, optimizer state gone wrong. Under Adam the ratio
+    follows the learning rate (it drifts down slowly as a run trains: about 3% per update on the
+    recurrent reference trainer), whatever the gradient's scale."""
+    noise_z: float = Field(3.5, gt=0)
+    """...and more than 3.5 times the ratio's own jitter: the robust spread of its update-to-update
+    changes (1.4826 x their MAD, over the last ``spread_updates``, divided by the square root of 2),
+    at least ``min_spread``. Changes, not levels: the level trends while a run trains, its changes
+    stay small (5-9% per update on the reference trainers)."""
+    min_spread: float = Field(0.03, ge=0)
+    """The jitter counts as at least 0.03 in log (3%)."""
+    baseline_updates: int = Field(10, ge=2)
+    """Updates (10) whose median is the recent level: short, so the level follows the run's own slow trend."""
+    spread_updates: int = Field(24, ge=4)
+    """Updates (24) whose changes set the jitter."""
     warmup: int = Field(10, ge=1)
     """Updates (10) before it is judged."""
     fire_after: int = Field(2, ge=1)
@@ -54,7 +58,7 @@ class UpdateRatio(Rule):
     Per (run, rank), one value per update (the ``param_updates`` events of a step combined, their
     RMS): ``total_ratio`` divided by the last ``learning_rate`` the run's ``ppo_update`` logged (so a
     schedule that warms up or anneals is not a fault; without one, the ratio itself), on a log scale.
-    Above ``rise`` times its usual *and* ``noise_z`` times its jitter, after ``warmup`` updates, for
+    Above ``rise`` times its recent level *and* ``noise_z`` times its jitter, after ``warmup`` updates, for
     ``fire_after`` updates in a row, fires; values of a firing condition stay out of the usual. This
     is what shows a learning rate that grows while the trainer reports the scheduled one (a broken
     schedule, a scaler or optimizer state gone wrong): gradient norms do not show it under Adam,
@@ -87,11 +91,13 @@ class UpdateRatio(Rule):
         x = math.log(ratio / run.learning_rate) if run.learning_rate else math.log(ratio)
         recent = run.recent
         bad = False
-        usual = rise = 0.0
-        if len(recent) >= config.warmup:
-            usual = median(recent)
-            jitter = max(config.min_spread, 1.4826 * median(abs(v - usual) for v in recent))
-            rise = x - usual
+        rise = 0.0
+        if len(recent) >= max(config.warmup, 3):
+            level = median(recent[-config.baseline_updates:])
+            changes = [b - a for a, b in zip(recent, recent[1:])]
+            middle = median(changes)
+            jitter = max(config.min_spread, 1.4826 * median(abs(c - middle) for c in changes) / math.sqrt(2.0))
+            rise = x - level
             bad = rise > math.log(config.rise) and rise > config.noise_z * jitter
         subject = self.watched(event, bad, "step_size")
         alert = None
@@ -109,7 +115,7 @@ class UpdateRatio(Rule):
             )
         if not (bad or (subject is not None and self.is_active(subject))):
             recent.append(x)
-            del recent[:-config.baseline_updates]
+            del recent[:-max(config.baseline_updates, config.spread_updates)]
         return [alert] if alert else None
 
     def extra_state(self) -> dict[str, Any]:

@@ -801,6 +801,16 @@ class TestStepTime:
         alerts, _ = await play(timing_run([8.0] * 40 + [8.0 * 1.7] * 5 + [8.0] * 5).items)
         assert [a.step for a in alerts if a.rule == "step_time" and not a.cleared] == [44]
 
+    async def test_contention_slowing_every_phase_unevenly_is_the_machine(self):
+        """Measured under contention: the host-bound rollout 2x while the update is 1.4x, for 20 steps: no
+        phase is blamed, and the machine (below 2x for its least slowed phase) is not reported."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            f = (2.0, 1.4) if 40 <= step < 60 else (1.0, 1.0)
+            tl.send(p.timing(step, {"rollout": 20.0 * f[0], "update": 8.0 * f[1]}))
+        alerts, _ = await play(tl.items)
+        assert of(alerts, "step_time") == []
+
     async def test_one_phase_slowing_alone_is_the_trainer(self):
         """Only the update phase 2x: the alert names it and says the other phases kept their pace."""
         alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10).items)
@@ -858,7 +868,7 @@ class TestStepTime:
 
     def test_defaults_are_the_documented_ones(self):
         """Factor 1.5 over a 0.99 EMA seeded by the median of 10, phases under 1 ms skipped, fire after 3, clear after 3."""
-        assert_documented_defaults("step_time", noise_z=4.0, spread_window=24, min_spread=0.05, machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
+        assert_documented_defaults("step_time", noise_z=4.0, spread_window=24, min_spread=0.05, machine_share=1.2, machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
                                    fire_after=5, clear_after=3)
 
 
@@ -1351,18 +1361,18 @@ class TestUpdateRatio:
         assert of(alerts, "update_ratio") == []
 
     async def test_a_learning_rate_ramp_the_log_does_not_show_fires_within_five_updates(self):
-        """The step size grows 1.15x per update from update 40 while the logged rate stays: fires at step 44
-        (2x; the second update clearly beyond 1.5x its usual), in the message as 'not the one the trainer reports'."""
+        """The step size grows 1.15x per update from update 40 while the logged rate stays: fires at step 43
+        (1.75x; the second update beyond 1.3x its recent level), in the message as 'not the one the trainer reports'."""
         rng = random.Random(2)
         ratios = [1e-3 * math.exp(rng.gauss(0, 0.05)) * (1.15 ** max(0, step - 39)) for step in range(60)]
         alerts, _ = await play(self.run(ratios).items)
         fired = [a for a in alerts if a.rule == "update_ratio" and not a.cleared]
-        assert [a.step for a in fired] == [44] and "not the one the trainer reports" in fired[0].message
+        assert [a.step for a in fired] == [43] and "not the one the trainer reports" in fired[0].message
 
     async def test_a_checkpoint_mid_fault_continues_identically(self):
         ratios = [1e-3] * 40 + [5e-3] * 5 + [1e-3] * 10
         await assert_resumes_identically(self.run(ratios), split=41, rule="update_ratio")
 
     def test_defaults_are_the_documented_ones(self):
-        assert_documented_defaults("update_ratio", rise=1.5, noise_z=4.0, min_spread=0.05, baseline_updates=24, warmup=10,
-                                   fire_after=2, clear_after=3)
+        assert_documented_defaults("update_ratio", rise=1.3, noise_z=3.5, min_spread=0.03, baseline_updates=10, spread_updates=24,
+                                   warmup=10, fire_after=2, clear_after=3)
