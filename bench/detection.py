@@ -67,28 +67,27 @@ ROOT = Path(__file__).resolve().parents[1]
 FAULT_RULES = {
     "nan_lstm": ("non_finite",),
     "head_grad_scale": ("gradient_drift", "head_balance", "gradient_scale"),
-    "lr_spike": ("approx_kl", "ppo_ratio"),
+    "lr_spike": ("approx_kl", "ppo_ratio", "clip_fraction", "update_ratio"),
     "slow_drift": ("gradient_drift", "head_balance", "gradient_scale"),
     "dead_head": ("head_balance",),
     "slow_phase": ("step_time",),
     "hang": ("silent_producer",),
-    "lr_ramp": ("approx_kl", "ppo_ratio", "gradient_drift", "gradient_scale"),
+    "lr_ramp": ("update_ratio", "approx_kl", "ppo_ratio", "clip_fraction"),
 }
 """The rules expected to report each fault on ppo_lstm (the first of their alerts at or after onset
-counts). For ``lr_ramp`` (the optimizer's rate grows x1.15 per update, the logged rate does not) these
-are the rules that could see it, not yet measured ones: the policy moving further per update
-(``approx_kl``, ``ppo_ratio``) and the gradients of a policy pushed off course (``gradient_drift``,
-``gradient_scale``)."""
+counts). ``lr_ramp`` (the optimizer's rate grows x1.15 per update, the logged rate does not) is
+``update_ratio``'s: the step size the logged rate does not explain; the policy moving further per
+update (``approx_kl``, ``ppo_ratio``, ``clip_fraction``) shows it later."""
 
 CONTINUOUS_FAULT_RULES = {
     "nan_obs": ("non_finite",),
     "head_grad_scale": ("gradient_drift", "head_balance", "gradient_scale"),
-    "lr_spike": ("approx_kl",),
+    "lr_spike": ("approx_kl", "clip_fraction", "update_ratio"),
     "slow_drift": ("gradient_drift", "head_balance", "gradient_scale"),
     "dead_head": ("head_balance",),
     "slow_phase": ("step_time",),
     "hang": ("silent_producer",),
-    "lr_ramp": ("approx_kl", "gradient_drift", "gradient_scale"),
+    "lr_ramp": ("update_ratio", "approx_kl", "clip_fraction"),
 }
 """The same for ppo_continuous: ``nan_obs`` in place of ``nan_lstm``, and no ``ppo_ratio`` (the
 trainer logs what CleanRL's continuous PPO logs, without the ratio's extremes)."""
@@ -96,16 +95,16 @@ trainer logs what CleanRL's continuous PPO logs, without the ratio's extremes)."
 SB3_FAULT_RULES = {
     "nan_lstm": ("non_finite",),
     "head_grad_scale": ("gradient_drift", "head_balance", "gradient_scale"),
-    "lr_spike": ("approx_kl",),
+    "lr_spike": ("approx_kl", "clip_fraction", "update_ratio"),
     "slow_drift": ("gradient_drift", "head_balance", "gradient_scale"),
     "dead_head": ("head_balance",),
     "slow_phase": ("step_time",),
     "hang": ("silent_producer",),
-    "lr_ramp": ("approx_kl", "gradient_drift", "gradient_scale"),
+    "lr_ramp": ("update_ratio", "approx_kl", "clip_fraction"),
 }
 """The same for sb3_recurrent_ppo: ppo_lstm's faults, and no ``ppo_ratio`` (SimicCallback sends what
-SB3 logs, which has no ratio extremes). Its ``lr_ramp`` leaves ``train/learning_rate`` as scheduled
-but shows in the ``optimizer/lr`` metric, which no rule reads (yet)."""
+SB3 logs, which has no ratio extremes). Its ``lr_ramp`` leaves ``train/learning_rate`` as scheduled;
+the watch's ``param_updates`` show the larger steps."""
 
 
 @dataclass(frozen=True)
