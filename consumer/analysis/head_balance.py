@@ -15,6 +15,11 @@ from ._rule import Capped, Rule, RuleConfig, register, subject_key
 _INF = math.inf
 
 
+def _exp(x: float) -> float:
+    """``math.exp`` that saturates at infinity instead of raising (hostile or extreme norms)."""
+    return math.exp(x) if x < 700.0 else _INF
+
+
 class HeadBalanceConfig(RuleConfig):
     dominance_share: float = Field(0.9, gt=0, le=1)
     """A head holding more than this share of the squared gradient norm (``norm_h^2 / sum norm^2``
@@ -193,14 +198,14 @@ class HeadBalance(Rule):
             return None
         if share >= 1.0:
             return math.inf
-        return math.exp(math.log(share / (1.0 - share)) - median(history))
+        return _exp(math.log(share / (1.0 - share)) - median(history))
 
     def _growth(self, run: _Run, top: str, top_square: float) -> float | None:
         """The top head's norm over its usual norm (None before it has one)."""
         history = run.norms.get(top)
         if not history or top_square <= 0.0:
             return None
-        return math.exp(0.5 * math.log(top_square) - median(history))
+        return _exp(0.5 * math.log(top_square) - median(history)) if top_square < _INF else _INF
 
     def _remember(self, run: _Run, norms: dict[str, float | None], squares: float) -> None:
         """Add this update's log-odds of every compared head, and the compared norm, to the baselines."""
@@ -213,7 +218,7 @@ class HeadBalance(Rule):
             own.append(math.log(value))
             del own[:-keep]
             share = value * value / squares
-            if share >= 1.0:
+            if not 0.0 < share < 1.0:  # 1: the only head; 0 or NaN: a square that under- or overflowed
                 continue
             history = run.odds.setdefault(name, [])
             history.append(math.log(share / (1.0 - share)))

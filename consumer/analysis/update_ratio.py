@@ -88,7 +88,10 @@ class UpdateRatio(Rule):
         if ratio is None or not 0.0 < ratio < _INF:
             return None
         config = self.config
-        x = math.log(ratio / run.learning_rate) if run.learning_rate else math.log(ratio)
+        relative = ratio / run.learning_rate if run.learning_rate else ratio
+        if not 0.0 < relative < _INF:  # under- or overflowed: nothing to compare
+            return None
+        x = math.log(relative)
         recent = run.recent
         bad = False
         rise = 0.0
@@ -102,7 +105,7 @@ class UpdateRatio(Rule):
         subject = self.watched(event, bad, "step_size")
         alert = None
         if subject is not None:
-            factor = math.exp(rise)
+            factor = math.exp(rise) if rise < 700.0 else _INF
             alert = self.observe(
                 event,
                 subject,

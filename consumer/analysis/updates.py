@@ -4,8 +4,9 @@ Trainers send at their own cadence: the reference trainer one ``head_grad_norms`
 CleanRL-style trainer one per minibatch (16 per update), SB3's adapter one per update already
 combined, a recurrent trainer several LSTM samples per update, a timer one ``step_timing`` per phase.
 The rules count *updates* ("3 updates in a row", "a baseline of 20 updates"), so the
-:class:`UpdateCombiner` stage turns the events of one producer session, one kind (and, for
-``lstm_health``, one named LSTM) and one step into one event, and hands those to the rules that
+:class:`UpdateCombiner` stage turns the events of one producer session, one kind (for
+``lstm_health``, one named LSTM; for ``head_grad_norms``, one stage: pre- and post-clip are kept
+apart) and one step into one event, and hands those to the rules that
 read updates (``Rule.per_update``). Rules that look for single bad values (``non_finite``) and the
 lifecycle rules read the raw events.
 
@@ -167,6 +168,17 @@ def combine(events: Sequence[Event]) -> Event:
     return type(first).model_construct(**fields)
 
 
+def _part(event: Event) -> str | None:
+    """What else tells an event's measurements apart: the LSTM's name, the gradient's stage (a pre- and a
+    post-clip measurement of one step are two things, never averaged together)."""
+    kind = event.kind
+    if kind == "lstm_health":
+        return event.name
+    if kind == "head_grad_norms":
+        return event.stage
+    return None
+
+
 class _Key:
     __slots__ = ("multi", "step", "pending", "skip_step")
 
@@ -194,7 +206,7 @@ class UpdateCombiner(SyncStage):
                 if kind == "run_end":
                     self._end_session(event, updates)
                 continue
-            key = (event.run_id, event.rank, event.session, kind, event.name if kind == "lstm_health" else None)
+            key = (event.run_id, event.rank, event.session, kind, _part(event))
             state = keys.get(key)
             if state is None:
                 state = keys[key] = _Key()

@@ -37,7 +37,7 @@ class TestDetectionBenchmark:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "runs of ppo_continuous.py, 26 updates of 8 x 32 (quick)" in result.stdout
         assert "| nan_obs | 18 | non_finite | non_finite @ 18 (critical) | 0 |" in result.stdout
-        assert "| lr_ramp | 18 | approx_kl, gradient_drift, gradient_scale |" in result.stdout
+        assert "| lr_ramp | 18 | update_ratio, approx_kl, clip_fraction |" in result.stdout
         runs = {run["run"]: run for run in json.loads((results / "detection.json").read_text())}
         assert set(runs) == {"healthy-1", "nan_obs", "lr_ramp"} and {run["trainer"] for run in runs.values()} == {"ppo_continuous"}
 
