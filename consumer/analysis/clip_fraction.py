@@ -66,8 +66,11 @@ class ClipFraction(Rule):
         history = self._usual.get((event.run_id, event.rank))
         if history is None:
             history = self._usual[(event.run_id, event.rank)] = []
-        usual = max(median(history), config.min_usual) if history else config.min_usual
-        bad = len(history) >= config.warmup and value > config.max_clip_fraction and value > config.jump * usual
+        usual = config.min_usual
+        bad = False
+        if value > config.max_clip_fraction and len(history) >= config.warmup:  # only then is the median worth taking
+            usual = max(median(history), config.min_usual)
+            bad = value > config.jump * usual
         subject = self.watched(event, bad, "jump")
         alert = None
         if subject is not None:

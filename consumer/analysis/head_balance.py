@@ -141,10 +141,11 @@ class HeadBalance(Rule):
         fired: list[Alert] = []
         if compared >= 2 and squares > 0.0:
             share = top_square / squares
-            jump = self._odds_jump(run, top, share, squares)
-            grew = self._growth(run, top, top_square)
-            dominating = (share > config.dominance_share and jump is not None and jump > config.dominance_jump
-                          and grew is not None and grew > config.growth)
+            jump = grew = None
+            if share > config.dominance_share:  # only then are the medians worth taking
+                jump = self._odds_jump(run, top, share, squares)
+                grew = self._growth(run, top, top_square)
+            dominating = (jump is not None and jump > config.dominance_jump and grew is not None and grew > config.growth)
             self._remember(run, norms, squares)
             if dominating or run.dominance in conditions:
                 alert = self.observe(

@@ -6,7 +6,7 @@ combined, a recurrent trainer several LSTM samples per update, a timer one ``ste
 The rules count *updates* ("3 updates in a row", "a baseline of 20 updates"), so the
 :class:`UpdateCombiner` stage turns the events of one producer session, one kind (for
 ``lstm_health``, one named LSTM; for ``head_grad_norms``, one stage: pre- and post-clip are kept
-apart) and one step into one event, and hands those to the rules that
+apart; for ``step_timing``, one clock) and one step into one event, and hands those to the rules that
 read updates (``Rule.per_update``). Rules that look for single bad values (``non_finite``) and the
 lifecycle rules read the raw events.
 
@@ -35,6 +35,8 @@ from __future__ import annotations
 import base64
 import math
 from typing import Any, Callable, Sequence
+
+from pydantic import BaseModel
 
 from simic.schemas.codec import KINDS, decode_message, encode_events
 from simic.schemas.models import Event
@@ -154,7 +156,11 @@ _COMBINE: dict[str, Callable[[Sequence[Event]], dict[str, Any]]] = {
 COMBINED_KINDS = frozenset(kind for kind in _COMBINE if kind in KINDS)
 """The kinds the per-update rules read combined."""
 
-_ENVELOPE = ("schema_version", "kind", "run_id", "rank", "session", "step")
+_object_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__pydantic_fields_set__.__set__
+_set_extra = BaseModel.__pydantic_extra__.__set__
+_set_private = BaseModel.__pydantic_private__.__set__
 
 
 def combine(events: Sequence[Event]) -> Event:
@@ -163,19 +169,26 @@ def combine(events: Sequence[Event]) -> Event:
     if len(events) == 1:
         return events[0]
     first, last = events[0], events[-1]
-    fields = {name: getattr(first, name) for name in _ENVELOPE}
+    fields = dict(first.__dict__)  # every field of the kind: the envelope of the first, then the combination
     fields.update(seq=last.seq, clock_ns=last.clock_ns, **_COMBINE[first.kind](events))
-    return type(first).model_construct(**fields)
+    event = _object_new(type(first))  # built as the codec builds decoded events: no validation, the values are
+    _set_dict(event, fields)  # the models' own (combined from valid events)
+    _set_fields_set(event, set(fields))
+    _set_extra(event, None)
+    _set_private(event, None)
+    return event
 
 
 def _part(event: Event) -> str | None:
     """What else tells an event's measurements apart: the LSTM's name, the gradient's stage (a pre- and a
-    post-clip measurement of one step are two things, never averaged together)."""
+    post-clip measurement of one step are two things, never averaged together), the timing's clock."""
     kind = event.kind
     if kind == "lstm_health":
         return event.name
     if kind == "head_grad_norms":
         return event.stage
+    if kind == "step_timing":
+        return event.clock  # GPU time and host time of one step are not added together
     return None
 
 
