@@ -71,28 +71,26 @@ class Batch:
         """Kind to its events, in order. Made on first use and kept: most rules look at one kind only."""
         index = self._by_kind
         if index is None:
-            index = self._by_kind = {}
-            for event in self.events:
-                bucket = index.get(event.kind)
-                if bucket is None:
-                    index[event.kind] = [event]
-                else:
-                    bucket.append(event)
+            index = self._by_kind = _index_by_kind(self.events)
         return index
-
 
     def update_index(self) -> dict[str, list[Event]]:
         """Kind to its combined per-update events (``updates``), in order. Made on first use and kept."""
         index = self._updates_by_kind
         if index is None:
-            index = self._updates_by_kind = {}
-            for event in self.updates:
-                bucket = index.get(event.kind)
-                if bucket is None:
-                    index[event.kind] = [event]
-                else:
-                    bucket.append(event)
+            index = self._updates_by_kind = _index_by_kind(self.updates)
         return index
+
+
+def _index_by_kind(events: list[Event]) -> dict[str, list[Event]]:
+    index: dict[str, list[Event]] = {}
+    for event in events:
+        bucket = index.get(event.kind)
+        if bucket is None:
+            index[event.kind] = [event]
+        else:
+            bucket.append(event)
+    return index
 
 
 class Stage:
