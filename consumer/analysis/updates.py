@@ -24,10 +24,12 @@ How each kind combines (documented again on the rules that read it):
 When does an update end? For a session that has so far sent at most one event of a kind per step,
 each event *is* its update and goes to the rules at once (no delay: the common case). Once a second
 event of the same step shows up, that key is combined from then on: an update's events go to the
-rules when the first event of another step of that key arrives, or when the session ends
-(``run_end``). The rest of the step in which the switch happened is left out (its first event was
-already judged): one update, once per session. Everything here depends on the order of events only,
-so replay combines exactly as the live run did; the pending events are checkpointed.
+rules when the first event of another step of that key arrives, when the session ends
+(``run_end``), or at the first clock tick ``QUIET_NS`` (2 s of arrival time) after its last event
+(a trainer that hung or died). The rest of the step in which the switch happened is left out (its
+first event was already judged): one update, once per session. Everything here depends on the order
+of events and the arrival times the log keeps, so replay combines exactly as the live run did; the
+pending events are checkpointed.
 """
 
 from __future__ import annotations
@@ -192,10 +194,16 @@ def _part(event: Event) -> str | None:
     return None
 
 
+QUIET_NS = 2_000_000_000
+"""An update still being gathered goes to the rules at the first clock tick 2 s (arrival time) after its
+last event: a trainer that hung or died mid-run still has its last update judged."""
+
+
 class _Key:
-    __slots__ = ("multi", "step", "pending", "skip_step")
+    __slots__ = ("multi", "step", "pending", "skip_step", "last_ns")
 
     def __init__(self) -> None:
+        self.last_ns = 0  # arrival time of the last pending event
         self.multi = False  # a step of this key has had more than one event: combine from now on
         self.step: int | None = None  # the step of the last event seen
         self.pending: list[Event] = []  # (multi) the events of the update being gathered
@@ -213,6 +221,13 @@ class UpdateCombiner(SyncStage):
     def consume_now(self, batch: Batch) -> None:
         updates: list[Event] = []
         keys = self._keys
+        if batch.tick:
+            for state in keys.values():
+                if state.pending and batch.recv_ns - state.last_ns >= QUIET_NS:
+                    updates.append(combine(state.pending))
+                    state.pending = []
+            batch.updates = updates
+            return
         for event in batch.events:
             kind = event.kind
             if kind not in COMBINED_KINDS:
@@ -239,6 +254,7 @@ class UpdateCombiner(SyncStage):
                 state.pending = []
             state.step = step
             state.pending.append(event)
+            state.last_ns = batch.recv_ns
         batch.updates = updates
 
     def _end_session(self, end: Event, updates: list[Event]) -> None:
@@ -257,15 +273,15 @@ class UpdateCombiner(SyncStage):
         return {
             "keys": [
                 [list(key), state.multi, state.step, state.skip_step,
-                 base64.b64encode(encode_events(state.pending)).decode() if state.pending else None]
+                 base64.b64encode(encode_events(state.pending)).decode() if state.pending else None, state.last_ns]
                 for key, state in self._keys.items()
             ]
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._keys.clear()
-        for key, multi, step, skip_step, pending in state.get("keys", []):
+        for key, multi, step, skip_step, pending, last_ns in state.get("keys", []):
             entry = _Key()
-            entry.multi, entry.step, entry.skip_step = multi, step, skip_step
+            entry.multi, entry.step, entry.skip_step, entry.last_ns = multi, step, skip_step, int(last_ns)
             entry.pending = list(decode_message(base64.b64decode(pending)).events) if pending else []
             self._keys[tuple(key)] = entry

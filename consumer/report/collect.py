@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
 
+from ..analysis.updates import COMBINED_KINDS
 from ..config import ConsumerConfig
 from ..pipeline import Batch, Stage
 from ..replay import replay
@@ -113,7 +114,8 @@ class ReportData:
 
 
 class SeriesRecorder(Stage):
-    """A pipeline stage that turns events into :class:`RankSeries` (one per run and rank)."""
+    """A pipeline stage that turns events into :class:`RankSeries` (one per run and rank): one point per
+    update, the update's events combined as the rules saw them (``simic.consumer.analysis.updates``)."""
 
     name = "report_recorder"
 
@@ -131,10 +133,16 @@ class SeriesRecorder(Stage):
         }
 
     async def consume(self, batch: Batch) -> None:
-        for event in batch.events:
+        # The measurements as the rules judged them (one per update: an update's events combined), the rest as sent.
+        for event in batch.updates:
             record = self._record.get(type(event))
             if record is not None:
                 record(event)
+        for event in batch.events:
+            if event.kind not in COMBINED_KINDS:
+                record = self._record.get(type(event))
+                if record is not None:
+                    record(event)
 
     def _group(self, event: Event) -> RankSeries:
         key = (event.run_id, event.rank)
@@ -172,8 +180,9 @@ class SeriesRecorder(Stage):
 
     def _lstm(self, event: LstmHealth) -> None:
         group = self._group(event)
+        suffix = "" if event.name is None else f"@{event.name}"  # several recurrent cores: a series each
         for name in LSTM_FIELDS:
-            group.lstm[name].add(event.step, getattr(event, name))
+            group.lstm[name + suffix].add(event.step, getattr(event, name))
         if event.has_nan:
             group.lstm_flags.append((event.step, "has_nan"))
         if event.has_inf:

@@ -383,15 +383,22 @@ def _rows_figure(b: _Builder, rows: list[tuple[str, str, list[tuple[str, dict[Gr
 
 
 def _lstm(b: _Builder) -> go.Figure | None:
-    def by(name: str) -> dict[GroupKey, Series]:
-        return {key: g.lstm[name] for key, g in b.data.groups.items() if name in g.lstm}
+    # A model with several recurrent cores (an actor's and a critic's LSTM) has a series per core: "h_norm@actor".
+    cores = sorted({key.partition("@")[2] for g in b.data.groups.values() for key in g.lstm})
+
+    def by(name: str, core: str) -> dict[GroupKey, Series]:
+        key = f"{name}@{core}" if core else name
+        return {group: g.lstm[key] for group, g in b.data.groups.items() if key in g.lstm}
+
+    def lines(*pairs: tuple[str, str]) -> list[tuple[str, dict[GroupKey, Series]]]:
+        return [(f"{label} ({core})" if core else label, by(name, core)) for core in cores for label, name in pairs]
 
     flags = {0: [flag for g in b.data.groups.values() for flag in g.lstm_flags]}
     return _rows_figure(b, [
-        ("L2 norm", "norm", [("h norm", by("h_norm")), ("c norm", by("c_norm"))]),
-        ("largest absolute value", "max |x|", [("h max |x|", by("h_max_abs")), ("c max |x|", by("c_max_abs"))]),
-        ("RMS (and the largest per-environment RMS)", "rms", [("h rms", by("h_rms")), ("c rms", by("c_rms")),
-                                                               ("h env max rms", by("h_env_max_rms")), ("c env max rms", by("c_env_max_rms"))]),
+        ("L2 norm", "norm", lines(("h norm", "h_norm"), ("c norm", "c_norm"))),
+        ("largest absolute value", "max |x|", lines(("h max |x|", "h_max_abs"), ("c max |x|", "c_max_abs"))),
+        ("RMS (and the largest per-environment RMS)", "rms", lines(("h rms", "h_rms"), ("c rms", "c_rms"),
+                                                                   ("h env max rms", "h_env_max_rms"), ("c env max rms", "c_env_max_rms"))),
     ], flags)
 
 

@@ -185,3 +185,36 @@ class TestUntrustedText:
         page = written.path.read_text()
         assert evil not in page
         assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+class TestPerUpdateSeries:
+    async def test_one_point_per_update_and_a_series_per_recurrent_core(self, tmp_path):
+        """Four gradient events per step become one point (their RMS, as the rules see it; the last update at
+        the clock tick after the run went quiet); an actor's and a critic's LSTM are two series, not one zigzag."""
+        from simic.consumer import ConsumerConfig
+        from simic.consumer.report.collect import collect
+        from simic.schemas import LogWriter, encode_events
+        from simic.schemas.eventlog import FRAME_TICK
+        from simic.schemas.models import HeadGradNorms, LstmHealth
+
+        envelope = dict(run_id="r", rank=0, session=1)
+        events, seq = [], 0
+        for step in range(5):
+            for value in (1.0, 2.0, 2.0, 1.0):
+                events.append(HeadGradNorms(**envelope, seq=seq, clock_ns=seq, step=step, norms={"a": value}, total=value))
+                seq += 1
+            for name, h in (("actor", 1.0), ("critic", 9.0)):
+                events.append(LstmHealth(**envelope, seq=seq, clock_ns=seq, step=step, h_norm=h, name=name))
+                seq += 1
+        with LogWriter(tmp_path / "log") as writer:
+            for i, event in enumerate(events):
+                writer.write(encode_events([event]), 1_700_000_000_000_000_000 + i)
+            writer.write(b"", 1_700_000_003_000_000_000, FRAME_TICK)  # 3 s later: the last update is complete
+        data = await collect([tmp_path / "log"], ConsumerConfig())
+        group = data.groups[("r", 0)]
+        points = group.head_norms["a"].sorted()
+        assert list(points.steps) == [0, 1, 2, 3, 4]
+        assert points.values[0] == 1.0  # step 0's first event, judged before a second one showed the cadence
+        assert all(math.isclose(v, math.sqrt(2.5)) for v in points.values[1:])
+        assert list(group.lstm["h_norm@actor"].sorted().values) == [1.0] * 5
+        assert list(group.lstm["h_norm@critic"].sorted().values) == [9.0] * 5
