@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from simic.producer import Emitter, EmitterSettings
+from tests import receiver as receivers
 from tests.receiver import Receiver
 
 @pytest.fixture
@@ -42,3 +44,20 @@ def ipc_receiver(zmq_context, ipc_endpoint) -> Receiver:
 def unbound_receiver(zmq_context, ipc_endpoint) -> Receiver:
     """A consumer that has not bound yet: ``bind()`` it when the test wants it to appear."""
     return Receiver(zmq_context, ipc_endpoint)
+
+
+@pytest.fixture
+def consumer(tmp_path: Path):
+    """A real PULL socket bound on ipc in the test's directory, decoding what arrives (the collector tests' consumer)."""
+    receiver = receivers.ipc_receiver(tmp_path)
+    yield receiver
+    receivers.close_all(receiver)
+
+
+@pytest.fixture
+def emitter(request, consumer: Receiver):
+    """An emitter sending to ``consumer``, its run named after the test module (no exit hooks)."""
+    run_id = request.module.__name__.rpartition(".")[2].removeprefix("test_").replace("_", "-")
+    emitter = Emitter(consumer.endpoint, run_id=run_id, settings=EmitterSettings(exit_hooks=False))
+    yield emitter
+    emitter.close()

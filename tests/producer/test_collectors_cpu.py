@@ -34,23 +34,9 @@ from simic.producer import (  # noqa: E402
 from simic.producer.collectors import NullTimer, Timer  # noqa: E402
 from simic.schemas import Event  # noqa: E402
 from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
-from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 
 
-
-@pytest.fixture
-def consumer(tmp_path: Path):
-    """A real PULL socket bound on ipc in the test's directory, decoding what arrives."""
-    receiver = ipc_receiver(tmp_path)
-    yield receiver
-    close_all(receiver)
-
-
-@pytest.fixture
-def emitter(consumer: Receiver):
-    emitter = Emitter(consumer.endpoint, run_id="collectors-cpu", settings=EmitterSettings(exit_hooks=False))
-    yield emitter
-    emitter.close()
 
 
 def received(consumer: Receiver, emitter: Emitter, kind: str) -> list[Event]:

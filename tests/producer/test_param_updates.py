@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 
@@ -16,23 +15,10 @@ torch = pytest.importorskip("torch")
 
 from simic.producer import Emitter, EmitterSettings, NullEmitter  # noqa: E402
 from simic.producer.collectors import NullParamUpdates, ParamUpdates  # noqa: E402
-from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 
 HEADS = ("move", "turn", "log_std", "value", "frozen")
 
-
-@pytest.fixture
-def consumer(tmp_path: Path):
-    receiver = ipc_receiver(tmp_path)
-    yield receiver
-    close_all(receiver)
-
-
-@pytest.fixture
-def emitter(consumer: Receiver):
-    emitter = Emitter(consumer.endpoint, run_id="param-updates", settings=EmitterSettings(exit_hooks=False))
-    yield emitter
-    emitter.close()
 
 
 def until(consumer: Receiver, kind: str) -> list:

@@ -6,32 +6,18 @@ Events are received on a real PULL socket over ipc and decoded as the consumer d
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from simic.producer import Emitter, EmitterSettings, NullEmitter  # noqa: E402
+from simic.producer import Emitter, NullEmitter  # noqa: E402
 from simic.producer.collectors import NullWatch, Watch  # noqa: E402
 from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
-from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 
 CLIP = 0.5
 
-
-@pytest.fixture
-def consumer(tmp_path: Path):
-    receiver = ipc_receiver(tmp_path)
-    yield receiver
-    close_all(receiver)
-
-
-@pytest.fixture
-def emitter(consumer: Receiver):
-    emitter = Emitter(consumer.endpoint, run_id="watch", settings=EmitterSettings(exit_hooks=False))
-    yield emitter
-    emitter.close()
 
 
 def received(consumer: Receiver, emitter: Emitter, kind: str) -> list:
