@@ -117,14 +117,12 @@ def config(**rules: dict) -> ConsumerConfig:
     return ConsumerConfig.model_validate({"rules": rules})
 
 
-async def play(items, cfg: ConsumerConfig | None = None, state: dict | None = None, *, combiner_state: dict | None = None,
-               rule_states: Pipeline | None = None) -> tuple[list[Alert], Pipeline]:
+async def play(items, cfg: ConsumerConfig | None = None, state: dict | None = None, *,
+               combiner_state: dict | None = None) -> tuple[list[Alert], Pipeline]:
     """Run arrivals through a full pipeline (every rule on); optionally start from a checkpoint (of the
-    rules: ``state``, or ``rule_states`` taken from a pipeline; of the ``updates`` stage: ``combiner_state``)."""
+    rules: ``state``; of the ``updates`` stage: ``combiner_state``)."""
     sink = RecordingSink()
     pipeline = build_pipeline(cfg or ConsumerConfig(), console=False, extra_sinks=[sink])
-    if rule_states is not None:
-        state = checkpoint(rule_states)
     if state is not None:
         for rule in pipeline.find(Rule):
             rule.load_state_dict(state[rule.name])

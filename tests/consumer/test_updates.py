@@ -13,7 +13,7 @@ import random
 from simic.consumer.analysis.updates import UpdateCombiner, combine
 from simic.consumer.pipeline import Batch
 from simic.schemas.models import HeadGradNorms, RunEnd, StepTiming
-from tests.consumer.test_rules import TYPICAL, Producer, Timeline, noisy, of, play
+from tests.consumer.test_rules import TYPICAL, Producer, Timeline, checkpoint, noisy, of, play
 
 
 def minibatches(p: Producer, step: int, rng: random.Random, count: int = 16, **norms) -> list:
@@ -63,7 +63,7 @@ class TestRulesCountUpdates:
         [stage] = [s for s in pipeline.stages if isinstance(s, UpdateCombiner)]
         state = json.loads(json.dumps(stage.state_dict(), allow_nan=False))
         assert any(pending for *_, pending in state["keys"]), "the split must fall inside an update"
-        rest, _ = await play(tl.items[91:], combiner_state=state, rule_states=pipeline)
+        rest, _ = await play(tl.items[91:], state=checkpoint(pipeline), combiner_state=state)
         assert [(a.rule, a.step, a.cleared) for a in first + rest] == [(a.rule, a.step, a.cleared) for a in whole]
         assert of(whole, "head_balance")
 

@@ -10,7 +10,6 @@ nothing was counted. Lightning's own code between the hooks runs as usual.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ pytest.importorskip("lightning", reason="needs the [lightning] extra")
 
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 from simic.producer.integrations.lightning import SimicCallback  # noqa: E402
+from tests.gpu.test_collectors_cuda import sync_forbidden  # noqa: E402
 from tests.integrations.test_lightning import Reference, example  # noqa: E402
 from tests.receiver import close_all, ipc_receiver  # noqa: E402
 
@@ -28,16 +28,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 STEPS = 20
 HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "_after_optimizer_step", "on_train_batch_end", "on_validation_end")
-
-
-@contextmanager
-def sync_forbidden():
-    """Any synchronizing CUDA call in the block raises."""
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
 
 
 class NoSyncCallback(SimicCallback):
