@@ -127,7 +127,7 @@ class Timer:
     the measurement becomes a ``step_timing`` event at a later ``flush()``.
     """
 
-    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_emitter")
+    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_marked", "_emitter")
 
     def __init__(self, name: str, timings: Timings, emitter: Any, *, step: int | None, torch: Any = None, stream: Any = None) -> None:
         self.name = name
@@ -140,6 +140,8 @@ class Timer:
         self._emitter = emitter
         self._pair: tuple[Any, Any] | None = None
         self._t0 = 0
+        self._t1 = 0
+        self._marked = False
 
     def start(self) -> "Timer":
         """Mark the start (records a CUDA event on the timer's stream, or reads the host clock)."""
@@ -175,6 +177,38 @@ class Timer:
             self._pair = None
             pair[1].record(self.stream)
             self._timings.cuda_done(pair, self.name, step)
+        except Exception as exc:
+            self._fail(exc)
+
+    def mark(self) -> None:
+        """Mark where the phase may end (records the end event again, or reads the host clock); :meth:`finish`
+        ends it at the last mark. A phase made of several parts whose last one is known only later (the
+        optimizer steps of one update) is measured this way, as one span."""
+        try:
+            if self.stream is None:
+                if self._t0:
+                    self._t1 = _perf_ns()
+                    self._marked = True
+                return
+            if self._pair is not None:
+                self._pair[1].record(self.stream)
+                self._marked = True
+        except Exception as exc:
+            self._fail(exc)
+
+    def finish(self, step: int) -> None:
+        """End the phase started by :meth:`start` at the last :meth:`mark`, for training ``step``; without a mark, nothing is measured."""
+        marked, self._marked = self._marked, False
+        try:
+            if self.stream is None:
+                if marked and self._t0:
+                    self._timings.cpu_done(self.name, step, (self._t1 - self._t0) / 1e6)
+                self._t0 = 0
+                return
+            pair = self._pair
+            if marked and pair is not None:
+                self._pair = None
+                self._timings.cuda_done(pair, self.name, step)
         except Exception as exc:
             self._fail(exc)
 

@@ -19,11 +19,16 @@ What ``step`` means, and how many samples a step sends:
   optimizer steps, ``samples`` says how many (a NaN or Inf in any of them stays in the result).
 
 Per step it also sends one ``lstm_health`` event per watched LSTM (the state of its last forward in
-the step, ``name`` set to the LSTM's name), one ``step_timing`` event with the phase ``train`` (from
-the first forward with gradients enabled, of the model or of one of its direct children, after an
-optimizer step, to the end of the next optimizer step: forward, backward, clip and step, not the
-rollouts or evaluations a trainer runs under ``no_grad``; the optimizer steps of one step add up), and a ``metrics`` event with ``optimizer/lr`` (the first parameter group's
-learning rate, when it is a number).
+the step, ``name`` set to the LSTM's name), one ``step_timing`` event with the phase ``train``, and a
+``metrics`` event with ``optimizer/lr`` (the first parameter group's learning rate, when it is a number).
+The ``train`` phase spans the step's training: from its first forward with gradients enabled (of the
+model or of one of its direct children) to the end of its last optimizer step. Forward, backward, clip
+and step are in it, and with several optimizer steps what runs between them; rollouts and evaluations
+under ``no_grad`` before the first such forward are not.
+
+With a counter, the step is over at the first forward (of the model, a direct child or a watched LSTM)
+or optimizer step that finds the counter moved on: it is sent then, so the next step's forwards
+never enter its LSTM state or its timing.
 
 With ``update_ratio=True`` (the default) it also sends one ``param_updates`` event per step: per head the
 update-to-weight ratio ``||theta_after - theta_before|| / ||theta_before||`` of each optimizer step, as
@@ -169,6 +174,7 @@ class Watch:
             self.emitter._collector_failed("watch:backward", exc)
 
     def _on_forward(self, module: Any, args: Any) -> None:
+        self._end_if_moved()
         # Only a forward that builds a graph starts the phase: rollouts and evaluation run under no_grad.
         if not self._timing_started and self._torch.is_grad_enabled() and not self.emitter.closed:
             self._timing_started = True
@@ -177,9 +183,23 @@ class Watch:
     def _lstm_hook(self, name: str) -> Callable[..., None]:
         def hook(module: Any, args: Any, output: Any) -> None:
             if isinstance(output, tuple) and len(output) == 2:
+                self._end_if_moved()
                 self._lstm_seen[name] = output[1]  # (h, c) of an LSTM, h of a GRU: a reference, no copy
 
         return hook
+
+    def _end_if_moved(self) -> None:
+        """A forward after the trainer's counter moved on: the step being built is over, send it now (its
+        LSTM state and its train phase are those before this forward)."""
+        if self._step_fn is None or self._pending is None or self.emitter.closed:
+            return
+        try:
+            moved = self._current_step() != self._pending
+        except Exception as exc:
+            self.emitter._collector_failed("watch:step", exc)
+            return
+        if moved:
+            self.end_step()
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Start of ``optimizer.step()``: copy the parameters it is about to change."""
@@ -208,8 +228,7 @@ class Watch:
                 self._measuring = False
                 self._updates.add(self._meter.after(), self._lr)
             if self._timer is not None and self._timing_started:
-                self._timing_started = False
-                self._timer.stop(step)
+                self._timer.mark()  # the phase ends at the step's last optimizer step
         except Exception as exc:
             self.emitter._collector_failed("watch:step", exc)
         finally:
@@ -255,7 +274,7 @@ class Watch:
         if mask is None:
             mask = like.new_zeros(like.shape)
             for i in self.groups.total:
-                mask[i] = 1.0  # a fill on the device, no host-to-device copy
+                mask.narrow(0, i, 1).fill_(1.0)  # a kernel with the value as its argument (``mask[i] = 1.0`` copies from the host and syncs)
             self._masks[like.device] = mask
         return mask
 
@@ -285,6 +304,9 @@ class Watch:
         if updates is not None:
             submit_param_updates(self._state.readouts, self._state.emit_param_updates, self.groups, step, updates,
                                  samples, lr)
+        if self._timer is not None and self._timing_started:
+            self._timing_started = False
+            self._timer.finish(step)
         seen, self._lstm_seen = self._lstm_seen, {}
         for name, hidden in seen.items():
             hidden = tuple(t.detach() for t in hidden) if isinstance(hidden, tuple) else hidden.detach()

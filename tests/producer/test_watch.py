@@ -181,6 +181,36 @@ class TestWatchOtherEvents:
         for event, state in zip(events, states):
             assert_matches(event, lstm_reference(*state))
 
+    def test_with_a_step_counter_the_state_is_the_last_forward_before_the_counter_moved(self, consumer, emitter) -> None:
+        """step=counter, four minibatches per update, a flush after each: each lstm_health is the state of
+        the update's last forward, not of the next update's first (which runs before the optimizer step
+        that sees the new value), and each update sends one step_timing whose train phase spans its
+        four optimizer steps."""
+        torch.manual_seed(8)
+        net = Policy()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        last = {}
+        net.lstm.register_forward_hook(lambda m, a, out: last.__setitem__("state", tuple(t.detach().clone() for t in out[1])))
+        update = [0]
+        watch = emitter.watch(net, optimizer, lstm={"core": net.lstm}, step=lambda: update[0])
+        states = []
+        for update[0] in range(3):
+            for _ in range(4):
+                optimizer.zero_grad()
+                net.loss().backward()
+                optimizer.step()
+                emitter.flush()
+            states.append(last["state"])
+        watch.close()
+        emitter.close()
+        events = consumer.until_run_end()
+        health = [e for e in events if e.kind == "lstm_health"]
+        assert [e.step for e in health] == [0, 1, 2]
+        for event, state in zip(health, states):
+            assert_matches(event, lstm_reference(*state))
+        timings = [e for e in events if e.kind == "step_timing"]
+        assert [(e.step, list(e.phases_ms)) for e in timings] == [(s, ["train"]) for s in range(3)]
+
     def test_the_train_phase_and_the_learning_rate_arrive_per_step(self, consumer, emitter) -> None:
         """One step_timing with a positive ``train`` phase and a metrics event with the optimizer's lr, per step."""
         torch.manual_seed(5)
