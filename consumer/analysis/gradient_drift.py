@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert, Event
 
+from ._rise import Rise, RiseLimits
 from ._rule import Capped, Rule, RuleConfig, register, subject_key
 from .ema import GradientEMATracker
 
@@ -44,9 +45,30 @@ class GradientDriftConfig(RuleConfig):
     vanishing_floor: float = Field(1e-8, ge=0)
     """A head whose norm is at or below this is not healthy (1e-8 moves no float32 weight)."""
     per_head: bool = True
-    """Also track each head's norm, with an alert per head."""
+    """Also judge each head's norm, with an alert per head (the judge below, not the EMA)."""
+    head_rise: float = Field(1.6, gt=1)
+    """A head's norm has drifted when it is more than 1.6 times its recent level (the median of its
+    last 10 usual updates, in log), *and* ``head_noise_z`` times its own jitter above it, *and*
+    above the highest of its last 24 usual updates (:mod:`._rise`). Per head, not the total's EMA: a small
+    head's norm (an RMS over an update's minibatches) swings 2x between healthy updates on some
+    trainers and 20% on others, and on SB3's RecurrentPPO a learned head's gradient jumps between
+    about 0.003 and 0.12 from one update to the next. Its own history says what is usual. After
+    ``warmup`` updates; values that drifted stay out of the usual."""
+    head_noise_z: float = Field(3.5, gt=0)
+    """Jitters (3.5) above the level: the robust spread of the head's update-to-update changes over its
+    last 24 usual updates (1.4826 x their MAD over the square root of 2, in log), at least ``head_min_spread``."""
+    head_new_high: float = Field(1.0, ge=1)
+    """...and above 1.0 times the highest of its last 24 usual updates (a head swinging between two
+    levels does not drift by swinging back up)."""
+    head_min_spread: float = Field(0.05, ge=0)
+    """The jitter counts as at least 0.05 in log (5%)."""
+    head_fire_after: int = Field(2, ge=1)
+    """Drifting updates in a row (2) that fire a head's alert. On the recorded runs of the three
+    detection trainers a head growing 1.25x per update fires 2 to 3 updates after onset, one scaled
+    10x on the second update, and 45 healthy runs raise nothing; so do the neighbouring settings
+    (rise 1.5-1.8, 3-4 jitters), which is why these were chosen (``docs/DETECTION.md``)."""
     fire_after: int = Field(3, ge=1)
-    """Three drifting updates within the last ``fire_window`` fire: single noisy minibatches are common
+    """For the total and grad health: three drifting updates within the last ``fire_window`` fire: single noisy minibatches are common
     in PPO, a lasting shift is not (the seed plan fired on one; on real runs that is a false alarm
     every few hundred updates)."""
     fire_window: int = Field(4, ge=1)
@@ -70,7 +92,7 @@ class _Run:
     def __init__(self, tracker: GradientEMATracker, subject: str) -> None:
         self.tracker = tracker
         self.warm = [0.0, 0.0, 0]  # running means of norm and health during the warmup, and their count
-        self.heads: dict[str, list] = {}  # head -> [ema, updates folded in (counted up to the warmup), recent]
+        self.heads: dict[str, Rise] = {}  # head -> its norm's recent history
         self.subject = subject
         self.head_subjects: dict[str, str] = {}
         self.recent = 0  # the total's last fire_window judgements, one bit each (1: drifted), newest lowest
@@ -87,7 +109,9 @@ class GradientDrift(Rule):
     """The gradient norm (or its health) moving away from its own recent average.
 
     Per (run, rank), a :class:`GradientEMATracker` follows the total norm and the *grad health* of
-    every ``head_grad_norms`` update, and a same-formula EMA follows each head's norm. Grad health is
+    every ``head_grad_norms`` update, and each head's norm is judged against its own recent history
+    (level, jitter and recent highest, ``head_*`` settings; a slow drift of one head shows there
+    long before it moves the total). Grad health is
     the share of the heads named in the event whose norm is finite and above ``vanishing_floor``
     (a head sent as None, without a gradient, counts as unhealthy): 1.0 when every head learns,
     0.8 when one of five died or went non-finite. An event without per-head norms leaves the health
@@ -98,8 +122,9 @@ class GradientDrift(Rule):
     hides exactly the drift looked for). Non-finite values are left out of the EMAs (the
     ``non_finite`` rule alerts on them); an unhealthy head is left out of its own EMA (``head_balance``
     reports dead heads) but lowers grad health. No flapping: the first ``warmup`` updates only
-    set the EMAs (their mean seeds them), then ``fire_after`` drifting updates in a row fire and
-    ``clear_after`` quiet ones clear.
+    set the EMAs (their mean seeds them) and the heads' histories, then ``fire_after`` drifting updates
+    of the last ``fire_window`` (a head: ``head_fire_after`` in a row) fire and ``clear_after`` quiet
+    ones clear.
     """
 
     name = "gradient_drift"
@@ -110,6 +135,8 @@ class GradientDrift(Rule):
     def __init__(self, config: GradientDriftConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._runs: dict[tuple[str, int], _Run] = Capped()
+        self._head_limits = RiseLimits(config.head_rise, config.head_noise_z, config.head_new_high, config.head_min_spread,
+                                       baseline=10, spread=24, warmup=config.warmup)
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms" or event.stage == "post_clip":
@@ -123,52 +150,19 @@ class GradientDrift(Rule):
         threshold = config.drift_threshold
         health_threshold = config.health_drift_threshold
         warmup = config.warmup
-        momentum = config.momentum
-        heads = run.heads
         per_head = config.per_head
-        rest = 1.0 - momentum
-        conditions = self._conditions
         window, count_needed = config.fire_window, config.fire_after
         head_alerts: list[Alert] | None = None
 
         # Per head (and the count of healthy heads on the way).
         healthy = 0
+        limits = self._head_limits
         for name, value in norms.items():
             if value is None or not floor < value < _INF:
-                continue  # unhealthy: lowers grad health, left out of the head's own EMA
+                continue  # unhealthy: lowers grad health, left out of the head's own history
             healthy += 1
-            if not per_head:
-                continue
-            ema_count = heads.get(name)
-            if ema_count is None:
-                heads[name] = [value, 1, 0]
-                continue
-            ema, count, recent = ema_count
-            if count < warmup:  # a running mean until the warmup is over (the count stops there), then the EMA
-                ema_count[0] = ema + (value - ema) / (count + 1)
-                ema_count[1] = count + 1
-                continue
-            ema_count[0] = momentum * ema + rest * value
-            drift = (value - ema) / (ema + 1e-8)  # growth only: a fading head is head_balance's and gradient_scale's
-            drifted = drift > threshold
-            if not (drifted or recent or conditions):
-                continue
-            recent, bad = _sustained(recent, drifted, window, count_needed)
-            ema_count[2] = recent
-            subject = run.head_subjects.get(name)
-            if subject is None:
-                subject = run.head_subjects[name] = subject_key(event, "head", name)
-            if bad or subject in conditions:
-                alert = self.observe(
-                    event,
-                    subject,
-                    bad,
-                    f"head {name!r} gradient drift at step {event.step}: norm {value:.4g} vs EMA {ema:.4g} "
-                    f"(drift {drift:.2f}, threshold {threshold})",
-                    {"head": name, "norm": value, "ema_norm": ema, "norm_drift": drift, "drift_threshold": threshold},
-                    clear_message=f"head {name!r} gradient drift over at step {event.step}: norm {value:.4g}",
-                    fire_after=1,
-                )
+            if per_head:
+                alert = self._judge_head(event, run, name, value, limits)
                 if alert:
                     head_alerts = (head_alerts or []) + [alert]
 
@@ -223,6 +217,33 @@ class GradientDrift(Rule):
             return [alert] + (head_alerts or [])
         return head_alerts
 
+    def _judge_head(self, event: Event, run: _Run, name: str, value: float, limits: RiseLimits) -> Alert | None:
+        """One head's norm against its own history (:mod:`._rise`); a rise for ``head_fire_after`` updates fires."""
+        rise = run.heads.get(name)
+        if rise is None:
+            rise = run.heads[name] = Rise()
+        x = math.log(value)
+        drifted, by = rise.judge(x, limits)
+        if not drifted:
+            rise.keep(x, limits)
+        subject = run.head_subjects.get(name)
+        if subject is None and (drifted or self._conditions):  # (not cached after a checkpoint is loaded)
+            subject = run.head_subjects[name] = subject_key(event, "head", name)
+        if not (drifted or subject in self._conditions):
+            return None
+        config = self.config
+        usual = value / math.exp(by)
+        return self.observe(
+            event,
+            subject,
+            drifted,
+            lambda: f"head {name!r} gradient drift at step {event.step}: norm {value:.4g} is {math.exp(by):.3g}x its usual "
+            f"{usual:.4g} (threshold {config.head_rise}x, {config.head_noise_z} jitters and its recent highest) for {config.head_fire_after} updates",
+            lambda: {"head": name, "norm": value, "usual_norm": usual, "factor": math.exp(by), "head_rise": config.head_rise},
+            clear_message=lambda: f"head {name!r} gradient drift over at step {event.step}: norm {value:.4g}",
+            fire_after=config.head_fire_after,
+        )
+
     def extra_state(self) -> dict[str, Any]:
         return {
             run.subject: {
@@ -231,7 +252,7 @@ class GradientDrift(Rule):
                 "warmup": list(run.warm),
                 "total": run.tracker.state_dict(),
                 "recent": run.recent,
-                "heads": {name: list(ema_count) for name, ema_count in run.heads.items()},
+                "heads": {name: rise.state() for name, rise in run.heads.items()},
             }
             for (run_id, rank), run in self._runs.items()
         }
@@ -245,5 +266,6 @@ class GradientDrift(Rule):
             norm, health, count = saved["warmup"]
             run.warm = [float(norm), float(health), int(count)]
             run.recent = int(saved.get("recent", 0))
-            run.heads = {name: [float(kept[0]), int(kept[1]), int(kept[2]) if len(kept) > 2 else 0]
-                         for name, kept in saved["heads"].items()}
+            # A head saved in the earlier form (an EMA: three numbers) starts anew.
+            run.heads = {name: Rise.from_state(kept) for name, kept in saved["heads"].items()
+                         if len(kept) == 2 and isinstance(kept[0], list)}

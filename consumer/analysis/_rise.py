@@ -1,0 +1,81 @@
+"""A value rising above its own history, judged on a log scale: the check ``update_ratio`` and
+``gradient_drift``'s per-head judge share (not a rule itself).
+
+A training signal that should not grow (a head's gradient norm, the optimizer's step for its
+learning rate) is noisy from update to update, trends slowly while a run learns, and on some
+trainers is bimodal (a head whose gradient fades to almost nothing on some updates and not on
+others). What "normal" is comes from the series itself, robustly:
+
+- its **level**: the median of its last ``baseline`` kept values (short, so it follows a slow trend);
+- its **jitter**: the robust spread of its update-to-update changes over the last ``spread`` kept
+  values (1.4826 x their MAD, over the square root of 2: the spread of one value around a level),
+  at least ``min_spread``. Changes, not levels, so a trend is not counted as noise.
+
+A value has risen when it is above the level by more than ``rise`` (a factor) *and* by more than
+``noise_z`` jitters *and* above the highest of the last ``spread`` kept values by ``new_high``
+(a factor): a series that swings between two levels does not rise by returning to its upper one,
+even after a stretch spent at the lower one (which is what the level follows). The caller
+keeps a value (:meth:`Rise.keep`) only when it did not rise, so a fault does not become the usual.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import NamedTuple
+
+__all__ = ["Rise", "RiseLimits"]
+
+
+class RiseLimits(NamedTuple):
+    """What counts as a rise; see the module. Factors, not logs."""
+
+    rise: float
+    noise_z: float
+    new_high: float
+    min_spread: float
+    baseline: int
+    spread: int
+    warmup: int
+
+
+class Rise:
+    """One series' recent log values, and the judge of a new one against them."""
+
+    __slots__ = ("values", "seen")
+
+    def __init__(self, values: list[float] | None = None, seen: int = 0) -> None:
+        self.values: list[float] = values if values is not None else []
+        """Log values kept, oldest first (at most ``max(baseline, spread + 1)``)."""
+        self.seen = seen
+        """Values offered so far (kept or not): the warm-up counts them."""
+
+    def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
+        """Whether log value ``x`` rose (see the module) and by how much over the level (in log; 0.0
+        during the warm-up). Counts ``x`` as seen; does not keep it."""
+        values = self.values
+        warm = self.seen >= limits.warmup and len(values) >= 3
+        self.seen += 1
+        if not warm:
+            return False, 0.0
+        rise = x - median(values[-limits.baseline:])
+        if rise <= math.log(limits.rise) or x <= max(values[-limits.spread:]) + math.log(limits.new_high):
+            return False, rise
+        window = values[-(limits.spread + 1):]
+        changes = [b - a for a, b in zip(window, window[1:])]
+        middle = median(changes)
+        jitter = max(limits.min_spread, 1.4826 * median(abs(c - middle) for c in changes) / math.sqrt(2.0))
+        return rise > limits.noise_z * jitter, rise
+
+    def keep(self, x: float, limits: RiseLimits) -> None:
+        """Add log value ``x`` to the history (a value that did not rise)."""
+        self.values.append(x)
+        del self.values[:-max(limits.baseline, limits.spread + 1)]
+
+    def state(self) -> list:
+        return [list(self.values), self.seen]
+
+    @classmethod
+    def from_state(cls, state: list) -> "Rise":
+        values, seen = state
+        return cls([float(v) for v in values], int(seen))
