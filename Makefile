@@ -45,9 +45,9 @@ bench: setup
 	$(PY) bench/emit_cost.py
 	$(PY) bench/wire_size.py
 
-# Injected faults on three trainers vs the rules (about 14 minutes on 2 cores; docs/DETECTION.md).
+# Injected faults on three trainers vs the rules (about 17 minutes on 2 cores; docs/DETECTION.md).
 detection: setup $(VENV)/.extras
-	$(PY) bench/detection.py --trainer all --seed-list 1-10,101-105 --tuning-seeds 1-10 --jobs 2 --what-if bench/seed-drift.toml
+	$(PY) bench/detection.py --trainer all --seed-list 1-10,101-105,201-205 --tuning-seeds 1-10,101-105 --jobs 2 --what-if bench/seed-drift.toml
 
 clean:
 	rm -rf $(VENV) demo-out simic-logs detection-results .pytest_cache .hypothesis
