@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import sys
 import time
 from pathlib import Path
 
