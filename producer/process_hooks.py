@@ -64,7 +64,7 @@ def open_emitters() -> list[Any]:
     """The open emitters now (a copy; safe to call from another thread)."""
     for _ in range(3):
         try:
-            return list(tuple(_open))
+            return list(_open)
         except RuntimeError:  # the set changed while being copied: copy again
             continue
     return []

@@ -40,6 +40,9 @@ On the CPU the event is made then; on CUDA it arrives at a later ``flush()``, li
 two norms, one subtraction) and one stack per optimizer step; about a dozen small kernels on a few
 values per head and optimizer step once per step (every 64 optimizer steps in a longer one). Nothing reads a device value on the host: the aggregate stays on the device until it
 goes through the readout path.
+
+Imports: ``readout`` (torch when first used). :class:`ParamUpdates` is made by the emitter's
+``Collectors`` and uses their ``failed`` and their emitter's ``closed``.
 """
 
 from __future__ import annotations

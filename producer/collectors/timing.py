@@ -12,6 +12,9 @@ The time measured is GPU time between the two records on the timer's stream, whi
 timer is made (the caller's current stream unless one is given). Without CUDA, or for a timer made
 with ``device="cpu"``, ``time.perf_counter_ns`` measures host time and the event says
 ``clock="cpu"``. Phases with the same name at the same step add up.
+
+Imports: ``readout`` (the counters); torch only as handed in by the caller. A :class:`Timer` reads and
+sets its emitter's current step (``_step``) and reports failures through the callable it is given.
 """
 
 from __future__ import annotations

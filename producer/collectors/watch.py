@@ -46,6 +46,9 @@ measures the accumulated gradient. With ``clip=max_norm`` the post-clip total is
 optimizer step as ``clip_grad_norm_`` scales it (``min(1, max_norm / (total + 1e-6))``). Nothing here
 reads a device value on the host: the aggregate stays on the device and goes through the readout
 path (pinned memory and a CUDA event) at the end of the step.
+
+Imports: ``grad_norms``, ``param_updates``, ``readout`` (torch when first used). A :class:`Watch` is made
+by the emitter's ``Collectors``: it measures through them and sends through their emitter.
 """
 
 from __future__ import annotations
