@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-deps test-cuda bench detection clean
+.PHONY: setup demo test test-deps test-cuda bench detection generate clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ bench: setup
 # Injected faults on three trainers vs the rules (about 17 minutes on 2 cores; docs/DETECTION.md).
 detection: setup $(VENV)/.extras
 	$(PY) bench/detection.py --trainer all --seed-list 1-10,101-105,201-205 --tuning-seeds 1-10,101-105 --jobs 2 --what-if bench/seed-drift.toml
+
+# producer/_emit_kinds.py (the emit_<kind> methods) from schemas/models.py; run it after changing a model
+# (tests/producer/test_emit_kinds.py fails until then).
+generate: setup
+	$(PY) -m simic.producer._codegen
 
 clean:
 	rm -rf $(VENV) demo-out simic-logs detection-results .pytest_cache .hypothesis

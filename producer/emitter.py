@@ -29,16 +29,23 @@ swaps in a new list; the delivery thread takes rows from the front of the curren
 (``rows = batch[:n]; del batch[:n]``, each one atomic call), so a row appended meanwhile lands
 after ``n`` and waits for the next send: no row is lost or sent twice, and the counters of sends
 (``sent``, ``dropped``, ``batches``, ``bytes``) change only under the lock.
+
+Where the rest lives: the collector methods (``timer``, ``head_grad_norms``, ``lstm_state``, ``watch``,
+...) hand their calls to the emitter's :class:`~simic.producer.collectors.emitter_collectors.Collectors`;
+the delivery thread is :mod:`simic.producer.delivery`; exit, signal and fork handling is
+:mod:`simic.producer.process_hooks`; the ``emit_<kind>`` methods are generated from the models into
+:mod:`simic.producer._emit_kinds` (``python -m simic.producer._codegen``).
+
+Imports: ``simic.schemas``, ``simic.producer.collectors`` (no torch at import), ``delivery``,
+``process_hooks``, ``_emit_kinds``, ``sidecar`` (only with ``spawn_consumer``), msgpack and pyzmq.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import operator
 import os
 import secrets
-import signal
 import socket as _socket
 import sys
 import threading
@@ -49,10 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import msgpack
 import zmq
 
-from simic.schemas.codec import KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION
-from simic.producer.collectors.mixin import CollectorsMixin, NullCollectorsMixin
-from simic.producer._kind_methods import emit_methods, null_emit_methods
-from simic.schemas.codec import DecodeError, decode_message
+from simic.schemas.codec import KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, DecodeError, decode_message
 from simic.schemas.endpoints import (
     CURVE_CLIENT_KEY_ENV,
     CURVE_SERVER_KEY_ENV,
@@ -62,6 +66,14 @@ from simic.schemas.endpoints import (
     alerts_endpoint_for,
 )
 from simic.schemas.models import Alert
+
+from . import _emit_kinds, delivery, process_hooks
+from .collectors.emitter_collectors import CollectorSettings, Collectors, NullGroups, clip_without_telemetry
+from .collectors.grad_norms import HeadGroups
+from .collectors.param_updates import NULL_PARAM_UPDATES, NullParamUpdates, ParamUpdates
+from .collectors.readout import CollectorStats
+from .collectors.timing import NullTimer, Timer
+from .collectors.watch import NullWatch, Watch
 
 __all__ = ["Emitter", "NullEmitter", "EmitterSettings", "EmitterStats"]
 
@@ -129,15 +141,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot send a value of type {type(value).__name__}")
 
 
-# Open emitters, held strongly until close(): an emitter the trainer dropped without closing (a local of
-# a main() that returned) must still send its pending events and run_end at exit.
-_live: "set[Emitter]" = set()
-_abandoned: list[Any] = []  # ZeroMQ objects inherited over fork: never touched, never freed, in the child
-_hooks_installed = False
-_hooks_lock = threading.Lock()
-
-
-class Emitter(CollectorsMixin):
+class Emitter:
     """Sends telemetry events to a ``simic-consumer`` over ZeroMQ. Never blocks, never raises.
 
     Args:
@@ -216,6 +220,7 @@ class Emitter(CollectorsMixin):
         self.settings = settings or EmitterSettings()
         self.stats = EmitterStats()
         self._flush_hooks: list[Callable[[], None]] = []
+        self._collectors = Collectors(self)
         self._delay_ns = int(self.settings.max_batch_delay_ms * 1e6)
         self._max_batch = self.settings.max_batch_events
         self._heartbeat_ns = int(self.settings.heartbeat_interval_s * 1e9)
@@ -226,11 +231,12 @@ class Emitter(CollectorsMixin):
         self._open_socket()  # before the session: run_start may be sent at once (max_batch_events=1)
         self._new_session()
         self.flush()
-        _live.add(self)
+        process_hooks.add_open(self)
+        process_hooks.after_fork_in_child(self._after_fork)
         if self.settings.exit_hooks:
-            _install_process_hooks()
+            process_hooks.install_exit_hooks()
         if self._background:
-            _start_delivery()
+            delivery.start()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -304,16 +310,20 @@ class Emitter(CollectorsMixin):
         return alerts
 
     def _after_fork(self) -> None:
-        """In a forked child: leave the parent's ZeroMQ objects alone (touching them would corrupt the
-        parent's) and start an own session; the child's socket opens when it first sends.
+        """In a forked child (called by :mod:`~simic.producer.process_hooks`): leave the parent's ZeroMQ
+        and CUDA objects alone (touching them would corrupt the parent's) and, when open, start an own
+        session; the child's socket opens when it first sends.
 
         The send lock is new (the parent's delivery thread may have held it at the fork). With
         background delivery the child's first ``emit`` sends at once: that opens the child's socket
         and starts the child's delivery thread (threads do not survive a fork), so a child that
         emits and then hangs still delivers. A child that never emits (a data-loader worker) opens
         nothing and starts nothing."""
+        self._collectors.after_fork()
+        if self._closed:
+            return
         self._send_lock = threading.RLock()
-        _abandoned.append((self._socket, getattr(self, "_alerts", None), self._context))
+        process_hooks.keep_inherited(self._socket, getattr(self, "_alerts", None), self._context)
         self._socket = self._context = self._alerts = None
         self._new_session()
         if self._background:
@@ -325,23 +335,23 @@ class Emitter(CollectorsMixin):
             return
         if self._socket is None and self._seq == 1:  # a forked child that never emitted: nothing to say
             self._closed = True
-            _live.discard(self)
+            process_hooks.discard_open(self)
             return
         self._closing = True  # the delivery thread leaves this emitter alone from here on
         # From here on a full queue is waited for, up to linger_ms in all: the last events (the
         # one showing the fault, and run_end with the counts) matter most.
         self._close_deadline_ns = _monotonic_ns() + self.settings.linger_ms * 1_000_000
         try:
-            self._drain_readouts()  # GPU readouts still in flight (bounded wait): the last ones matter most
+            self._collectors.drain()  # GPU readouts still in flight (bounded wait): the last ones matter most
             self._run_flush_hooks()
             with self._send_lock:  # waits for a background send in progress, so run_end's counts include it
                 self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
                 self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
-                          dropped=self.stats.dropped, error=error, readouts_dropped=self._readouts_dropped())
+                          dropped=self.stats.dropped, error=error, readouts_dropped=self._collectors.readouts_dropped())
                 self._send_batch()
         finally:
             self._closed = True
-            _live.discard(self)
+            process_hooks.discard_open(self)
             try:
                 if self._socket is not None:
                     remaining_ms = max(0, (self._close_deadline_ns - _monotonic_ns()) // 1_000_000)
@@ -403,6 +413,20 @@ class Emitter(CollectorsMixin):
         if len(batch) >= self._max_batch or now - self._batch_since >= self._delay_ns:
             self._send_batch()
 
+    # emit_<kind>(step=..., **fields): one per event kind, generated from the models (producer/_emit_kinds.py)
+    emit_run_start = _emit_kinds.emit_run_start
+    emit_step_timing = _emit_kinds.emit_step_timing
+    emit_head_grad_norms = _emit_kinds.emit_head_grad_norms
+    emit_lstm_health = _emit_kinds.emit_lstm_health
+    emit_ppo_update = _emit_kinds.emit_ppo_update
+    emit_profiler_trace = _emit_kinds.emit_profiler_trace
+    emit_heartbeat = _emit_kinds.emit_heartbeat
+    emit_run_end = _emit_kinds.emit_run_end
+    emit_alert = _emit_kinds.emit_alert
+    emit_metrics = _emit_kinds.emit_metrics
+    emit_episodes = _emit_kinds.emit_episodes
+    emit_param_updates = _emit_kinds.emit_param_updates
+
     def flush(self) -> None:
         """Turn ready GPU readouts into events and send the batch. Call it once per step."""
         if self._closed:
@@ -412,7 +436,7 @@ class Emitter(CollectorsMixin):
         if self._heartbeat_ns and now - max(self._last_send_ns, self._last_heartbeat_ns) >= self._heartbeat_ns:
             self._last_heartbeat_ns = now
             self.emit("heartbeat", step=self._step, sent=self.stats.sent, dropped=self.stats.dropped,
-                      readouts_dropped=self._readouts_dropped())
+                      readouts_dropped=self._collectors.readouts_dropped())
         self._send_batch()
 
     def _send_batch(self) -> None:
@@ -460,7 +484,7 @@ class Emitter(CollectorsMixin):
         if self._socket is None:
             self._open_socket()
             if self._background:  # a forked child's first send: its delivery thread starts here
-                _start_delivery()
+                delivery.start()
         try:
             self._socket.send(data, zmq.NOBLOCK, copy=True)
         except zmq.Again:
@@ -480,13 +504,6 @@ class Emitter(CollectorsMixin):
 
     _close_deadline_ns = 0
     _closing = False
-
-    def _readouts_dropped(self) -> int | None:
-        """GPU measurements dropped unread by the collectors (None when no collector ran)."""
-        if self.__dict__.get("_collectors") is None:
-            return None
-        stats = self.collector_stats
-        return stats.dropped + stats.timers_dropped
 
     def _wait_for_room(self) -> bool:
         """While closing (only then), wait for queue room until the close deadline."""
@@ -554,6 +571,150 @@ class Emitter(CollectorsMixin):
             except Exception as exc:  # a collector bug must not reach the trainer
                 self._warn_once(f"hook:{hook!r}", "simic emitter: flush hook failed: %r", exc)
 
+    # -- the collectors: GPU measurements that never wait (the emitter's Collectors do the work) ---
+
+    def configure_collectors(self, settings: CollectorSettings) -> None:
+        """Set ring and timer bounds. Call before the first collector call (later calls raise ValueError)."""
+        self._collectors.configure(settings)
+
+    @property
+    def collector_stats(self) -> CollectorStats:
+        """Counts of readouts submitted, resolved, dropped, pending and of failures."""
+        return self._collectors.stats
+
+    def head_groups(self, heads: Mapping[str, Any], *, params: Any = None) -> HeadGroups:
+        """Resolve heads once (see :class:`~simic.producer.collectors.grad_norms.HeadGroups`). Raises ValueError."""
+        return self._collectors.head_groups(heads, params=params)
+
+    def timer(self, name: str, *, step: int | None = None, stream: Any = None, device: Any = None) -> Timer:
+        """A timer for the phase ``name``, recording on ``stream`` (default: the current CUDA stream).
+
+        Host timing (``clock="cpu"``) when ``device="cpu"``, when CUDA is unavailable, or when the
+        trainer never imported torch. Use ``start()``/``stop(step)`` or ``with emitter.timer(name, step=s):``.
+        """
+        return self._collectors.timer(name, step=step, stream=stream, device=device)
+
+    def head_grad_norms(
+        self,
+        step: int,
+        heads: Any,
+        *,
+        stage: str | None = None,
+        max_norm: float | None = None,
+        clip_total: Any = None,
+        count_nonfinite: bool = False,
+    ) -> None:
+        """Per-head and total gradient L2 norms of the current ``.grad``\\ s, read back later.
+
+        Args:
+            step: training step the event is about.
+            heads: a :class:`HeadGroups` from :meth:`head_groups` (cheapest), or the mapping itself.
+            stage: ``"pre_clip"`` or ``"post_clip"`` (where in the step you call this), or None.
+            max_norm: the clipping threshold; with ``stage="pre_clip"`` the post-clip total is derived.
+            clip_total: what ``clip_grad_norm_`` returned (device tensor or float): the pre-clip total.
+            count_nonfinite: also count NaN/Inf gradient elements per head (four more fused passes;
+                off by default: a NaN/Inf norm already tells which heads are non-finite).
+        """
+        self._collectors.head_grad_norms(step, heads, stage=stage, max_norm=max_norm, clip_total=clip_total,
+                                         count_nonfinite=count_nonfinite)
+
+    def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
+        """``torch.nn.utils.clip_grad_norm_`` for the parameters ``heads`` covers, measured on the way.
+
+        Clips exactly as torch does (L2, ``max_norm / (total + 1e-6)`` clamped to 1) and returns the
+        pre-clip total norm as a tensor, like torch; the per-head norms come from the same
+        ``_foreach_norm`` pass, so measuring costs no extra reduction. The ``head_grad_norms`` event
+        (``stage="pre_clip"``, pre- and post-clip totals) follows after a later ``flush()``.
+
+        Args:
+            step: training step the event is about.
+            heads: a :class:`HeadGroups` made with ``params=`` the parameters to clip (all of them:
+                the total and the clip cover ``params``), or a mapping as for :meth:`head_grad_norms`.
+            max_norm: the clipping threshold.
+
+        Raises ValueError for heads that cannot be resolved (as :meth:`head_groups` does). Once the
+        heads are known it always clips, also when closed or when the measurement fails (counted).
+        """
+        return self._collectors.clip_grad_norm_(step, heads, max_norm)
+
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+        """Statistics of an LSTM state ``(h, c)`` (each ``(layers, envs, hidden)``), read back later.
+
+        ``env_mask`` (``(envs,)``, bool or 0/1) keeps only the environments to include. ``name`` tells
+        the states of a model with several recurrent cores apart (``"actor"``, ``"critic"``).
+        """
+        self._collectors.lstm_state(step, hidden, env_mask, name=name)
+
+    def ppo_update(self, step: int, **metrics: Any) -> None:
+        """PPO update metrics: any numeric scalar (Python, numpy, a CPU tensor, a one-element array or
+        CUDA tensor); ``entropy`` maps head -> value, or is one number for the whole policy.
+
+        Accepted names are the ``ppo_update`` event's fields: policy_loss, value_loss, entropy,
+        approx_kl, clip_fraction, ratio_min, ratio_max, explained_variance, learning_rate,
+        clip_range, loss.
+        """
+        self._collectors.ppo_update(step, metrics)
+
+    def metrics(self, step: int, values: Mapping[str, Any]) -> None:
+        """Named scalars the trainer logged for ``step`` (a loss, an accuracy), as a ``metrics`` event.
+
+        Values as for :meth:`ppo_update`: numbers, numpy scalars, CPU tensors or one-element CUDA tensors
+        (read back later, never waited for); None is sent as missing.
+        """
+        self._collectors.metrics(step, values)
+
+    def param_updates(self, step: int, heads: Any, *, optimizer: Any = None) -> ParamUpdates | NullParamUpdates:
+        """Measure the update-to-weight ratio per head of the ``optimizer.step()`` inside the block::
+
+            with emitter.param_updates(update, groups, optimizer=optimizer):
+                optimizer.step()
+
+        The optimizer steps of one ``step`` make one ``param_updates`` event (ratios and norms as root
+        mean squares over them, ``samples``), sent when a call names another step, at the first
+        ``flush()`` after a later step was named, or at close (see :mod:`simic.producer.collectors.param_updates`).
+
+        Args:
+            step: training step the optimizer step belongs to (a PPO loop's update number).
+            heads: a :class:`HeadGroups` from :meth:`head_groups` (pass the same one every time: its
+                parameter copies are allocated once), or the mapping itself.
+            optimizer: the optimizer, to send its first parameter group's learning rate (when a number).
+
+        Memory: one copy of the heads' parameters (those ``params=`` names too). The block always
+        runs; a measurement that fails is counted, never raised, and the exception of a failing
+        step propagates unchanged.
+        """
+        return self._collectors.param_updates(step, heads, optimizer=optimizer)
+
+    def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
+              clip: float | None = None, step: Any = None, timing: bool = True, update_ratio: bool = True) -> Watch:
+        """Instrument a torch trainer without editing its loop (see :mod:`simic.producer.collectors.watch`).
+
+        Args:
+            model: the ``nn.Module`` being trained; its trainable parameters make up the total norm.
+            optimizer: its optimizer; each ``step()`` ends a measurement (None: no per-step events).
+            heads: head name -> module | parameters | ``(param, rows)``, as for :meth:`head_groups`;
+                default: one head per child module with parameters (and per parameter of the model itself).
+            lstm: an ``nn.LSTM`` (or GRU), or a mapping name -> module: its last state in each step is sampled.
+            clip: the ``max_norm`` the trainer clips with, so the post-clip total can be derived.
+            step: None: every optimizer step is a step (0, 1, 2, ...). A callable returning the trainer's own
+                counter: the optimizer steps taken under one value make one step (norms: their RMS).
+            timing: measure the ``train`` phase (first forward with gradients enabled after an optimizer step
+                to the end of the next: forward, backward, clip, step; ``no_grad`` rollouts are left out).
+            update_ratio: measure each optimizer step's update-to-weight ratio per head and send a
+                ``param_updates`` event per step (as :meth:`param_updates` does). Costs one copy of the
+                measured (trainable) parameters in memory and four fused passes over them per optimizer
+                step: small for RL-sized models; False turns it off.
+
+        Returns a :class:`Watch`: ``end_step()`` sends the step being built, ``close()`` also removes the hooks.
+        Raises ValueError for arguments it cannot use; once installed, nothing raises into the trainer.
+        """
+        return self._collectors.watch(model, optimizer, heads=heads, lstm=lstm, clip=clip, step=step, timing=timing,
+                                      update_ratio=update_ratio)
+
+    def poll_readouts(self) -> None:
+        """Turn ready readouts and timings into events now (``flush()`` does this too). Never waits."""
+        self._collectors.poll()
+
     # -- construction from the environment ------------------------------------------------------
 
     @classmethod
@@ -574,26 +735,50 @@ class Emitter(CollectorsMixin):
         return cls(endpoint or None, **kwargs)
 
 
-class NullEmitter(NullCollectorsMixin):
-    """Telemetry switched off: the :class:`Emitter` interface, doing nothing, so trainers never branch."""
+class NullEmitter:
+    """Telemetry switched off: the :class:`Emitter` interface, doing nothing, so trainers never branch.
+
+    Every public method of :class:`Emitter` is here with the same parameters (a test holds them equal);
+    ``clip_grad_norm_`` still clips and ``param_updates`` still runs its block, as the trainer expects.
+    """
 
     endpoint = None
+    alerts_endpoint = None
     run_id = ""
     rank = 0
+    world_size = 1
+    heads: tuple[str, ...] = ()
+    device = None
     session = 0
     closed = False
     sidecar = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stats = EmitterStats()
+        self.config: dict[str, Any] = {}
+        self.settings = EmitterSettings()
 
     def emit(self, kind: str, *, step: int, **fields: Any) -> None:
         pass
 
+    # emit_<kind>: one per event kind, generated from the models (producer/_emit_kinds.py)
+    emit_run_start = _emit_kinds.null_emit_run_start
+    emit_step_timing = _emit_kinds.null_emit_step_timing
+    emit_head_grad_norms = _emit_kinds.null_emit_head_grad_norms
+    emit_lstm_health = _emit_kinds.null_emit_lstm_health
+    emit_ppo_update = _emit_kinds.null_emit_ppo_update
+    emit_profiler_trace = _emit_kinds.null_emit_profiler_trace
+    emit_heartbeat = _emit_kinds.null_emit_heartbeat
+    emit_run_end = _emit_kinds.null_emit_run_end
+    emit_alert = _emit_kinds.null_emit_alert
+    emit_metrics = _emit_kinds.null_emit_metrics
+    emit_episodes = _emit_kinds.null_emit_episodes
+    emit_param_updates = _emit_kinds.null_emit_param_updates
+
     def flush(self) -> None:
         pass
 
-    def poll_alerts(self) -> list:
+    def poll_alerts(self) -> list[Alert]:
         return []
 
     def close(self, status: str = "ok", error: str | None = None) -> None:
@@ -605,7 +790,58 @@ class NullEmitter(NullCollectorsMixin):
     def __enter__(self) -> "NullEmitter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pass
+
+    # -- the collectors, doing nothing (no torch) -------------------------------------------------
+
+    def configure_collectors(self, settings: CollectorSettings) -> None:
+        pass
+
+    @property
+    def collector_stats(self) -> CollectorStats:
+        return CollectorStats()
+
+    def head_groups(self, heads: Mapping[str, Any], *, params: Any = None) -> NullGroups:
+        return NullGroups(heads, None if params is None else list(params))
+
+    def timer(self, name: str, *, step: int | None = None, stream: Any = None, device: Any = None) -> NullTimer:
+        return NullTimer(name, step)
+
+    def head_grad_norms(
+        self,
+        step: int,
+        heads: Any,
+        *,
+        stage: str | None = None,
+        max_norm: float | None = None,
+        clip_total: Any = None,
+        count_nonfinite: bool = False,
+    ) -> None:
+        pass
+
+    def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
+        """Telemetry off: clips as ``torch.nn.utils.clip_grad_norm_`` over the heads' parameters."""
+        return clip_without_telemetry(heads, max_norm)
+
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+        pass
+
+    def ppo_update(self, step: int, **metrics: Any) -> None:
+        pass
+
+    def metrics(self, step: int, values: Mapping[str, Any]) -> None:
+        pass
+
+    def param_updates(self, step: int, heads: Any, *, optimizer: Any = None) -> NullParamUpdates:
+        """Telemetry off: a block that only runs its body."""
+        return NULL_PARAM_UPDATES
+
+    def watch(self, model: Any, optimizer: Any = None, *, heads: Mapping[str, Any] | None = None, lstm: Any = None,
+              clip: float | None = None, step: Any = None, timing: bool = True, update_ratio: bool = True) -> NullWatch:
+        return NullWatch()
+
+    def poll_readouts(self) -> None:
         pass
 
 
@@ -624,17 +860,6 @@ def _version() -> str | None:
         except Exception:
             _version_cache = None
     return _version_cache
-
-
-# -- process hooks: fork, exit, uncaught exceptions -----------------------------------------------
-
-
-def _close_all(status: str, error: str | None = None) -> None:
-    for emitter in list(_live):
-        try:
-            emitter.close(status, error)
-        except Exception:  # at exit, nothing may propagate
-            pass
 
 
 def _as_step(step: Any) -> int | None:
@@ -657,158 +882,3 @@ def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
         return json.loads(json.dumps(dict(config), default=str, allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config must be a mapping of JSON-like values: {exc}") from None
-
-
-def _on_sigterm(signum, frame) -> None:
-    """SIGTERM (a scheduler's preemption, ``kill``): send what is pending and run_end, then die as
-    the default action would. Installed only where the program had no handler of its own."""
-    _close_all("interrupted", "SIGTERM")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _excepthook(exc_type, exc, tb) -> None:
-    status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "error"
-    _close_all(status, f"{exc_type.__name__}: {exc}"[:4096])
-    _previous_excepthook(exc_type, exc, tb)
-
-
-_previous_excepthook = sys.excepthook
-
-
-def _install_process_hooks() -> None:
-    global _hooks_installed, _previous_excepthook
-    with _hooks_lock:
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-        atexit.register(_close_all, "exit")
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-# -- background delivery: one daemon thread per process ---------------------------------------------
-
-_WAKE_MIN_NS = 500_000
-"""Shortest sleep of the delivery thread (also how early a batch may be taken before it is due)."""
-_WAKE_MAX_NS = 3600 * 10**9
-"""Longest sleep (a huge ``max_batch_delay_ms``); a new emitter wakes the thread anyway."""
-_BUSY_RETRY_NS = 1_000_000
-"""Look again this soon at an emitter whose trainer held the send lock."""
-
-_delivery_lock = threading.Lock()  # guards _delivery_thread
-_delivery_wake = threading.Event()  # set: look at the emitters now (a new one, a shorter delay)
-_delivery_thread: threading.Thread | None = None
-
-
-def _start_delivery() -> None:
-    """Start the delivery thread if it is not running (lazily: at the first emitter that wants it, and
-    in a forked child at its first send); else wake it, so it sees a new emitter's delay."""
-    global _delivery_thread
-    with _delivery_lock:
-        thread = _delivery_thread
-        if thread is not None and thread.is_alive():
-            _delivery_wake.set()
-            return
-        thread = threading.Thread(target=_deliver_forever, args=(_delivery_wake,), name="simic-batch-delivery", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # interpreter shutting down: batches leave from emit/flush/close only
-            log.warning("simic emitter: background delivery not started (%s)", exc)
-            return
-        _delivery_thread = thread
-
-
-def _background_emitters() -> list["Emitter"]:
-    for _ in range(3):
-        try:
-            return [e for e in tuple(_live) if e._background and not e._closing]
-        except RuntimeError:  # _live changed while being copied: copy again
-            continue
-    return []
-
-
-def _deliver_forever(wake: threading.Event) -> None:
-    """The delivery thread: send due batches, sleep until the next is due (or a new emitter wakes it);
-    end when no emitter wants it. A daemon thread: it never keeps the interpreter alive, and at exit
-    ``close()`` makes it leave each emitter alone. It never raises."""
-    global _delivery_thread
-    me = threading.current_thread()
-    try:
-        while True:
-            wake.clear()
-            emitters = _background_emitters()
-            if not emitters:
-                with _delivery_lock:
-                    if not _background_emitters():  # re-checked under the lock _start_delivery takes
-                        if _delivery_thread is me:
-                            _delivery_thread = None
-                        return
-                continue
-            wake.wait(_deliver_due(emitters) / 1e9)
-    except BaseException:  # interpreter teardown (module globals going away): just stop
-        try:
-            with _delivery_lock:
-                if _delivery_thread is me:
-                    _delivery_thread = None
-        except BaseException:
-            pass
-
-
-def _deliver_due(emitters: list["Emitter"]) -> int:
-    """Send every batch whose oldest row has waited its emitter's delay; nanoseconds until the next
-    look: when the next pending row falls due, and at least once per delay (rows that arrive in an
-    empty batch are seen then, before they are due: none waits more than its delay)."""
-    now = _monotonic_ns()
-    wait_ns = _WAKE_MAX_NS
-    for emitter in emitters:
-        try:
-            delay = emitter._delay_ns
-            wait_ns = min(wait_ns, delay)
-            if emitter._socket is None or emitter._closing:
-                continue
-            batch = emitter._batch
-            if not batch:
-                continue
-            due = batch[0][2] + delay  # row[2]: the monotonic clock at emit
-            if due - now <= _WAKE_MIN_NS:
-                if not emitter._deliver_in_background():
-                    wait_ns = min(wait_ns, _BUSY_RETRY_NS)
-                    continue
-                now = _monotonic_ns()
-                batch = emitter._batch  # rows appended while sending
-                if not batch:
-                    continue
-                due = batch[0][2] + delay
-            wait_ns = min(wait_ns, due - now)
-        except Exception as exc:  # never raise in the thread; warn once per emitter
-            try:
-                emitter._warn_once("background", "simic emitter: background delivery failed: %r", exc)
-            except Exception:
-                pass
-    return max(_WAKE_MIN_NS, wait_ns)
-
-
-def _after_fork_in_child() -> None:
-    # Threads do not survive fork: the child's delivery thread starts with its first send. Its locks
-    # are new: the parent's thread may have held them at the fork.
-    global _delivery_lock, _delivery_wake, _delivery_thread
-    _delivery_lock = threading.Lock()
-    _delivery_wake = threading.Event()
-    _delivery_thread = None
-    for emitter in list(_live):
-        if not emitter._closed:
-            emitter._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# emit_<kind>(step=..., **fields) methods, generated from the models (see _kind_methods).
-for _name, _method in emit_methods().items():
-    setattr(Emitter, _name, _method)
-for _name, _method in null_emit_methods().items():
-    setattr(NullEmitter, _name, _method)
-del _name, _method

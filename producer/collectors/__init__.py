@@ -5,14 +5,14 @@ event and become events at a later ``flush()`` (``readout``). On top of it: phas
 (``timing``), per-head gradient norms (``grad_norms``), LSTM state statistics (``lstm_state``),
 PPO update metrics (``ppo``), the update-to-weight ratio per head around ``optimizer.step()``
 (``param_updates``), hooks that run them for an unedited loop (``watch``), the profiler wrapper (``profiler``) and the seed plan's synchronous
-API (``seed_api``). ``Emitter`` gets the collector methods from :class:`CollectorsMixin`;
-``NullEmitter`` the no-op twins from :class:`NullCollectorsMixin`.
+API (``seed_api``). Each ``Emitter`` owns one :class:`Collectors` (``emitter_collectors``), to which its
+collector methods hand their calls; ``NullEmitter`` has the same methods doing nothing.
 
 Importing this package does not import torch; the collectors import it when first used.
 """
 
 from .grad_norms import HeadGroups
-from .mixin import CollectorSettings, CollectorsMixin, NullCollectorsMixin
+from .emitter_collectors import CollectorSettings, Collectors
 from .param_updates import NullParamUpdates, ParamUpdates
 from .profiler import training_profiler
 from .readout import CollectorStats
@@ -21,8 +21,7 @@ from .timing import NullTimer, Timer
 from .watch import NullWatch, Watch
 
 __all__ = [
-    "CollectorsMixin",
-    "NullCollectorsMixin",
+    "Collectors",
     "CollectorSettings",
     "CollectorStats",
     "HeadGroups",

@@ -40,6 +40,9 @@ On the CPU the event is made then; on CUDA it arrives at a later ``flush()``, li
 two norms, one subtraction) and one stack per optimizer step; about a dozen small kernels on a few
 values per head and optimizer step once per step (every 64 optimizer steps in a longer one). Nothing reads a device value on the host: the aggregate stays on the device until it
 goes through the readout path.
+
+Imports: ``readout`` (torch when first used). :class:`ParamUpdates` is made by the emitter's
+``Collectors`` and uses their ``failed`` and their emitter's ``closed``.
 """
 
 from __future__ import annotations
@@ -226,12 +229,13 @@ class ParamUpdates:
     and the step runs as it would.
     """
 
-    def __init__(self, emitter: Any, state: Any, groups: Any) -> None:
+    def __init__(self, collectors: Any, state: Any, groups: Any) -> None:
         self.groups = groups
         self.meter = UpdateMeter(groups)
         self.pending: Any = None
         """The step being built (None: nothing pending)."""
-        self._emitter = emitter
+        self._emitter = collectors.emitter
+        self._failed = collectors.failed
         self._state = state
         self._aggregate = UpdateAggregate(self.meter)
         self._step: Any = None
@@ -250,7 +254,7 @@ class ParamUpdates:
             self.meter.before()
             self._armed = True
         except Exception as exc:
-            self._emitter._collector_failed("param_updates", exc)
+            self._failed("param_updates", exc)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -265,13 +269,13 @@ class ParamUpdates:
             try:
                 self.send()
             except Exception as exc:
-                self._emitter._collector_failed("param_updates", exc)
+                self._failed("param_updates", exc)
         try:
             row = self.meter.after()
             self._aggregate.add(row, learning_rate_of(self._optimizer))
             self.pending = step
         except Exception as exc:
-            self._emitter._collector_failed("param_updates", exc)
+            self._failed("param_updates", exc)
 
     def send(self) -> None:
         """Hand the pending step's aggregate to the readout path (nothing pending: nothing)."""

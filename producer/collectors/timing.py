@@ -12,6 +12,9 @@ The time measured is GPU time between the two records on the timer's stream, whi
 timer is made (the caller's current stream unless one is given). Without CUDA, or for a timer made
 with ``device="cpu"``, ``time.perf_counter_ns`` measures host time and the event says
 ``clock="cpu"``. Phases with the same name at the same step add up.
+
+Imports: ``readout`` (the counters); torch only as handed in by the caller. A :class:`Timer` reads and
+sets its emitter's current step (``_step``) and reports failures through the callable it is given.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from .readout import CollectorStats
 
@@ -123,13 +126,15 @@ def group_by_step(done: list[tuple[str, int, float, str]]) -> list[tuple[int, st
 class Timer:
     """A named phase timer: ``start()`` / ``stop(step)``, or ``with emitter.timer("update", step=s):``.
 
-    Made by :meth:`CollectorsMixin.timer`; reusable (start again after stop). ``stop`` never waits:
+    Made by :meth:`simic.producer.Emitter.timer`; reusable (start again after stop). ``stop`` never waits:
     the measurement becomes a ``step_timing`` event at a later ``flush()``.
     """
 
-    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_marked", "_emitter")
+    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_marked", "_emitter",
+                 "_failed")
 
-    def __init__(self, name: str, timings: Timings, emitter: Any, *, step: int | None, torch: Any = None, stream: Any = None) -> None:
+    def __init__(self, name: str, timings: Timings, emitter: Any, failed: Callable[[str, BaseException], None], *,
+                 step: int | None, torch: Any = None, stream: Any = None) -> None:
         self.name = name
         self.step = step
         self.stream = stream
@@ -137,7 +142,8 @@ class Timer:
         """``"cuda_event"`` (GPU time on ``stream``) or ``"cpu"`` (host time)."""
         self._timings = timings
         self._torch = torch
-        self._emitter = emitter
+        self._emitter = emitter  # whose current step a stop() without a step reports, and one with a step sets
+        self._failed = failed
         self._pair: tuple[Any, Any] | None = None
         self._t0 = 0
         self._t1 = 0
@@ -163,9 +169,9 @@ class Timer:
             if step is None:
                 step = self.step
             if step is None:
-                step = getattr(self._emitter, "_step", 0)
+                step = self._emitter._step
             elif type(step) is int:
-                self._emitter.__dict__["_step"] = step  # the trainer named its step: it is the current one
+                self._emitter._step = step  # the trainer named its step: it is the current one
             if self.stream is None:
                 if self._t0:
                     self._timings.cpu_done(self.name, step, (_perf_ns() - self._t0) / 1e6)
@@ -219,9 +225,7 @@ class Timer:
         self.stop()
 
     def _fail(self, exc: BaseException) -> None:
-        fail = getattr(self._emitter, "_collector_failed", None)
-        if fail is not None:
-            fail(f"timer:{self.name}", exc)
+        self._failed(f"timer:{self.name}", exc)
 
 
 class NullTimer:

@@ -46,6 +46,9 @@ measures the accumulated gradient. With ``clip=max_norm`` the post-clip total is
 optimizer step as ``clip_grad_norm_`` scales it (``min(1, max_norm / (total + 1e-6))``). Nothing here
 reads a device value on the host: the aggregate stays on the device and goes through the readout
 path (pinned memory and a CUDA event) at the end of the step.
+
+Imports: ``grad_norms``, ``param_updates``, ``readout`` (torch when first used). A :class:`Watch` is made
+by the emitter's ``Collectors``: it measures through them and sends through their emitter.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Watch:
     and :meth:`close` (or a ``with`` block) to send what is pending and remove every hook.
     """
 
-    def __init__(self, emitter: Any, state: Any, model: Any, optimizer: Any, *, heads: Mapping[str, Any] | None,
+    def __init__(self, collectors: Any, state: Any, model: Any, optimizer: Any, *, heads: Mapping[str, Any] | None,
                  lstm: Any, clip: float | None, step: Callable[[], int] | None, timing: bool,
                  update_ratio: bool = True) -> None:
         torch = torch_module()
@@ -101,7 +104,9 @@ class Watch:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.groups = HeadGroups(heads if heads is not None else default_heads(model), params=trainable or None)
         self.lstms = _lstm_modules(torch, lstm)
-        self.emitter = emitter
+        self.emitter = collectors.emitter
+        """The emitter the events go to."""
+        self._collectors = collectors
         self.clip = None if clip is None else float(clip)
         self.optimizer_steps = 0
         """Optimizer steps seen so far."""
@@ -121,7 +126,7 @@ class Watch:
         self._updates = UpdateAggregate(self._meter) if self._meter is not None else None
         self._measuring = False
         first = next(iter(self.groups.params))
-        self._timer = emitter.timer(TRAIN_PHASE, device=first.device) if timing else None
+        self._timer = collectors.timer(TRAIN_PHASE, device=first.device) if timing else None
         self._timing_started = False
         self._engine = torch.autograd.Variable._execution_engine
         self._handles: list[Any] = []
@@ -149,7 +154,7 @@ class Watch:
                 self._engine.queue_callback(self._after_backward)
             except Exception as exc:
                 self._queued = False
-                self.emitter._collector_failed("watch:backward", exc)
+                self._collectors.failed("watch:backward", exc)
 
     def _after_backward(self) -> None:
         """End of a backward pass: reduce every measured gradient (``.grad``, accumulated, pre-clip)."""
@@ -171,7 +176,7 @@ class Watch:
                 entries = torch.stack([norms[k] if k >= 0 else zero for k in positions])
                 self._latest = (entries, tuple(k >= 0 for k in positions))
         except Exception as exc:
-            self.emitter._collector_failed("watch:backward", exc)
+            self._collectors.failed("watch:backward", exc)
 
     def _on_forward(self, module: Any, args: Any) -> None:
         self._end_if_moved()
@@ -196,7 +201,7 @@ class Watch:
         try:
             moved = self._current_step() != self._pending
         except Exception as exc:
-            self.emitter._collector_failed("watch:step", exc)
+            self._collectors.failed("watch:step", exc)
             return
         if moved:
             self.end_step()
@@ -210,7 +215,7 @@ class Watch:
             self._meter.before()
             self._measuring = True
         except Exception as exc:
-            self.emitter._collector_failed("watch:update_ratio", exc)
+            self._collectors.failed("watch:update_ratio", exc)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """End of ``optimizer.step()``: the measurement of the backward before it joins its step."""
@@ -230,7 +235,7 @@ class Watch:
             if self._timer is not None and self._timing_started:
                 self._timer.mark()  # the phase ends at the step's last optimizer step
         except Exception as exc:
-            self.emitter._collector_failed("watch:step", exc)
+            self._collectors.failed("watch:step", exc)
         finally:
             self.optimizer_steps += 1
         if self._step_fn is None:
@@ -287,7 +292,7 @@ class Watch:
         try:
             self._submit()
         except Exception as exc:
-            self.emitter._collector_failed("watch:step", exc)
+            self._collectors.failed("watch:step", exc)
 
     def _submit(self) -> None:
         step, self._pending = self._pending, None
@@ -310,7 +315,7 @@ class Watch:
         seen, self._lstm_seen = self._lstm_seen, {}
         for name, hidden in seen.items():
             hidden = tuple(t.detach() for t in hidden) if isinstance(hidden, tuple) else hidden.detach()
-            emitter.lstm_state(step, hidden, name=name)
+            self._collectors.lstm_state(step, hidden, name=name)
         if self._lr is not None:
             emitter.emit("metrics", step=step, values={"optimizer/lr": self._lr})
         emitter._step = step

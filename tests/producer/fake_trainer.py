@@ -14,7 +14,13 @@ from simic.producer import Emitter, EmitterSettings
 
 
 def fork_child(emitter: Emitter, mode: str) -> None:
-    """In the forked child: emit on the child's own session, or exit at once without emitting."""
+    """In the forked child: emit on the child's own session (with a timer too), or exit at once without emitting."""
+    if mode == "fork_collectors":
+        with emitter.timer("child", step=100, device="cpu"):
+            pass
+        emitter.flush()
+        emitter.close()
+        os._exit(0)
     if mode == "fork":
         for step in range(100, 103):
             emitter.emit("heartbeat", step=step)
@@ -38,7 +44,10 @@ def main(mode: str, endpoint: str) -> None:
         return  # no close(): the interpreter's exit sends run_end
     if mode == "sys_exit":
         sys.exit(3)
-    if mode in ("fork", "fork_silent"):
+    if mode == "fork_collectors":  # a timing measured, not yet flushed, at the fork: the parent's, not the child's
+        with emitter.timer("parent", step=2, device="cpu"):
+            pass
+    if mode in ("fork", "fork_silent", "fork_collectors"):
         pid = os.fork()
         if pid == 0:
             fork_child(emitter, mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from simic.producer import Emitter, EmitterSettings, EmitterStats, NullEmitter
+from simic.schemas.codec import KINDS
 
 QUIET = dict(exit_hooks=False, heartbeat_interval_s=0, max_batch_delay_ms=1e9, linger_ms=1000)
 """Settings that make batching depend on flush() and max_batch_events only (no clock, no process hooks)."""
@@ -314,11 +316,31 @@ class TestLifecycle:
         assert receiver.drain() == []
 
 
+def public(obj) -> set[str]:
+    return {name for name in dir(obj) if not name.startswith("_")}
+
+
 class TestNullEmitter:
-    def test_has_the_emitter_interface(self):
-        """Every public method and attribute of Emitter exists on NullEmitter, so trainers never branch."""
-        public = {name for name in dir(Emitter) if not name.startswith("_")} - {"from_env"}
-        assert public <= set(dir(NullEmitter))
+    def test_has_exactly_the_emitter_interface(self, receiver, emitters):
+        """A NullEmitter has every public method and attribute an Emitter has, and no other, so trainers
+        never branch (``from_env``, the constructor that picks between them, is Emitter's alone)."""
+        emitter = emitters(receiver.endpoint)
+        assert public(NullEmitter()) == public(emitter) - {"from_env"}
+
+    def test_methods_take_the_same_parameters(self):
+        """Each public method of NullEmitter takes exactly the parameters of Emitter's (names, kinds,
+        defaults, annotations); properties are properties on both or attributes on NullEmitter."""
+        checked = set()
+        for name in sorted(public(Emitter) - {"from_env"}):
+            ours, null = inspect.getattr_static(Emitter, name), inspect.getattr_static(NullEmitter, name)
+            if not inspect.isfunction(ours):
+                assert not inspect.isfunction(null), name
+                continue
+            assert inspect.isfunction(null), name
+            assert list(inspect.signature(null).parameters.values())[1:] == \
+                list(inspect.signature(ours).parameters.values())[1:], name
+            checked.add(name)
+        assert {"emit", "flush", "close", "timer", "watch", "clip_grad_norm_", *(f"emit_{kind}" for kind in KINDS)} <= checked
 
     def test_does_nothing_and_never_raises(self):
         """NullEmitter accepts every call, including unknown kinds, and counts nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import subprocess
 import sys
@@ -93,6 +94,20 @@ class TestFork:
         assert (parent[-1].status, parent[-1].sent) == ("ok", 7)
         assert child[0].session != parent[0].session
 
+    def test_forked_child_starts_its_collectors_afresh(self, ipc_receiver):
+        """A timing measured before the fork and not yet flushed is sent by the parent only; the child's collectors
+        start empty: its own timing, and run_end counting its readouts from zero."""
+        events, done = run_trainer("fork_collectors", ipc_receiver, sessions=2)
+        assert done.returncode == 0, done.stderr
+        child_pid = int(done.stdout.split()[1])
+        sessions = by_session(events)
+        child = next(s for s in sessions.values() if s[0].pid == child_pid)
+        parent = next(s for s in sessions.values() if s[0].pid == done.pid)
+        assert [(e.step, e.phases_ms.keys()) for e in child if e.kind == "step_timing"] == [(100, {"child"})]
+        assert [(e.step, e.phases_ms.keys()) for e in parent if e.kind == "step_timing"] == [(2, {"parent"})]
+        assert (child[-1].kind, child[-1].readouts_dropped) == ("run_end", 0)
+        assert (parent[-1].kind, parent[-1].readouts_dropped) == ("run_end", 0)
+
     def test_forked_child_that_never_emits_sends_nothing(self, ipc_receiver):
         """A forked child that exits without emitting sends nothing (not even the parent's pending events), and the parent is unharmed."""
         events, done = run_trainer("fork_silent", ipc_receiver)
@@ -146,3 +161,51 @@ class TestSigterm:
         assert code == -_signal.SIGTERM
         assert [e.kind for e in events] == ["run_start", "step_timing", "run_end"]
         assert events[-1].status == "interrupted" and events[-1].error == "SIGTERM"
+
+
+HOOK_CALLS = {"os.register_at_fork", "atexit.register", "signal.signal"}
+
+
+class TestOneModule:
+    def test_only_process_hooks_installs_process_hooks(self):
+        """atexit, signal handlers, sys.excepthook and at-fork handlers are installed in producer/process_hooks.py
+        only, and the at-fork handler once: one fork registry."""
+        root = Path(__file__).parents[2] / "producer"
+        found: dict[str, list[str]] = {}
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+                    name = f"{node.func.value.id}.{node.func.attr}"
+                elif isinstance(node, ast.Assign) and any(ast.unparse(t) == "sys.excepthook" for t in node.targets):
+                    name = "sys.excepthook ="
+                else:
+                    continue
+                if name in HOOK_CALLS or name == "sys.excepthook =":
+                    found.setdefault(path.relative_to(root).as_posix(), []).append(name)
+        assert set(found) == {"process_hooks.py"}, found
+        assert found["process_hooks.py"].count("os.register_at_fork") == 1
+
+    def test_fork_registry_runs_callbacks_in_order_and_forgets_collected_objects(self):
+        """In the child, before its own code: the registered callbacks in registration order; a bound method whose
+        object was garbage collected is not called (the registry holds it weakly); the parent runs none."""
+        script = (
+            "import gc, os\n"
+            "from simic.producer import process_hooks\n"
+            "calls = []\n"
+            "class Owner:\n"
+            "    def __init__(self, name): self.name = name\n"
+            "    def renew(self): calls.append(self.name)\n"
+            "process_hooks.after_fork_in_child(lambda: calls.append('function'))\n"
+            "kept, gone = Owner('kept'), Owner('gone')\n"
+            "process_hooks.after_fork_in_child(kept.renew)\n"
+            "process_hooks.after_fork_in_child(gone.renew)\n"
+            "del gone; gc.collect()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    print('child', calls, flush=True); os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "print('parent', calls, flush=True)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["child ['function', 'kept']", "parent []"]
