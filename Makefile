@@ -33,7 +33,7 @@ test: setup $(VENV)/.extras test-deps
 # prometheus and prometheus-alertmanager scrape real sidecars and route their alerts
 # (tests/cluster; docs/OPERATIONS.md). Tests that need a missing binary skip and say which.
 TEST_DEBS := chromium prometheus prometheus-alertmanager
-TEST_BINS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
+TEST_BINS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool
 
 test-deps:
 	@missing=""; for bin in $(TEST_BINS); do [ -x "$$bin" ] || missing="$$missing $$bin"; done; \

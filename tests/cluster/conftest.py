@@ -183,6 +183,15 @@ def rules_for_test(changes: dict[str, dict[str, Any]]) -> dict:
     return rules
 
 
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every query in deploy/grafana-dashboard.json: panels, annotations, variables."""
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    queries = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    queries += [(f"annotation {a['name']}", a["expr"]) for a in dashboard["annotations"]["list"]]
+    queries += [(f"variable {v['name']}", v["definition"]) for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return queries
+
+
 def run_tool(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=WAIT_S)
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

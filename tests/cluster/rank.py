@@ -2,8 +2,8 @@
 
 ``python rank.py ENDPOINT RUN_ID RANK WORLD_SIZE [--nan-at STEP] [--step-every N]``
 
-It loops every 20 ms, one message per iteration (the gradient norms of its heads, as a trainer's
-update would send them), until SIGUSR1 asks it to end the run: then it closes its emitter, which
+It loops every 20 ms, one message per iteration (gradient norms, LSTM state, PPO numbers, as a
+trainer's update would send them), until SIGUSR1 asks it to end the run: then it closes its emitter, which
 sends ``run_end`` (status ok), and exits 0. The faults the tests drive:
 
 - ``--nan-at STEP``: the total gradient norm of that one step is NaN (a diverging rank);
@@ -41,6 +41,8 @@ def main() -> None:
             step = iteration // args.step_every
             total = float("nan") if step == args.nan_at and iteration % args.step_every == 0 else 1.0
             emitter.emit("head_grad_norms", step=step, norms={"policy": 0.8, "value": 0.6}, total=total)
+            emitter.emit("lstm_health", step=step, h_rms=0.3, c_rms=0.5)
+            emitter.emit("ppo_update", step=step, approx_kl=0.01, entropy={"policy": 1.2})
             emitter.flush()
             iteration += 1
 

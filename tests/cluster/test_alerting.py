@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from urllib.parse import urlencode
 
 from simic.producer import Emitter
 
 from .conftest import (
-    DEPLOY, WAIT_S, Server, binary, load_yaml, needs, prometheus_config, rules_for_test, run_tool, start_alertmanager,
+    DEPLOY, WAIT_S, Server, binary, dashboard_queries, load_yaml, needs, prometheus_config, rules_for_test, run_tool, start_alertmanager,
     start_prometheus, until, write_yaml,
 )
 
@@ -117,6 +118,18 @@ def _drive_faults(tmp_path, nodes, prometheus: Server, alertmanager: Server, ran
     # A straggler on node 1 against fast ranks on node 0: only the view across nodes sees it.
     (diverge,) = until("ranks-diverge alert", lambda: alerts(alertmanager, "SimicRanksDiverge", run_id=RUN), explain)
     assert receivers(diverge) == ["chat"]
+
+    # Every query of the Grafana dashboard, its variables set to this run, draws this run's data.
+    for where, query in dashboard_queries():
+        if query.startswith("label_values("):  # Grafana's, not PromQL: the series and label it lists
+            metric, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+            query = f"count by ({label}) ({metric})"
+        query = query.replace("$run_id", RUN).replace("$node", NODES[0]).replace("$__rate_interval", "1m")
+        answer = prometheus.get("/api/v1/query?" + urlencode({"query": query}))
+        assert answer["status"] == "success" and answer["data"]["result"], f"dashboard {where}: {query} drew nothing: {answer}"
+        if where == "Training step per rank":
+            assert {(r["metric"]["node"], r["metric"]["rank"]) for r in answer["data"]["result"]} == {
+                (NODES[0], "0"), (NODES[0], "1"), (NODES[1], "2"), (NODES[1], "3")}
 
     # Rank 0 ends its run; then rank 2 is stopped (hung). Rank 2 is called silent, rank 0 never is,
     # although rank 0 has been quiet for longer.
