@@ -15,11 +15,14 @@ from pathlib import Path
 
 from simic.producer import Emitter
 
-from .conftest import WAIT_S
+from tests.consumer.test_metrics import scrape, value
+
+from .conftest import WAIT_S, until
 
 RUN = "multi"
-ITERATIONS = 160
-SLOW = 4  # node 1 makes one step every SLOW iterations: 120 steps behind at the end (rank_divergence: > 100)
+ITERATIONS = 200
+SLOW = 4  # node 1 makes one step every SLOW iterations: 150 steps behind at the end (rank_divergence: > 100)
+IN_STEP = 20  # every IN_STEP iterations, wait until both sidecars have every rank's newest step
 NAN = (1, 10)  # rank 1 (node 0) sends a NaN total norm at step 10
 
 
@@ -35,15 +38,26 @@ def key(alert: dict) -> tuple:
     return alert["rule"], alert["severity"], alert["cleared"], alert["run_id"], alert["rank"], alert["step"]
 
 
+def step_of(rank: int, iteration: int) -> int:
+    return iteration if rank < 2 else iteration // SLOW
+
+
 def record_two_nodes(tmp_path: Path, socket_dir: Path, daemons) -> None:
-    nodes = [daemons(f"ipc://{socket_dir}/node-{i}.ipc", tmp_path / f"node-{i}" / "logs") for i in range(2)]
+    """Four ranks, two per node, sending as fast as they can. A sidecar reads its ranks' connections
+    in turns of its own choosing, so the ranks of a node are kept within IN_STEP steps of each other
+    on arrival by waiting, now and then, for the sidecar to have them all (its metrics say)."""
+    nodes = [daemons(f"ipc://{socket_dir}/node-{i}.ipc", tmp_path / f"node-{i}" / "logs", "--metrics-port", "0") for i in range(2)]
+    urls = [node.wait_for("serving metrics on").rsplit(" ", 1)[1].strip() for node in nodes]
     emitters = {rank: Emitter(nodes[rank // 2].endpoint, run_id=RUN, rank=rank, world_size=4, heads=["policy", "value"]) for rank in range(4)}
     for i in range(ITERATIONS):
         for rank, emitter in emitters.items():
-            step = i if rank < 2 else i // SLOW
+            step = step_of(rank, i)
             total = float("nan") if (rank, step) == NAN else 1.0
             emitter.emit("head_grad_norms", step=step, norms={"policy": 0.8, "value": 0.6}, total=total)
             emitter.flush()
+        if i % IN_STEP == IN_STEP - 1:
+            until(f"every rank's step of iteration {i} at its sidecar", lambda: all(
+                value(scrape(urls[rank // 2]), "simic_last_step", run_id=RUN, rank=str(rank)) == step_of(rank, i) for rank in emitters))
     for rank, emitter in emitters.items():
         emitter.close()
         nodes[rank // 2].wait_for(f"run {RUN} rank {rank} session")  # "... ended (ok)": all of it was received
@@ -64,7 +78,7 @@ class TestLogsOfSeveralNodes:
         sessions = summary["runs"][RUN]
         assert [s["rank"] for s in sessions] == [0, 1, 2, 3]
         assert all(s["status"] == "ok" and s["lost"] == 0 for s in sessions)
-        assert [s["last_step"] for s in sessions] == [ITERATIONS - 1] * 2 + [(ITERATIONS - 1) // SLOW] * 2
+        assert [s["last_step"] for s in sessions] == [step_of(rank, ITERATIONS - 1) for rank in range(4)]
 
         # The NaN was seen live on node 0 and again in the replay.
         assert ("non_finite", "critical", False, RUN, 1, 10) in {key(a) for a in live}
