@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 import pytest
 import yaml
 
-from tests.consumer.conftest import Cli, Daemon, WAIT_S, cli, consumer_command, daemons  # noqa: F401
+from tests.consumer.conftest import WAIT_S, daemons  # noqa: F401  (daemons: the real simic-consumer fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -215,6 +215,15 @@ class Ranks:
             if proc.poll() is None:
                 proc.kill()  # SIGKILL ends a SIGSTOPped process too
             proc.wait(timeout=WAIT_S)
+
+
+@pytest.fixture
+def servers():
+    """Prometheus and Alertmanager processes a test started (append them): all stopped at the end."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

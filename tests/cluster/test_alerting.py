@@ -52,7 +52,7 @@ def receivers(alert: dict) -> list[str]:
     return [receiver["name"] for receiver in alert["receivers"]]
 
 
-def test_faults_on_two_nodes_reach_alertmanager_grouped_by_run(tmp_path: Path, socket_dir, daemons, ranks):
+def test_faults_on_two_nodes_reach_alertmanager_grouped_by_run(tmp_path: Path, socket_dir, daemons, ranks, servers):
     """A NaN on one rank, a stopped rank, a straggler and a sidecar going down each raise the
     documented alert in Alertmanager, routed by severity and grouped by run across nodes; a rank
     that ended its run is never called silent."""
@@ -72,19 +72,17 @@ def test_faults_on_two_nodes_reach_alertmanager_grouped_by_run(tmp_path: Path, s
     rules = write_yaml(engine / "simic-alerts.yml", rules_for_test(SHORT))
     run_tool(binary("promtool"), "check", "rules", rules)
     alertmanager = start_alertmanager(engine, DEPLOY / "alertmanager.yml")
+    servers.append(alertmanager)
     alertmanager.wait_ready()
     config = write_yaml(engine / "prometheus.yml", prometheus_config(
         targets=targets, alertmanager=alertmanager.base.removeprefix("http://"), interval="1s"))
     prometheus = start_prometheus(engine, config)
-    try:
-        prometheus.wait_ready()
-        _drive_faults(tmp_path, nodes, prometheus, alertmanager, ranks)
-    finally:
-        prometheus.stop()
-        alertmanager.stop()
+    servers.append(prometheus)
+    prometheus.wait_ready()
+    _drive_faults(nodes, prometheus, alertmanager, ranks)
 
 
-def _drive_faults(tmp_path, nodes, prometheus: Server, alertmanager: Server, ranks) -> None:
+def _drive_faults(nodes, prometheus: Server, alertmanager: Server, ranks) -> None:
     explain = lambda: prometheus.log_tail(10) + "\n" + alertmanager.log_tail(10)  # noqa: E731
 
     def scraped() -> bool:

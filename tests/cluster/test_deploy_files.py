@@ -9,7 +9,6 @@ import shutil
 import time
 import urllib.request
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simic.producer import Emitter
