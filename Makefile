@@ -29,13 +29,19 @@ demo: setup
 test: setup $(VENV)/.extras test-deps
 	$(PY) -m pytest -q
 
-# System packages the tests use: Debian's chromium renders the HTML report headless.
+# System packages the tests use: Debian's chromium renders the HTML report headless; Debian's
+# prometheus and prometheus-alertmanager scrape real sidecars and route their alerts
+# (tests/cluster; docs/OPERATIONS.md). Tests that need a missing binary skip and say which.
+TEST_DEBS := chromium prometheus prometheus-alertmanager
+TEST_BINS := /usr/bin/chromium /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool
+
 test-deps:
-	@if [ -x /usr/bin/chromium ]; then :; \
+	@missing=""; for bin in $(TEST_BINS); do [ -x "$$bin" ] || missing="$$missing $$bin"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" != 0 ]; then \
-		echo "test-deps: /usr/bin/chromium is missing and this is not root, so it is not installed (the report rendering tests will skip); as root: apt-get install chromium"; \
+		echo "test-deps:$$missing missing and this is not root, so they are not installed (the report rendering and Prometheus/Alertmanager tests will skip); as root: apt-get install $(TEST_DEBS)"; \
 	else \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_DEBS); \
 	fi
 
 test-cuda: setup

@@ -14,12 +14,13 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_messages_rejected_total{reason}                whole messages refused
     simic_events_rejected_total{reason}                  single events refused
     simic_alerts_total{rule,severity}                    alerts fired
+    simic_run_alerts_total{run_id,rank,rule,severity}    alerts fired, by the run and rank they are about
     simic_alerts_cleared_total{rule}                     alerts cleared
     simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
     simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
     simic_log_frames_lost_total                          event-log frames that could not be written
     simic_last_step{run_id,rank}                         newest training step
-    simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived
+    simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived; none once it ended its run
     simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
     simic_grad_norm_global{run_id,rank,stage}            newest total norm: pre_clip, post_clip, total
     simic_lstm_state_rms{run_id,rank,state}              newest RMS of h and c
@@ -82,6 +83,8 @@ class MetricsSink(Stage):
         self.rejected_messages = PromCounter("simic_messages_rejected", "Whole messages refused, by reason.", ["reason"], registry=r)
         self.rejected_events = PromCounter("simic_events_rejected", "Single events refused, by reason.", ["reason"], registry=r)
         self.alerts = PromCounter("simic_alerts", "Alerts fired, by rule and severity.", ["rule", "severity"], registry=r)
+        self.run_alerts = PromCounter("simic_run_alerts", "Alerts fired, by the run and rank they are about.",
+                                      ["run_id", "rank", "rule", "severity"], registry=r)
         self.alerts_cleared = PromCounter("simic_alerts_cleared", "Alerts cleared, by rule.", ["rule"], registry=r)
         self.alerts_active = Gauge("simic_alerts_active", "Alert conditions fired and not yet cleared.", ["rule", "run_id", "rank"], registry=r)
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
@@ -148,6 +151,7 @@ class MetricsSink(Stage):
                 self._active[labels] = max(0, self._active[labels] - 1)
             else:
                 self.alerts.labels(alert.rule, alert.severity).inc()
+                self.run_alerts.labels(alert.run_id, labels[2], alert.rule, alert.severity).inc()
                 self._active[labels] += 1
             self.alerts_active.labels(*labels).set(self._active[labels])
         if not batch.events:
@@ -168,6 +172,8 @@ class MetricsSink(Stage):
                 self._set(self.approx_kl, (run_id, rank), event.approx_kl)
                 for name, value in event.entropy.items():
                     self.entropy.labels(run_id, rank, name).set(value)
+        if batch.of_kind("run_end"):
+            self._ended(head.run_id, head.rank)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -185,7 +191,8 @@ class MetricsSink(Stage):
         self.last_step.labels(*labels).set(step)
         if (run_id, rank) not in self._last_recv_ns:
             key = (run_id, rank)
-            self.last_event_age.labels(*labels).set_function(lambda: (time.time_ns() - self._last_recv_ns[key]) / 1e9)
+            # .get: a scrape may read the age just after the rank ended (_ended): 0, not an error.
+            self.last_event_age.labels(*labels).set_function(lambda: (time.time_ns() - self._last_recv_ns.get(key, time.time_ns())) / 1e9)
         self._last_recv_ns[(run_id, rank)] = recv_ns
         state = self._accounting.producers.get((run_id, rank, session)) if self._accounting is not None else None
         if state is not None:
@@ -196,6 +203,12 @@ class MetricsSink(Stage):
                 self.lost.labels(*labels)  # the series exists (at 0) from the first event on
             self._lost_seen[state.key] = state.lost
             self.producer_dropped.labels(*labels).set(state.producer_dropped)
+
+    def _ended(self, run_id: str, rank: int) -> None:
+        """A rank that ended its run is not silent: its message age goes (until it sends again)."""
+        if (run_id, rank) in self._last_recv_ns:
+            self.last_event_age.remove(run_id, str(rank))
+            del self._last_recv_ns[(run_id, rank)]
 
     def _grads(self, run_id: str, rank: str, event: HeadGradNorms) -> None:
         if event.stage != "post_clip":

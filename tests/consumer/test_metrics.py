@@ -98,7 +98,8 @@ class TestMetricsEndpoint:
         assert value(samples, "simic_ppo_entropy", run_id="metrics", rank="0", head="slot") == 1.5
         assert value(samples, "simic_last_step", run_id="metrics", rank="0") == STEPS - 1
         assert value(samples, "simic_last_step", run_id="gappy", rank="1") == 2
-        assert value(samples, "simic_last_event_age_seconds", run_id="metrics", rank="0") >= 0
+        assert value(samples, "simic_last_event_age_seconds", run_id="metrics", rank="0") is None  # it ended its run: not silent
+        assert value(samples, "simic_run_alerts_total", run_id="metrics", rank="0", rule="non_finite", severity="critical") == 1
         assert value(samples, "simic_queue_capacity_messages") == ConsumerConfig().daemon.queue_messages
         assert value(samples, "simic_queue_depth_messages") is not None
         assert value(samples, "simic_log_frames_lost_total") == 0
