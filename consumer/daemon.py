@@ -35,6 +35,7 @@ from simic.schemas.eventlog import FRAME_TICK
 from .accounting import Accounting
 from .backpressure import ByteBoundedQueue
 from .build import build_pipeline
+from .claim import EndpointClaim, claim_endpoint
 from .config import ConsumerConfig
 from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
 from .pipeline import Pipeline, Stage
@@ -82,6 +83,10 @@ class DaemonOptions:
     """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
 
+def _alerts_endpoint(options: DaemonOptions) -> str | None:
+    return alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
+
+
 def _say(message: str) -> None:
     try:
         print(f"simic-consumer: {message}", flush=True)
@@ -112,7 +117,7 @@ class _Daemon:
     def _build(self) -> Pipeline:
         options = self.options
         extra: list[Stage] = []
-        alerts_endpoint = alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
+        alerts_endpoint = _alerts_endpoint(options)
         if alerts_endpoint:
             extra.append(PubAlertSink(alerts_endpoint, curve=options.curve))
         extra.extend(options.extra_sinks)
@@ -217,20 +222,33 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
             pass
 
     watch = ProcessWatch(options.exit_with_pid) if options.exit_with_pid is not None else None  # ProcessGone: not running
+    claims: list[EndpointClaim] = []
     try:
-        return await _serve(options, loop, stop, watch)
+        # One daemon per endpoint: refused here (EndpointInUse) before anything is read, written or bound.
+        claims.append(claim_endpoint(options.endpoint))
+        alerts_endpoint = _alerts_endpoint(options)
+        if alerts_endpoint:
+            claims.append(claim_endpoint(alerts_endpoint, role="alerts endpoint"))
+        return await _serve(options, loop, stop, watch, claims)
     finally:
+        for claim in claims:
+            claim.release()
         if watch is not None:
             watch.close()
 
 
-async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, watch: ProcessWatch | None) -> int:
+async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, watch: ProcessWatch | None,
+                 claims: list[EndpointClaim]) -> int:
     config = options.config
     options.log_dir.mkdir(parents=True, exist_ok=True)
     daemon = _Daemon(options)
     await daemon.restore()
     pipeline = daemon.pipeline
-    await pipeline.start()
+    try:
+        await pipeline.start()
+    except Exception:  # the alerts endpoint taken in the meantime, a metrics port in use, ...
+        await pipeline.close()
+        raise
     source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm, curve=options.curve)
     try:
         endpoint = source.bind()
@@ -238,7 +256,12 @@ async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: 
         await pipeline.close()
         raise
     options.bound = endpoint
+    for claim in claims:
+        claim.bound()
     _say(f"pid {os.getpid()}" + (f", stopping when process {watch.pid} exits (watched by {watch.how})" if watch is not None else ""))
+    for claim in claims:
+        if claim.reclaimed:
+            _say(claim.reclaimed)
     _say(f"listening on {endpoint}")
     for sink in pipeline.find(PubAlertSink):
         _say(f"publishing alerts on {sink.endpoint}")
