@@ -39,6 +39,7 @@ from .claim import EndpointClaim, claim_endpoint
 from .config import ConsumerConfig
 from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
 from .pipeline import Pipeline, Stage
+from .retention import first_kept_segments
 from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
@@ -143,25 +144,33 @@ class _Daemon:
         if position is False:
             self.pipeline = self._build()  # no usable checkpoint: fresh state, the whole log
             position = None
+        self.log_sink.checkpointed(position)  # until the next checkpoint, a restart reads from there
         frames = 0
+        cut_heads = first_kept_segments([self.options.log_dir]) if position is None else set()
+        (accounting,) = self.pipeline.find(Accounting)
         for frame in frames_after(self.options.log_dir, position):
+            if cut_heads:
+                accounting.after_cut = frame.path in cut_heads
             if frame.type == FRAME_TICK:
                 await self.pipeline.tick(frame.recv_ns, catching_up=True, note=frame.payload)
             else:
                 await self.pipeline.consume(frame.payload, frame.recv_ns, catching_up=True)
             frames += 1
+        accounting.after_cut = False
         if frames or self.state_path.exists():
             _say(f"restored state from {self.state_path.name if self.state_path.exists() else 'the log'}, caught up on {frames} logged frames")
 
     async def checkpoint(self) -> None:
         await self.pipeline.flush()
-        save_checkpoint(self.state_path, self.pipeline, self.log_sink.position)
+        position = self.log_sink.position
+        save_checkpoint(self.state_path, self.pipeline, position)
+        self.log_sink.checkpointed(position)
 
     async def process(self, queue: asyncio.Queue) -> None:
         flush_every_ns = 100_000_000
         checkpoint_every_ns = int(self.config.daemon.checkpoint_interval_s * 1e9)
         last_flush = last_checkpoint = time.monotonic_ns()
-        pipeline = self.pipeline
+        pipeline, log_sink = self.pipeline, self.log_sink
         while True:
             raw, recv_ns = await queue.get()
             try:
@@ -174,11 +183,12 @@ class _Daemon:
             finally:
                 queue.task_done()
             now = time.monotonic_ns()
-            if now - last_checkpoint >= checkpoint_every_ns:
+            if now - last_checkpoint >= checkpoint_every_ns or log_sink.checkpoint_wanted:  # wanted: a segment was closed
                 try:
                     await self.checkpoint()
                 except OSError as error:
                     log.warning("checkpoint failed: %s", error)
+                    log_sink.checkpoint_wanted = False  # tried: the next one comes at the interval
                 last_checkpoint = last_flush = now
             elif queue.empty() or now - last_flush >= flush_every_ns:
                 await pipeline.flush()

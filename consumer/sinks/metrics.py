@@ -18,6 +18,10 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
     simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
     simic_log_frames_lost_total                          event-log frames that could not be written
+    simic_log_segments_removed_total{reason}             closed log segments removed by retention (max_total_bytes, max_age)
+    simic_log_bytes_removed_total{reason}                bytes of those segments
+    simic_log_segments_compressed_total                  closed log segments compressed (zstd)
+    simic_log_bytes                                      bytes the log's segments take on disk (after the last maintenance pass)
     simic_last_step{run_id,rank}                         newest training step
     simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived
     simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
@@ -44,6 +48,8 @@ from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
 from ..accounting import Accounting
 from ..pipeline import Batch, Pipeline, Stage
 from .event_log import EventLogSink
+
+RETENTION_REASONS = ("max_total_bytes", "max_age")
 
 __all__ = ["MetricsSink"]
 
@@ -87,6 +93,16 @@ class MetricsSink(Stage):
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
         self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
+        self.segments_removed = PromCounter("simic_log_segments_removed", "Closed event-log segments removed by retention, by reason.",
+                                            ["reason"], registry=r)
+        self.bytes_removed = PromCounter("simic_log_bytes_removed", "Bytes of the event-log segments removed by retention, by reason.",
+                                         ["reason"], registry=r)
+        for reason in RETENTION_REASONS:  # the series exist at 0 from the start (alert rules need them)
+            self.segments_removed.labels(reason)
+            self.bytes_removed.labels(reason)
+        self.segments_compressed = PromCounter("simic_log_segments_compressed", "Closed event-log segments compressed.", registry=r)
+        self.log_bytes = Gauge("simic_log_bytes", "Bytes the event log's segments take on disk (after the last maintenance pass).", registry=r)
+        self._maintenance_seen: dict[str, int] = {}
         self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
         self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
@@ -217,6 +233,26 @@ class MetricsSink(Stage):
         if lost > self._frames_lost_seen:
             self.frames_lost.inc(lost - self._frames_lost_seen)
             self._frames_lost_seen = lost
+        for sink in self._logs:
+            if sink.maintenance is not None:
+                self._count_maintenance(sink.maintenance.counts)
+
+    def _count_maintenance(self, counts) -> None:
+        """What the log's maintenance thread did since the last batch (its counts only grow)."""
+        now = {"compressed": counts.segments_compressed}
+        for reason in RETENTION_REASONS:
+            now[f"segments:{reason}"] = counts.segments_removed[reason]
+            now[f"bytes:{reason}"] = counts.bytes_removed[reason]
+        for name, value in now.items():
+            grown = value - self._maintenance_seen.get(name, 0)
+            if grown > 0:
+                if name == "compressed":
+                    self.segments_compressed.inc(grown)
+                else:
+                    what, reason = name.split(":")
+                    (self.segments_removed if what == "segments" else self.bytes_removed).labels(reason).inc(grown)
+            self._maintenance_seen[name] = value
+        self.log_bytes.set(counts.log_bytes)
 
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
