@@ -41,6 +41,7 @@ from collections import Counter
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
@@ -93,16 +94,7 @@ class MetricsSink(Stage):
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
         self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
-        self.segments_removed = PromCounter("simic_log_segments_removed", "Closed event-log segments removed by retention, by reason.",
-                                            ["reason"], registry=r)
-        self.bytes_removed = PromCounter("simic_log_bytes_removed", "Bytes of the event-log segments removed by retention, by reason.",
-                                         ["reason"], registry=r)
-        for reason in RETENTION_REASONS:  # the series exist at 0 from the start (alert rules need them)
-            self.segments_removed.labels(reason)
-            self.bytes_removed.labels(reason)
-        self.segments_compressed = PromCounter("simic_log_segments_compressed", "Closed event-log segments compressed.", registry=r)
-        self.log_bytes = Gauge("simic_log_bytes", "Bytes the event log's segments take on disk (after the last maintenance pass).", registry=r)
-        self._maintenance_seen: dict[str, int] = {}
+        r.register(_LogMaintenanceCollector(self))  # read from the maintenance thread's counts when scraped
         self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
         self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
@@ -233,26 +225,9 @@ class MetricsSink(Stage):
         if lost > self._frames_lost_seen:
             self.frames_lost.inc(lost - self._frames_lost_seen)
             self._frames_lost_seen = lost
-        for sink in self._logs:
-            if sink.maintenance is not None:
-                self._count_maintenance(sink.maintenance.counts)
 
-    def _count_maintenance(self, counts) -> None:
-        """What the log's maintenance thread did since the last batch (its counts only grow)."""
-        now = {"compressed": counts.segments_compressed}
-        for reason in RETENTION_REASONS:
-            now[f"segments:{reason}"] = counts.segments_removed[reason]
-            now[f"bytes:{reason}"] = counts.bytes_removed[reason]
-        for name, value in now.items():
-            grown = value - self._maintenance_seen.get(name, 0)
-            if grown > 0:
-                if name == "compressed":
-                    self.segments_compressed.inc(grown)
-                else:
-                    what, reason = name.split(":")
-                    (self.segments_removed if what == "segments" else self.bytes_removed).labels(reason).inc(grown)
-            self._maintenance_seen[name] = value
-        self.log_bytes.set(counts.log_bytes)
+    def maintenance_counts(self) -> list:
+        return [sink.maintenance.counts for sink in self._logs if sink.maintenance is not None]
 
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
@@ -264,3 +239,30 @@ class MetricsSink(Stage):
                 pass
         else:
             gauge.labels(*labels).set(value)
+
+
+class _LogMaintenanceCollector:
+    """The event log's maintenance (compression, retention), as counted by its thread since the daemon
+    started, read at each scrape: a removal shows at once, not at the next message or tick."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        counts = self.sink.maintenance_counts()
+        removed = CounterMetricFamily("simic_log_segments_removed", "Closed event-log segments removed by retention, by reason.",
+                                      labels=["reason"])
+        removed_bytes = CounterMetricFamily("simic_log_bytes_removed", "Bytes of the event-log segments removed by retention, by reason.",
+                                            labels=["reason"])
+        for reason in RETENTION_REASONS:  # every reason from the start, at 0 (alert rules need the series)
+            removed.add_metric([reason], sum(c.segments_removed[reason] for c in counts))
+            removed_bytes.add_metric([reason], sum(c.bytes_removed[reason] for c in counts))
+        yield removed
+        yield removed_bytes
+        yield CounterMetricFamily("simic_log_segments_compressed", "Closed event-log segments compressed.",
+                                  value=sum(c.segments_compressed for c in counts))
+        yield GaugeMetricFamily("simic_log_bytes", "Bytes the event log's segments take on disk (after the last maintenance pass).",
+                                value=sum(c.log_bytes for c in counts))

@@ -80,7 +80,9 @@ class TestRetentionInTheDaemon:
         assert not any((log_dir / r["segment"]).exists() for r in records)
         *closed, live = segment_paths(log_dir)
         assert live.suffix == ".simlog"  # the segment last written is never compressed by the daemon that writes it
-        assert any(p.name.endswith(".zst") for p in closed)
+        compressed = [line.split("event log: compressed ", 1)[1].split(" ", 1)[0] for line in daemon.output if "event log: compressed " in line]
+        for name in compressed:  # each compressed segment replaced its plain file, unless retention removed it since
+            assert not (log_dir / name).exists() and ((log_dir / f"{name}.zst").exists() or f"{name}.zst" in [r["segment"] for r in records])
         assert metrics['simic_log_segments_removed_total{reason="max_total_bytes"}'] >= 1
         assert metrics['simic_log_segments_removed_total{reason="max_age"}'] == 0
         assert metrics["simic_log_segments_compressed_total"] >= 1
