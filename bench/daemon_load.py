@@ -59,7 +59,7 @@ from simic.consumer import ConsumerConfig  # noqa: E402
 from simic.consumer.replay import replay  # noqa: E402
 from simic.producer import Emitter, EmitterSettings, spawn_consumer  # noqa: E402
 from simic.schemas.endpoints import ENDPOINT_ENV, RUN_ID_ENV  # noqa: E402
-from simic.schemas.eventlog import FRAME_MESSAGE, LogReader, segment_paths  # noqa: E402
+from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_OVERHEAD, LogReader, segment_paths  # noqa: E402
 
 __all__ = [
     "ProducerResult",
@@ -76,8 +76,8 @@ __all__ = [
     "MARKER",
 ]
 
-FRAME_HEADER_BYTES = 20
-"""Bytes before a frame's payload in the event log (marker, type, length, recv_ns, crc)."""
+FRAME_HEADER_BYTES = FRAME_OVERHEAD
+"""Bytes before a frame's payload in the event log (marker, type, length, counter, recv_ns, crc)."""
 START_TIMEOUT_S = 60.0
 """Hang guard: longest wait for producer processes to start or report."""
 

@@ -9,6 +9,12 @@ and a clock tick per second of arrival time, as the daemon logs them. Then:
 - in process: :func:`simic.consumer.replay.replay` with the default configuration (every rule),
   best of ``--repeat`` runs, and the same with analysis off (what ``inspect`` runs: decode and
   accounting only);
+- the same log with every segment compressed as the daemon compresses closed ones
+  (``compress_segment``, zstd level 3): bytes on disk per event, the time to compress, and the same
+  two replays from the compressed segments. The workload draws its values from 64 prepared steps, so
+  it repeats exactly every 64 messages, which flatters compression: the bytes per event are also
+  measured on a log whose every step has fresh values (a floor: a real run's values are smoother), and
+  on a real trainer's log given with ``--log`` (``examples/ppo_lstm.py --spawn-consumer --telemetry-dir``);
 - end to end, for one size: ``python -m simic.consumer replay LOG --json`` as a subprocess
   (interpreter start and imports included), and the same command on a 1-message log, whose time
   is the fixed start-up cost.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -33,6 +40,7 @@ from pathlib import Path
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _workload import emit_step, positional, step_values  # noqa: E402
 from consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
 from emit_cost import machine  # noqa: E402
 
@@ -40,7 +48,7 @@ from simic.consumer import ConsumerConfig  # noqa: E402
 from simic.consumer.replay import replay  # noqa: E402
 from simic.schemas import encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402
-from simic.schemas.eventlog import FRAME_TICK, LogWriter  # noqa: E402
+from simic.schemas.eventlog import FRAME_TICK, LogReader, LogWriter, compress_segment, segment_paths  # noqa: E402
 
 RUN_ID, SESSION = "replay-bench", 7
 EVENTS_PER_S = 1_000
@@ -48,11 +56,29 @@ EVENTS_PER_S = 1_000
 T0_NS = 1_700_000_000_000_000_000
 
 
-def write_log(directory: Path, events: int) -> tuple[int, int]:
+def fresh_messages(count: int, step_ns: int) -> list[bytes]:
+    """Like ``mixed_messages``, but every step has values of its own (nothing repeats)."""
+    out, seq = [], 0
+    for i in range(count):
+        clock, rows = T0_NS + i * step_ns, []
+        calls: list = []
+        emit_step(lambda kind, *, step, **fields: calls.append((kind, fields)), i, step_values(random.Random(7_000_000 + i)))
+        for kind, fields in calls:
+            code, payload = positional(kind, fields)
+            rows.append([code, seq, clock, i, *payload])
+            seq += 1
+        out.append(encode_message(RUN_ID, 0, SESSION, rows))
+    return out
+
+
+def write_log(directory: Path, events: int, fresh: bool = False) -> tuple[int, int]:
     """A log of about ``events`` events (whole messages, then ``run_end``). Returns (events, bytes on disk)."""
     messages = max(1, events // PER_MESSAGE)
     step_ns = PER_MESSAGE * 1_000_000_000 // EVENTS_PER_S
-    raws = mixed_messages(messages, run_id=RUN_ID, session=SESSION, start_ns=T0_NS, step_ns=step_ns)
+    if fresh:
+        raws = fresh_messages(messages, step_ns)
+    else:
+        raws = mixed_messages(messages, run_id=RUN_ID, session=SESSION, start_ns=T0_NS, step_ns=step_ns)
     next_tick = T0_NS + 1_000_000_000
     with LogWriter(directory, writer="bench/replay_speed.py") as writer:
         for i, raw in enumerate(raws):
@@ -75,6 +101,18 @@ def replay_seconds(log: Path, analysis: bool) -> tuple[float, int, int]:
     return elapsed, result.summary["events"], len(result.alerts)
 
 
+def read_cpu_seconds(log: Path, repeat: int) -> float:
+    """Process CPU time to read every frame of ``log`` (``LogReader``; decompression included), best of ``repeat``:
+    CPU time, not wall time, so other work on a shared machine does not count."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        for _frame in LogReader(log):
+            pass
+        best = min(best, time.process_time() - start)
+    return best
+
+
 def cli_seconds(log: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "simic.consumer", "replay", str(log), "--json"], check=True, stdout=subprocess.DEVNULL)
@@ -88,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli-size", type=int, default=100_000, help="events of the log replayed through the CLI (default 100000)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 and 10,000 events, one run each, CLI on 2,000")
     parser.add_argument("--keep", type=Path, default=None, help="write the logs here and keep them (default: a temporary directory)")
+    parser.add_argument("--log", type=Path, default=None, help="also measure compression and replay on this recorded log directory")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.repeat, args.cli_size = "2000,10000", 1, 2000
@@ -101,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
               "'no analysis' is decode + accounting only (what inspect runs).\n")
         print("| events | messages | log MB | write s | replay s | events/s | us/event | no analysis: events/s | alerts |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        compressed_rows, reading = [], []
         logs: dict[int, Path] = {}
         complete = True
         for size in sorted(set(sizes) | {args.cli_size}):
@@ -115,6 +155,55 @@ def main(argv: list[str] | None = None) -> int:
             complete &= full[1] == bare[1] == written
             print(f"| {full[1]:,} | {size // PER_MESSAGE:,} | {size_bytes / 1e6:.1f} | {written_s:.2f} | {full[0]:.2f} | "
                   f"{full[1] / full[0]:,.0f} | {full[0] / full[1] * 1e6:.2f} | {bare[1] / bare[0]:,.0f} | {full[2]} |")
+            packed = root / f"log-{size}-zstd"
+            shutil.copytree(log, packed)
+            start = time.perf_counter()
+            for path in segment_paths(packed):
+                compress_segment(path)
+            compress_s = time.perf_counter() - start
+            packed_bytes = sum(path.stat().st_size for path in packed.iterdir())
+            full_z = min((replay_seconds(packed, True) for _ in range(args.repeat)), key=lambda r: r[0])
+            bare_z = min((replay_seconds(packed, False) for _ in range(args.repeat)), key=lambda r: r[0])
+            complete &= full_z[1] == bare_z[1] == written and full_z[2] == full[2]
+            reading.append(f"| {full[1]:,} | {read_cpu_seconds(log, args.repeat) / full[1] * 1e6:.2f} | "
+                           f"{read_cpu_seconds(packed, args.repeat) / full[1] * 1e6:.2f} |")
+            compressed_rows.append(
+                f"| {full[1]:,} | {size_bytes / full[1]:.1f} | {packed_bytes / full[1]:.1f} | {size_bytes / packed_bytes:.1f}x | "
+                f"{compress_s:.2f} | {size_bytes / 1e6 / compress_s:.0f} | {full[1] / full[0]:,.0f} | {full_z[1] / full_z[0]:,.0f} | "
+                f"{bare[1] / bare[0]:,.0f} | {bare_z[1] / bare_z[0]:,.0f} |")
+        print("\nThe same logs with every segment compressed (zstd level 3, as the daemon compresses closed segments); "
+              "replay reads them back (same events, same alerts).\n")
+        print("| events | bytes/event plain | bytes/event zstd | ratio | compress s | compress MB/s | replay events/s plain | zstd | "
+              "no analysis: plain | zstd |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(compressed_rows))
+        print("\nReading the log alone (every frame through LogReader), process CPU time per event, best of "
+              f"{args.repeat}:\n\n| events | plain: us/event | zstd: us/event |\n|---:|---:|---:|")
+        print("\n".join(reading))
+        samples = [("fresh values every step", root / "log-fresh", True)]
+        if args.log is not None:
+            samples.append((f"recorded: {args.log}", args.log, False))
+        print("\n| log | events | bytes/event plain | bytes/event zstd | ratio | replay events/s plain | zstd |\n|---|---:|---:|---:|---:|---:|---:|")
+        for label, source, generate in samples:
+            plain = root / "sample-plain"
+            shutil.rmtree(plain, ignore_errors=True)
+            if generate:
+                write_log(plain, args.cli_size, fresh=True)
+            else:
+                shutil.copytree(source, plain, ignore=shutil.ignore_patterns("dead-letter", "*.json*", "*.lock"))
+            plain_bytes = sum(p.stat().st_size for p in segment_paths(plain))
+            packed = root / "sample-zstd"
+            shutil.rmtree(packed, ignore_errors=True)
+            shutil.copytree(plain, packed)
+            for path in segment_paths(packed):
+                if not path.name.endswith(".zst"):
+                    compress_segment(path)
+            packed_bytes = sum(p.stat().st_size for p in segment_paths(packed))
+            full = min((replay_seconds(plain, True) for _ in range(args.repeat)), key=lambda r: r[0])
+            full_z = min((replay_seconds(packed, True) for _ in range(args.repeat)), key=lambda r: r[0])
+            complete &= full[1] == full_z[1] and full[2] == full_z[2]
+            print(f"| {label} | {full[1]:,} | {plain_bytes / full[1]:.1f} | {packed_bytes / full[1]:.1f} | {plain_bytes / packed_bytes:.1f}x | "
+                  f"{full[1] / full[0]:,.0f} | {full_z[1] / full_z[0]:,.0f} |")
         tiny = root / "log-tiny"
         write_log(tiny, PER_MESSAGE)
         fixed = min(replay_seconds(tiny, True)[0] for _ in range(max(1, args.repeat)))

@@ -9,8 +9,9 @@ JSON (``json.dumps(model_dump(mode="json", exclude_none=True))``, compact separa
 event (kind, run id, rank, session, seq, clock, step); simic states run id, rank, session and the
 schema version once per message and sends each event as a positional row.
 
-The event log stores each received message in a frame with a 20-byte header, so a frame costs
-20 + message bytes: the columns "log" show that per event.
+The event log stores each received message in a frame with a 24-byte header (format 2; 20 in
+format 1), so a frame costs 24 + message bytes: the columns "log" show that per event, before
+compression (closed segments are compressed with zstd: ``bench/replay_speed.py`` measures that).
 
     .venv/bin/python bench/wire_size.py            # under a second
     .venv/bin/python bench/wire_size.py --quick    # the same, without the round-trip check
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import struct
 import sys
 from typing import Any
 
@@ -33,11 +33,11 @@ from _workload import HEADS, RUN_ID, STEP_EVENTS, VARIANTS  # noqa: E402
 
 from simic.schemas import KINDS, decode_message, encode_events, encode_message  # noqa: E402
 from simic.schemas.codec import event_row  # noqa: E402
-from simic.schemas.eventlog import FRAME_MARK  # noqa: E402
+from simic.schemas.eventlog import FRAME_OVERHEAD  # noqa: E402
 from simic.schemas.models import Event  # noqa: E402
 
-FRAME_HEADER = struct.calcsize("<3sBIqI")
-"""Event log frame header: marker, type, length, recv_ns, crc32 (20 bytes)."""
+FRAME_HEADER = FRAME_OVERHEAD
+"""Event log frame header (format 2): marker, type, length, counter, recv_ns, crc32 (24 bytes)."""
 SESSION = random.Random(7).getrandbits(63)
 """A producer session id: 63 random bits, so 9 bytes in msgpack, like the real ones."""
 FIRST_SEQ = 200_000
@@ -48,7 +48,7 @@ FIRST_STEP = 25_000
 """Update index mid-run (uint16 in msgpack)."""
 BATCHES = (8, 64)
 
-assert len(FRAME_MARK) == 3 and FRAME_HEADER == 20
+assert FRAME_HEADER == 24
 
 
 def _other_kinds(rng: random.Random, i: int) -> list[tuple[str, dict[str, Any]]]:

@@ -65,6 +65,9 @@ class ProducerState:
     """GPU measurements the producer's collectors dropped unread (from its latest heartbeat or run_end)."""
     seq_jumps: int = 0
     """Forward jumps of the sequence number beyond ``MAX_GAP``, not counted as lost (see there)."""
+    removed: int = 0
+    """Events before the first one read, in log segments retention removed: not lost, no longer in the log
+    (a session first seen in the oldest kept segment of a log retention cut, see ``Accounting.after_cut``)."""
 
     @property
     def key(self) -> ProducerKey:
@@ -75,7 +78,7 @@ class ProducerState:
         """Of the lost events, those the producer handed over but never arrived (known at run_end)."""
         if self.ended is None or self.ended.sent is None:
             return None
-        return max(0, self.ended.sent + 1 - self.received)
+        return max(0, self.ended.sent + 1 - self.received - self.removed)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class ProducerState:
             "status": self.ended.status if self.ended else "open",
             "received": self.received,
             "lost": self.lost,
+            "removed_by_retention": self.removed,
             "dropped_by_producer": self.producer_dropped,
             "readouts_dropped": self.readouts_dropped,
             "lost_in_transit": self.lost_in_transit,
@@ -121,6 +125,10 @@ class Accounting(SyncStage):
         self.forgotten_producers = 0
         self._log = RateLimitedLog(log, log_interval_s)
         self._lost_total_forgotten = 0
+        self.after_cut = False
+        """Set by whoever reads a log while its frames come from the oldest segment retention kept: a session
+        first seen then without its ``run_start`` had its earlier events in the removed segments, so they
+        are counted as ``removed``, not ``lost``."""
 
     def consume_now(self, batch: Batch) -> None:
         if batch.tick:
@@ -179,6 +187,8 @@ class Accounting(SyncStage):
                 self._lost_total_forgotten += old.lost
                 self.forgotten_producers += 1
             state = self.producers[key] = ProducerState(event.run_id, event.rank, event.session)
+            if self.after_cut and 0 < event.seq <= MAX_GAP and event.kind != "run_start":
+                state.removed = state.next_seq = event.seq
         else:
             self.producers.move_to_end(key)
         return state
@@ -236,7 +246,7 @@ class Accounting(SyncStage):
 
     _SCALARS = ("received", "next_seq", "lost", "duplicates", "first_step", "last_step", "first_recv_ns",
                 "last_recv_ns", "last_clock_ns", "producer_dropped", "readouts_dropped")
-    _COUNTS_ADDED = ("seq_jumps",)
+    _COUNTS_ADDED = ("seq_jumps", "removed")
     """Counts added after the first checkpoint format: absent in an older checkpoint means 0."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -294,6 +304,7 @@ class Accounting(SyncStage):
             "events": self.events,
             "events_by_kind": dict(sorted(self.events_by_kind.items())),
             "lost": self.lost,
+            "removed_by_retention": sum(p.removed for p in self.producers.values()),
             "rejected_messages": dict(sorted(self.rejected_messages.items())),
             "rejected_events": dict(sorted(self.rejected_events.items())),
             "forgotten_producers": self.forgotten_producers,

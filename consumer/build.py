@@ -11,6 +11,7 @@ from .analysis import RULES
 from .analysis.updates import UpdateCombiner
 from .config import ConsumerConfig
 from .pipeline import Pipeline, Stage
+from .retention import RetentionPolicy
 from .sinks.alert_console import ConsoleAlertSink
 from .sinks.alert_jsonl import JsonlAlertSink
 from .sinks.dead_letter import DeadLetterSink
@@ -48,9 +49,10 @@ def build_pipeline(
     """
     stages: list[Stage] = []
     if log_dir is not None:
-        stages.append(
-            EventLogSink(log_dir, max_segment_bytes=config.log.max_segment_bytes, sync_interval_s=config.log.sync_interval_s, writer=writer)
-        )
+        retention = RetentionPolicy(max_total_bytes=config.log.max_total_bytes, max_age_s=config.log.max_age,
+                                    compression=config.log.compression, compression_level=config.log.compression_level)
+        stages.append(EventLogSink(log_dir, max_segment_bytes=config.log.max_segment_bytes, sync_interval_s=config.log.sync_interval_s,
+                                   writer=writer, retention=retention))
     if dead_letter_dir is not None:
         stages.append(DeadLetterSink(dead_letter_dir))
     stages.append(Accounting(log_interval_s=config.daemon.rejection_log_interval_s))

@@ -94,6 +94,7 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
 def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
          curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
          exit_with_pid: int | None) -> None:
+    from .claim import EndpointInUse
     from .daemon import DaemonOptions, serve
     from .lifecycle import ProcessGone
     from .security import CurveServer, SecurityError
@@ -130,6 +131,8 @@ def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_en
         code = asyncio.run(serve(options))
     except ProcessGone as error:
         raise click.ClickException(f"--exit-with-pid {exit_with_pid}: {error}; not starting") from None
+    except EndpointInUse as error:
+        raise click.ClickException(str(error)) from None
     except Exception as error:  # bind failures and the like: one clear line, not a traceback
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     if curve is not None:

@@ -8,6 +8,8 @@ the key (a typo in a threshold must not silently keep the default). Example::
 
     [log]
     max_segment_bytes = 67108864
+    max_total_bytes = 10_000_000_000   # keep about 10 GB, removing the oldest closed segments
+    max_age = "30d"
 
     [rules.non_finite]
     severity = "critical"
@@ -16,11 +18,12 @@ the key (a typo in a threshold must not silently keep the default). Example::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .analysis import RULES
 
@@ -56,11 +59,43 @@ class DaemonConfig(_Section):
     """At most one log line per rejection reason per this many seconds (the rest are counted)."""
 
 
+def _seconds(value: Any) -> Any:
+    """A duration: seconds as a number, or a string with a unit (``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+        if match is None:
+            raise ValueError("a duration is a number of seconds or a number with a unit: 90s, 30m, 12h, 7d")
+        return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return value
+
+
 class LogConfig(_Section):
     max_segment_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     """Size at which the event log starts a new segment file."""
     sync_interval_s: float = Field(1.0, gt=0)
     """How often the log is fsynced (it is written, unsynced, after every burst of messages)."""
+    max_total_bytes: int | None = Field(None, gt=0)
+    """Most bytes the log's segments may take on disk (compressed ones at their compressed size). Past it
+    the oldest closed segments are removed; the segment being written never is, so the log can exceed
+    this by what the live segment holds. None: no limit. At least ``max_segment_bytes``."""
+    max_age: Annotated[float | None, BeforeValidator(_seconds)] = Field(None, gt=0)
+    """Closed segments last written longer ago than this are removed: seconds, or ``"30m"``,
+    ``"12h"``, ``"7d"``. None: no limit. Checked once a minute and when a segment is closed."""
+    compression: Literal["zstd", "none"] = "zstd"
+    """Closed segments are compressed with zstd (``segment-N.simlog.zst``), off the receiving path
+    (a background thread, while the daemon receives): 2.2x smaller on the reference trainer's log
+    (float64 values compress poorly; ``docs/BENCHMARKS.md``). Every reader (replay, inspect, report)
+    takes compressed and plain segments alike."""
+    compression_level: int = Field(3, ge=1, le=19)
+    """zstd level: 3 compresses about 290 MB/s on one core; on the reference trainer's log 9 gains 4 %
+    for 6x the CPU and 19 gains 10 % for 70x."""
+
+    @model_validator(mode="after")
+    def _total_holds_a_segment(self) -> "LogConfig":
+        if self.max_total_bytes is not None and self.max_total_bytes < self.max_segment_bytes:
+            raise ValueError(f"max_total_bytes ({self.max_total_bytes}) must be at least max_segment_bytes ({self.max_segment_bytes}): "
+                             "the segment being written is never removed")
+        return self
 
 
 RulesConfig: type[BaseModel] = create_model(  # one field per registered rule, named after it

@@ -35,9 +35,11 @@ from simic.schemas.eventlog import FRAME_TICK
 from .accounting import Accounting
 from .backpressure import ByteBoundedQueue
 from .build import build_pipeline
+from .claim import EndpointClaim, claim_endpoint
 from .config import ConsumerConfig
 from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
 from .pipeline import Pipeline, Stage
+from .retention import first_kept_segments
 from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
@@ -82,6 +84,10 @@ class DaemonOptions:
     """Set by :func:`serve` to the endpoint actually bound (a tcp port chosen by the system)."""
 
 
+def _alerts_endpoint(options: DaemonOptions) -> str | None:
+    return alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
+
+
 def _say(message: str) -> None:
     try:
         print(f"simic-consumer: {message}", flush=True)
@@ -112,7 +118,7 @@ class _Daemon:
     def _build(self) -> Pipeline:
         options = self.options
         extra: list[Stage] = []
-        alerts_endpoint = alerts_endpoint_for(options.endpoint) if options.alerts_endpoint == "auto" else options.alerts_endpoint
+        alerts_endpoint = _alerts_endpoint(options)
         if alerts_endpoint:
             extra.append(PubAlertSink(alerts_endpoint, curve=options.curve))
         extra.extend(options.extra_sinks)
@@ -138,25 +144,33 @@ class _Daemon:
         if position is False:
             self.pipeline = self._build()  # no usable checkpoint: fresh state, the whole log
             position = None
+        self.log_sink.checkpointed(position)  # until the next checkpoint, a restart reads from there
         frames = 0
+        cut_heads = first_kept_segments([self.options.log_dir]) if position is None else set()
+        (accounting,) = self.pipeline.find(Accounting)
         for frame in frames_after(self.options.log_dir, position):
+            if cut_heads:
+                accounting.after_cut = frame.path in cut_heads
             if frame.type == FRAME_TICK:
                 await self.pipeline.tick(frame.recv_ns, catching_up=True, note=frame.payload)
             else:
                 await self.pipeline.consume(frame.payload, frame.recv_ns, catching_up=True)
             frames += 1
+        accounting.after_cut = False
         if frames or self.state_path.exists():
             _say(f"restored state from {self.state_path.name if self.state_path.exists() else 'the log'}, caught up on {frames} logged frames")
 
     async def checkpoint(self) -> None:
         await self.pipeline.flush()
-        save_checkpoint(self.state_path, self.pipeline, self.log_sink.position)
+        position = self.log_sink.position
+        save_checkpoint(self.state_path, self.pipeline, position)
+        self.log_sink.checkpointed(position)
 
     async def process(self, queue: asyncio.Queue) -> None:
         flush_every_ns = 100_000_000
         checkpoint_every_ns = int(self.config.daemon.checkpoint_interval_s * 1e9)
         last_flush = last_checkpoint = time.monotonic_ns()
-        pipeline = self.pipeline
+        pipeline, log_sink = self.pipeline, self.log_sink
         while True:
             raw, recv_ns = await queue.get()
             try:
@@ -169,11 +183,12 @@ class _Daemon:
             finally:
                 queue.task_done()
             now = time.monotonic_ns()
-            if now - last_checkpoint >= checkpoint_every_ns:
+            if now - last_checkpoint >= checkpoint_every_ns or log_sink.checkpoint_wanted:  # wanted: a segment was closed
                 try:
                     await self.checkpoint()
                 except OSError as error:
                     log.warning("checkpoint failed: %s", error)
+                    log_sink.checkpoint_wanted = False  # tried: the next one comes at the interval
                 last_checkpoint = last_flush = now
             elif queue.empty() or now - last_flush >= flush_every_ns:
                 await pipeline.flush()
@@ -217,20 +232,33 @@ async def serve(options: DaemonOptions, *, stop: asyncio.Event | None = None) ->
             pass
 
     watch = ProcessWatch(options.exit_with_pid) if options.exit_with_pid is not None else None  # ProcessGone: not running
+    claims: list[EndpointClaim] = []
     try:
-        return await _serve(options, loop, stop, watch)
+        # One daemon per endpoint: refused here (EndpointInUse) before anything is read, written or bound.
+        claims.append(claim_endpoint(options.endpoint))
+        alerts_endpoint = _alerts_endpoint(options)
+        if alerts_endpoint:
+            claims.append(claim_endpoint(alerts_endpoint, role="alerts endpoint"))
+        return await _serve(options, loop, stop, watch, claims)
     finally:
+        for claim in claims:
+            claim.release()
         if watch is not None:
             watch.close()
 
 
-async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, watch: ProcessWatch | None) -> int:
+async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, watch: ProcessWatch | None,
+                 claims: list[EndpointClaim]) -> int:
     config = options.config
     options.log_dir.mkdir(parents=True, exist_ok=True)
     daemon = _Daemon(options)
     await daemon.restore()
     pipeline = daemon.pipeline
-    await pipeline.start()
+    try:
+        await pipeline.start()
+    except Exception:  # the alerts endpoint taken in the meantime, a metrics port in use, ...
+        await pipeline.close()
+        raise
     source = ZmqPullSource(options.endpoint, receive_hwm=config.daemon.receive_hwm, curve=options.curve)
     try:
         endpoint = source.bind()
@@ -238,7 +266,12 @@ async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: 
         await pipeline.close()
         raise
     options.bound = endpoint
+    for claim in claims:
+        claim.bound()
     _say(f"pid {os.getpid()}" + (f", stopping when process {watch.pid} exits (watched by {watch.how})" if watch is not None else ""))
+    for claim in claims:
+        if claim.reclaimed:
+            _say(claim.reclaimed)
     _say(f"listening on {endpoint}")
     for sink in pipeline.find(PubAlertSink):
         _say(f"publishing alerts on {sink.endpoint}")

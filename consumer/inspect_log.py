@@ -30,6 +30,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"run {run_id}")
         for s in sessions:
             transit = "" if s["lost_in_transit"] is None else f", lost in transit {s['lost_in_transit']}"
+            if s.get("removed_by_retention"):
+                transit += f"; {s['removed_by_retention']} earlier events removed by retention"
             lines.append(
                 f"  rank {s['rank']} session {s['session']} ({s['status']}; host {s['host'] or '?'}, pid {s['pid'] or '?'}): "
                 f"{s['received']} events, steps {s['first_step']}..{s['last_step']}, "
@@ -37,6 +39,16 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"lost {s['lost']} (dropped by producer {s['dropped_by_producer']}{transit}), duplicates {s['duplicates']}"
             )
             lines.append(f"    {_counts(s['events_by_kind'])}")
+    retention = summary.get("retention") or {}
+    if retention.get("removed_segments"):
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(retention["by_reason"].items()))
+        lines.append(
+            f"removed by retention: {retention['removed_segments']} segments ({retention['first_removed']} .. {retention['last_removed']}), "
+            f"{retention['removed_bytes'] / 1e6:.1f} MB, last written {_when(retention['last_write_ns'])} ({reasons}); "
+            f"{summary.get('removed_by_retention', 0)} events of sessions that go on in the log were in them"
+        )
+    else:
+        lines.append("removed by retention: nothing")
     problems = summary.get("log_problems", [])
     if problems:
         lines.append("log problems:")

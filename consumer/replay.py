@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogProblem
@@ -18,6 +19,7 @@ from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
 from .pipeline import Batch, Pipeline, Stage, SyncStage
+from .retention import first_kept_segments, retention_summary
 from .sources.log_files import LogFilesSource
 
 __all__ = ["ReplayResult", "replay"]
@@ -42,10 +44,15 @@ class _AlertCollector(SyncStage):
         self.alerts.extend(batch.alerts)
 
 
-async def run_source(source: LogFilesSource, pipeline: Pipeline) -> None:
+async def run_source(source: LogFilesSource, pipeline: Pipeline, cut_heads: frozenset[Path] = frozenset()) -> None:
+    """Every frame of ``source`` through ``pipeline``. ``cut_heads``: the oldest kept segment of each
+    log retention cut (``retention.first_kept_segments``), where sessions may have begun before the log."""
+    (accounting,) = pipeline.find(Accounting) or (None,)
     await pipeline.start()
     try:
         for frame in source:
+            if cut_heads and accounting is not None:
+                accounting.after_cut = frame.path in cut_heads
             if frame.type == FRAME_TICK:
                 await pipeline.tick(frame.recv_ns, note=frame.payload)
             elif frame.type == FRAME_MESSAGE:
@@ -73,8 +80,9 @@ async def replay(
         pipeline = build_pipeline(config, console=console, extra_sinks=[collector, *extra_sinks])
     else:
         pipeline = Pipeline([Accounting(log_interval_s=config.daemon.rejection_log_interval_s), collector, *extra_sinks])
-    await run_source(source, pipeline)
+    await run_source(source, pipeline, frozenset(first_kept_segments(targets)))
     summary = pipeline.find(Accounting)[0].summary()
+    summary["retention"] = retention_summary(targets)
     summary["log_problems"] = [
         {"path": str(p.path), "offset": p.offset, "length": p.length, "kind": p.kind, "detail": p.detail} for p in source.problems
     ]

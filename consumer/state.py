@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from simic.schemas.eventlog import Frame, LogReader, segment_paths
+from simic.schemas.eventlog import Frame, LogReader, segment_index, segment_paths
 
 from .pipeline import Pipeline, Stage
 
@@ -85,11 +85,15 @@ def load_checkpoint(path: Path, pipeline: Pipeline) -> tuple[str, int] | None | 
 
 
 def frames_after(log_dir: Path, position: tuple[str, int] | None) -> Iterator[Frame]:
-    """Frames of the log directory after ``position`` (all of them when it is None)."""
+    """Frames of the log directory after ``position`` (all of them when it is None). The segment is
+    found by its index: it may have been compressed since (``segment-N.simlog.zst``), and offsets are
+    those of its plain bytes either way."""
     if not log_dir.is_dir():
         return
+    after = segment_index(position[0]) if position is not None else None
     for path in segment_paths(log_dir):
-        if position is None or path.name > position[0]:
+        index = segment_index(path)
+        if after is None or index is None or index > after:
             yield from LogReader(path)
-        elif path.name == position[0]:
+        elif index == after:
             yield from LogReader(path, start_offset=position[1])

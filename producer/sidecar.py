@@ -46,6 +46,9 @@ from simic.schemas.endpoints import ENDPOINT_ENV, alerts_endpoint_for, ipc_path
 
 __all__ = ["Sidecar", "spawn_consumer", "is_listening"]
 
+IN_USE = " is in use by "
+"""What a consumer refusing an endpoint another one holds prints (``simic.consumer.claim.EndpointInUse``)."""
+
 
 def is_listening(endpoint: str, timeout_s: float = 0.5) -> bool:
     """Whether something accepts connections at an ``ipc://`` or ``tcp://`` endpoint (a plain connect)."""
@@ -200,7 +203,8 @@ def spawn_consumer(
 
     Args:
         endpoint: where the consumer should listen. When something already listens there, it is used
-            and nothing is started. None: ``$SIMIC_ENDPOINT`` when set, else a new private ipc socket
+            and nothing is started; so too when another trainer's consumer binds it while this one
+            starts (a consumer refuses an endpoint another one holds). None: ``$SIMIC_ENDPOINT`` when set, else a new private ipc socket
             (in a fresh 0700 directory), so two trainers never share a sidecar by accident.
         log_dir: the started consumer's ``--log-dir``.
         args: more ``simic-consumer run`` arguments (``["--config", "rules.toml"]``, ``["--metrics-port", "0"]``).
@@ -248,6 +252,9 @@ def spawn_consumer(
                 sidecar.close(stop_timeout_s=5.0)
                 raise RuntimeError(f"simic-consumer did not start within {startup_timeout_s} s:\n" + "".join(output.lines))
             sidecar.close()
+            if any(IN_USE in line for line in output.lines) and _listens_soon(endpoint, deadline):
+                # Another trainer's consumer claimed this endpoint between our check and our start: use it.
+                return Sidecar(endpoint, alerts_endpoint_for(endpoint), None)
             raise RuntimeError(f"simic-consumer exited with {process.returncode} during startup:\n" + "".join(output.lines))
         if "listening on " in line:
             sidecar.endpoint = line.rsplit("listening on ", 1)[1].strip()
@@ -255,6 +262,15 @@ def spawn_consumer(
             sidecar.alerts_endpoint = line.rsplit("publishing alerts on ", 1)[1].strip()
         else:
             return sidecar
+
+
+def _listens_soon(endpoint: str, deadline: float) -> bool:
+    """Whether ``endpoint`` listens before ``deadline`` (a consumer that holds it may still be starting)."""
+    while not is_listening(endpoint):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _echo_to(echo: TextIO | Callable[[str], None] | None) -> Callable[[str], None] | None:

@@ -16,6 +16,7 @@ import zmq
 from simic.schemas.codec import encode_events
 from simic.schemas.endpoints import ipc_path
 
+from ..claim import in_use_error
 from ..pipeline import Batch, Stage
 
 if TYPE_CHECKING:
@@ -48,9 +49,9 @@ class PubAlertSink(Stage):
             self.curve.secure(self._socket, "alerts")
         try:
             self._socket.bind(self.endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as error:
             await self.close()
-            raise
+            raise in_use_error(self.endpoint, error, role="alerts endpoint") or error from None
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def consume(self, batch: Batch) -> None:

@@ -7,9 +7,10 @@ import logging
 import time
 from pathlib import Path
 
-from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_paths
+from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_index, segment_paths
 
 from ..pipeline import Batch, RateLimitedLog, Stage
+from ..retention import LogMaintenance, RetentionPolicy
 
 __all__ = ["EventLogSink"]
 
@@ -26,15 +27,29 @@ class EventLogSink(Stage):
     5 s, and the return of writing in one more line; the daemon keeps receiving, analysing and
     alerting, and every later flush tries again. At start, a torn tail or corrupt stretch left in
     the newest segment by a crash is reported (readers skip it; new frames go to a new segment).
+
+    Closed segments are compressed and the oldest removed by a background thread
+    (:class:`~simic.consumer.retention.LogMaintenance`, per ``retention``), woken at start, when a
+    segment is closed and every ``maintenance_interval_s``. It never touches the segment being
+    written, and never removes the one the last checkpoint points into (:meth:`checkpointed`) or a
+    later one: when a segment is closed, :attr:`checkpoint_wanted` asks the daemon for a checkpoint,
+    so that this protects no more than the segment just closed.
     """
 
     name = "event_log"
 
-    def __init__(self, directory: Path, *, max_segment_bytes: int, sync_interval_s: float, writer: str) -> None:
+    def __init__(self, directory: Path, *, max_segment_bytes: int, sync_interval_s: float, writer: str,
+                 retention: RetentionPolicy | None = None, maintenance_interval_s: float = 60.0) -> None:
         self.directory = directory
         self.max_segment_bytes = max_segment_bytes
         self.sync_interval_ns = int(sync_interval_s * 1e9)
         self.writer_name = writer
+        self.maintenance = LogMaintenance(directory, retention) if retention is not None else None
+        self.maintenance_interval_ns = int(maintenance_interval_s * 1e9)
+        self._last_maintenance = time.monotonic_ns()
+        self._checkpoint_index: int | None = None
+        self.checkpoint_wanted = False
+        """A segment was closed since the last checkpoint (the daemon checkpoints at once, see the class)."""
         self.writer: LogWriter | None = None
         self.frames_lost = 0
         self.write_errors = 0
@@ -46,7 +61,29 @@ class EventLogSink(Stage):
 
     async def start(self) -> None:
         self._report_damage()
-        self.writer = LogWriter(self.directory, max_segment_bytes=self.max_segment_bytes, writer=self.writer_name)
+        self.writer = LogWriter(self.directory, max_segment_bytes=self.max_segment_bytes, writer=self.writer_name, on_rotate=self._rotated)
+        if self.maintenance is not None:
+            self.maintenance.start(*self._bounds())  # the segments earlier processes left: compressed, retention applied
+
+    def _bounds(self) -> tuple[int, int]:
+        """The live segment, and the oldest that must not be removed (the one the checkpoint points into)."""
+        assert self.writer is not None
+        live = self.writer.index
+        return live, live if self._checkpoint_index is None else min(live, self._checkpoint_index)
+
+    def _rotated(self, path: Path) -> None:
+        self.checkpoint_wanted = True
+        if self.maintenance is not None:
+            self.maintenance.bounds(*self._bounds())
+            self.maintenance.wake()
+
+    def checkpointed(self, position: tuple[str, int] | None) -> None:
+        """A checkpoint now covers the log up to ``position``: a restart re-reads from there, so that
+        segment and the later ones stay."""
+        self._checkpoint_index = segment_index(position[0]) if position else None
+        self.checkpoint_wanted = False
+        if self.maintenance is not None and self.writer is not None:
+            self.maintenance.bounds(*self._bounds())
 
     def _report_damage(self) -> None:
         """Say what a crash left at the end of the newest segment (the only one it could have been writing)."""
@@ -84,6 +121,9 @@ class EventLogSink(Stage):
     async def flush(self) -> None:
         if self.writer is None:
             return
+        if self.maintenance is not None and time.monotonic_ns() - self._last_maintenance >= self.maintenance_interval_ns:
+            self._last_maintenance = time.monotonic_ns()
+            self.maintenance.wake()  # max_age: segments age while nothing is written
         pending = self.writer.buffered_frames
         try:
             if time.monotonic_ns() - self._last_sync >= self.sync_interval_ns:
@@ -126,3 +166,5 @@ class EventLogSink(Stage):
             except OSError as error:
                 self._failed(error, 0)
             self.writer = None
+        if self.maintenance is not None:
+            self.maintenance.close()  # a compression under way stops; its segment stays plain until the next start

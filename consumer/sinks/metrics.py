@@ -19,6 +19,10 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
     simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
     simic_log_frames_lost_total                          event-log frames that could not be written
+    simic_log_segments_removed_total{reason}             closed log segments removed by retention (max_total_bytes, max_age)
+    simic_log_bytes_removed_total{reason}                bytes of those segments
+    simic_log_segments_compressed_total                  closed log segments compressed (zstd)
+    simic_log_bytes                                      bytes the log's segments take on disk (after the last maintenance pass)
     simic_last_step{run_id,rank}                         newest training step
     simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived; none once it ended its run
     simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
@@ -38,6 +42,7 @@ from collections import Counter
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
@@ -45,6 +50,8 @@ from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
 from ..accounting import Accounting
 from ..pipeline import Batch, Pipeline, Stage
 from .event_log import EventLogSink
+
+RETENTION_REASONS = ("max_total_bytes", "max_age")
 
 __all__ = ["MetricsSink"]
 
@@ -90,6 +97,7 @@ class MetricsSink(Stage):
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
         self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
+        r.register(_LogMaintenanceCollector(self))  # read from the maintenance thread's counts when scraped
         self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
         self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
@@ -231,6 +239,9 @@ class MetricsSink(Stage):
             self.frames_lost.inc(lost - self._frames_lost_seen)
             self._frames_lost_seen = lost
 
+    def maintenance_counts(self) -> list:
+        return [sink.maintenance.counts for sink in self._logs if sink.maintenance is not None]
+
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
         """Set a sample, or remove it when the value is missing (no sample, never a made-up 0)."""
@@ -241,3 +252,30 @@ class MetricsSink(Stage):
                 pass
         else:
             gauge.labels(*labels).set(value)
+
+
+class _LogMaintenanceCollector:
+    """The event log's maintenance (compression, retention), as counted by its thread since the daemon
+    started, read at each scrape: a removal shows at once, not at the next message or tick."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        counts = self.sink.maintenance_counts()
+        removed = CounterMetricFamily("simic_log_segments_removed", "Closed event-log segments removed by retention, by reason.",
+                                      labels=["reason"])
+        removed_bytes = CounterMetricFamily("simic_log_bytes_removed", "Bytes of the event-log segments removed by retention, by reason.",
+                                            labels=["reason"])
+        for reason in RETENTION_REASONS:  # every reason from the start, at 0 (alert rules need the series)
+            removed.add_metric([reason], sum(c.segments_removed[reason] for c in counts))
+            removed_bytes.add_metric([reason], sum(c.bytes_removed[reason] for c in counts))
+        yield removed
+        yield removed_bytes
+        yield CounterMetricFamily("simic_log_segments_compressed", "Closed event-log segments compressed.",
+                                  value=sum(c.segments_compressed for c in counts))
+        yield GaugeMetricFamily("simic_log_bytes", "Bytes the event log's segments take on disk (after the last maintenance pass).",
+                                value=sum(c.log_bytes for c in counts))

@@ -21,6 +21,8 @@ import zmq.asyncio
 from simic.schemas.codec import MAX_MESSAGE_BYTES
 from simic.schemas.endpoints import ipc_path
 
+from ..claim import in_use_error
+
 if TYPE_CHECKING:
     from ..security import CurveServer
 
@@ -54,9 +56,9 @@ class ZmqPullSource:
         self._socket = sock
         try:
             sock.bind(self.endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as error:
             self.close()  # its authenticator and monitor too
-            raise
+            raise in_use_error(self.endpoint, error) or error from None
         self._sync = zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint

@@ -43,11 +43,32 @@ class TestConsumerBenches:
         assert result.stdout.count("| pipeline: accounting + all") == 2
 
     def test_replay_speed_replays_every_event_it_wrote(self) -> None:
-        """replay_speed.py --quick writes logs, replays them in process and through the CLI, and counts every event."""
+        """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, and
+        counts every event."""
         result = quick("replay_speed.py")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "| events | messages | log MB |" in result.stdout and "| CLI end to end" in result.stdout
+        assert "| events | bytes/event plain | bytes/event zstd |" in result.stdout and "| fresh values every step |" in result.stdout
         assert "every event written was replayed and counted: yes" in result.stdout
+
+    def test_log_damage_finds_nothing_invented_and_nothing_forged(self) -> None:
+        """log_damage.py --quick damages a format-2 log every way it knows: no exception, no invented or forged frame served."""
+        result = quick("log_damage.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| a bit of a forged-segment carrier's head |" in result.stdout
+        assert "nothing invented, nothing forged served, no exception: yes" in result.stdout
+
+    def test_log_read_cost_reads_plain_and_compressed(self) -> None:
+        """log_read_cost.py --quick prints the bytes and reading cost of a plain and a compressed log."""
+        result = quick("log_read_cost.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| 2, plain |" in result.stdout and "| 2, zstd |" in result.stdout
+
+    def test_log_retention_keeps_the_log_within_its_bound(self) -> None:
+        """log_retention.py --quick: a real daemon under a byte budget stays within it and accounts for every event."""
+        result = quick("log_retention.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "log within the bound: yes; every event accounted for: yes" in result.stdout
 
     def test_alert_latency_receives_every_alert(self) -> None:
         """alert_latency.py --quick: a real producer and consumer; all 50 critical alerts arrive and no event is lost."""

@@ -115,6 +115,18 @@ class TestImageInstall:
         rules = subprocess.run([consumer, "rules"], capture_output=True, text=True, cwd=tmp_path)
         assert rules.returncode == 0 and "[rules.non_finite]" in rules.stdout
 
+    def test_the_image_reads_and_compresses_logs(self, image_venv, tmp_path):
+        """The image's install has zstandard (a base dependency): it compresses a closed segment and inspects it."""
+        with LogWriter(tmp_path / "logs", writer="test") as writer:
+            writer.write(encode_message("r", 0, 1, [[KINDS["run_start"].code, 0, 1, 0, "host", 1]]), 1)
+        code = ("import sys; from simic.schemas.eventlog import compress_segment, segment_paths; "
+                "print(compress_segment(segment_paths(sys.argv[1])[0]).name)")
+        packed = subprocess.run([image_venv / "bin" / "python", "-c", code, str(tmp_path / "logs")], capture_output=True, text=True, cwd=tmp_path)
+        assert packed.returncode == 0 and packed.stdout.strip() == "segment-000001.simlog.zst", packed.stderr
+        inspected = subprocess.run([image_venv / "bin" / "simic-consumer", "inspect", str(tmp_path / "logs"), "--json"],
+                                   capture_output=True, text=True, cwd=tmp_path)
+        assert inspected.returncode == 0 and json.loads(inspected.stdout)["messages"] == 1, inspected.stderr
+
     def test_the_report_extra_is_not_in_the_image_and_says_so(self, image_venv, tmp_path):
         """Without the [report] extra, `simic-consumer report` exits 1 with the install hint on one line."""
         with LogWriter(tmp_path / "logs", writer="test") as writer:

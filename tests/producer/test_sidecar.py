@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,36 @@ class TestSpawnConsumer:
             assert not (tmp_path / "other").exists()
         finally:
             assert first.close() == 0
+
+    def test_two_trainers_starting_at_once_share_one_consumer(self, tmp_path):
+        """Two spawn_consumer calls for one endpoint at the same moment: one starts the consumer, the other uses it
+        (directly, or after its own consumer was refused the endpoint), and nothing else is left running."""
+        endpoint = f"ipc://{tmp_path}/c.ipc"
+        start = threading.Barrier(2)
+        results: dict[str, object] = {}
+
+        def trainer(name: str) -> None:
+            start.wait()
+            try:
+                results[name] = spawn_consumer(endpoint, log_dir=tmp_path / name)
+            except Exception as error:  # reported by the assertion below
+                results[name] = error
+
+        threads = [threading.Thread(target=trainer, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+        sidecars = [results["a"], results["b"]]
+        assert all(not isinstance(s, Exception) for s in sidecars), sidecars
+        try:
+            assert sorted(s.spawned for s in sidecars) == [False, True]
+            assert all(s.endpoint == endpoint for s in sidecars) and is_listening(endpoint)
+            user = next(s for s in sidecars if not s.spawned)
+            assert not (tmp_path / ("a" if user is results["a"] else "b")).exists()
+        finally:
+            codes = [s.close() for s in sidecars]
+        assert sorted(codes, key=str) == [0, None]
 
     def test_runs_in_its_own_session(self, tmp_path):
         """The consumer is in a session of its own, so a terminal's Ctrl-C reaches the trainer, not the sidecar."""
