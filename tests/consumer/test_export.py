@@ -4,8 +4,12 @@ exporter never holds up the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -19,6 +23,7 @@ from simic.schemas.models import (
     Episodes, HeadGradNorms, Heartbeat, LstmHealth, Metrics, ParamUpdates, PpoUpdate, RunEnd, RunStart, StepTiming,
 )
 
+from .conftest import WAIT_S
 from ..export_readers import tensorboard_hparams, tensorboard_scalars, tensorboard_texts, wandb_runs
 
 pytest.importorskip("tensorboardX", reason="the tensorboard extra (make test installs it)")
@@ -290,3 +295,117 @@ class TestExportSink:
             exporting(tmp_path, tensorboard={"dir": str(tmp_path)})
         with pytest.raises(MissingExtra, match=r"pip install 'simic-telemetry\[wandb\]'"):
             exporting(tmp_path, wandb={"project": "p"})
+
+
+# -- the real sidecar and the real command line ------------------------------------------------------
+
+LIVE_STEPS = 12
+LIVE_NAN_AT = 6
+
+
+@pytest.fixture(scope="module")
+def live_export(tmp_path_factory):
+    """A real `simic-consumer run --tensorboard DIR --wandb PROJECT --metrics-port 0` fed by a real Emitter,
+    stopped with SIGTERM; wandb offline with its home in the test's directory."""
+    import urllib.request
+
+    from simic.producer import Emitter
+
+    from .conftest import Daemon
+
+    base = tmp_path_factory.mktemp("live-export")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}
+    env.update({var: str(base / "wandb-home") for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")})
+    socket_dir = tempfile.mkdtemp(prefix="simic-x-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        daemon = Daemon(f"ipc://{socket_dir}/c.ipc", base / "logs", "--tensorboard", str(base / "tb"), "--wandb", "live-project",
+                        "--metrics-port", "0")
+    try:
+        url = daemon.wait_for("serving metrics on").rsplit("serving metrics on ", 1)[1].strip()
+        with Emitter(daemon.endpoint, run_id="live", heads=HEADS, config={"lr": 1e-3}, device="cpu") as emitter:
+            for step in range(LIVE_STEPS):
+                emitter.emit_step_timing(step=step, phases_ms={"rollout": 20.0 + step, "update": 10.0})
+                emitter.emit_head_grad_norms(step=step, norms={"slot": 0.25 * (step + 1), "op": 0.5, "value": 1.0}, stage="pre_clip",
+                                             total=math.nan if step == LIVE_NAN_AT else 2.0, max_norm=0.5)
+                emitter.emit_ppo_update(step=step, approx_kl=0.001 * step, entropy={"slot": 1.0})
+                emitter.flush()
+        daemon.wait_for("ended (ok)")
+        metrics = urllib.request.urlopen(url, timeout=WAIT_S).read().decode()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    return base, emitter.stats.produced, daemon.output, metrics, env
+
+
+class TestSidecarExport:
+    def test_the_sidecar_writes_tensorboard_and_wandb_and_says_so(self, live_export):
+        """Both exporters wrote every event the trainer sent (and every alert), the exit summary says so, and
+        TensorBoard's and wandb's files hold the trainer's values at its steps and the rule's alert as text."""
+        base, produced, output, _, _ = live_export
+        alerts = [json.loads(line) for line in (base / "logs" / "alerts.jsonl").read_text().splitlines()]
+        assert [(a["rule"], a["step"], a["cleared"]) for a in alerts] == [("non_finite", LIVE_NAN_AT, False),
+                                                                           ("non_finite", LIVE_NAN_AT + 1, True)]
+        for name in ("tensorboard", "wandb"):
+            (line,) = [line for line in output if line.startswith(f"simic-consumer: export {name} ")]
+            assert f"{produced + len(alerts)} events written, 0 dropped (queue full), 0 failed" in line, line
+        steps = list(range(LIVE_STEPS))
+        scalars = tensorboard_scalars(run_directory(base / "tb", "live", 0))
+        assert scalars["grad_norm/slot"] == [(s, 0.25 * (s + 1)) for s in steps]
+        assert scalars["time_ms/rollout"] == [(s, 20.0 + s) for s in steps]
+        assert [s for s, _ in scalars["grad_norm_total/pre_clip"]] == steps and math.isnan(scalars["grad_norm_total/pre_clip"][LIVE_NAN_AT][1])
+        texts = tensorboard_texts(run_directory(base / "tb", "live", 0))
+        assert [(step, text.split("]")[0]) for step, text in texts["alerts/non_finite"]] == [(LIVE_NAN_AT, "[CRITICAL"),
+                                                                                              (LIVE_NAN_AT + 1, "[cleared")]
+        (run,) = wandb_runs(base / "logs").values()  # wandb's files go to the log directory by default
+        assert (run.name, run.group, run.project) == ("live rank 0", "live", "live-project")
+        assert run.series("grad_norm/slot") == [(s, 0.25 * (s + 1)) for s in steps]
+        assert run.series("ppo/approx_kl") == [(s, pytest.approx(0.001 * s)) for s in steps]
+        assert [step for step, _ in run.series("alerts/non_finite")] == [LIVE_NAN_AT, LIVE_NAN_AT + 1]
+        assert run.config["lr"] == 1e-3 and run.config["simic"]["heads"] == HEADS
+
+    def test_the_exporters_are_in_the_prometheus_metrics(self, live_export):
+        """simic_export_* per exporter: nothing dropped or failed, the queue's capacity."""
+        metrics = live_export[3]
+        for name in ("tensorboard", "wandb"):
+            assert f'simic_export_dropped_events_total{{exporter="{name}"}} 0.0' in metrics
+            assert f'simic_export_failed_events_total{{exporter="{name}"}} 0.0' in metrics
+            assert f'simic_export_queue_capacity_messages{{exporter="{name}"}} 1000.0' in metrics
+            assert f'simic_export_events_total{{exporter="{name}"}}' in metrics
+
+    def test_export_from_the_log_writes_what_the_sidecar_wrote(self, live_export, cli, tmp_path, monkeypatch):
+        """`simic-consumer export tensorboard|wandb LOG --out DIR` gives the same scalars, steps and alert texts as the live export."""
+        base, produced, _, _, env = live_export
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        result = cli.run("export", "tensorboard", str(base / "logs"), "--out", str(tmp_path / "tb"))
+        assert "0 dropped (queue full), 0 failed" in result.stdout and "1 runs, 2 alerts" in result.stdout
+        live_dir, replayed_dir = run_directory(base / "tb", "live", 0), run_directory(tmp_path / "tb", "live", 0)
+        live, replayed = tensorboard_scalars(live_dir), tensorboard_scalars(replayed_dir)
+        assert set(replayed) == set(live)
+        for tag in live:
+            assert same_points(replayed[tag], live[tag]), tag
+        assert tensorboard_texts(replayed_dir)["alerts/non_finite"] == tensorboard_texts(live_dir)["alerts/non_finite"]
+
+        result = cli.run("export", "wandb", str(base / "logs"), "--out", str(tmp_path / "wb"), "--project", "from-log", "--mode", "offline")
+        assert f"{produced + 2} events written" in result.stdout
+        (live_run,) = wandb_runs(base / "logs").values()
+        (run,) = wandb_runs(tmp_path / "wb").values()
+        assert run.project == "from-log"
+        for tag in ("grad_norm/slot", "time_ms/update", "ppo/approx_kl", "alerts/non_finite"):
+            assert run.series(tag) == live_run.series(tag), tag
+
+    @pytest.mark.parametrize("flag, extra", [("--tensorboard", "tensorboard"), ("--wandb", "wandb")])
+    def test_without_the_extra_the_sidecar_refuses_to_start_in_one_line(self, flag, extra, tmp_path, ipc_endpoint):
+        """With the exporter's library not importable, `run` exits 1 before binding, naming the extra to install."""
+        library = {"tensorboard": "tensorboardX", "wandb": "wandb"}[extra]
+        code = f"import sys; sys.modules[{library!r}] = None; from simic.consumer.cli import main; main()"
+        args = ["run", "--bind", ipc_endpoint, "--log-dir", str(tmp_path / "logs"), flag] + ([str(tmp_path / "tb")] if extra == "tensorboard" else [])
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=WAIT_S)
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert f"pip install 'simic-telemetry[{extra}]'" in line and "not starting" in line
+        assert "listening on" not in result.stdout
