@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
@@ -64,6 +65,27 @@ class GradientDriftConfig(RuleConfig):
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class HeadJudgement:
+    """One head's norm at one update, as the rule judged it (what the report draws, see :meth:`GradientDrift.trace`)."""
+
+    run_id: str
+    rank: int
+    step: int
+    head: str
+    norm: float
+    baseline: float | None
+    """What the norm was compared with: the head's EMA before this update folded in (during the warmup, the
+    mean of the updates so far); None for the head's first update."""
+    limit: float | None
+    """The norm above which this update drifted (``baseline`` grown by ``drift_threshold``); None while the
+    rule only averages (the warmup)."""
+    drifted: bool
+    """The rule judged this update drifting (the norm above ``limit``)."""
+    firing: bool
+    """The head's drift condition is active after this update: its alert fired and has not cleared."""
+
+
 class _Run:
     __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects", "recent")
 
@@ -110,6 +132,12 @@ class GradientDrift(Rule):
     def __init__(self, config: GradientDriftConfig, alerts) -> None:
         super().__init__(config, alerts)
         self._runs: dict[tuple[str, int], _Run] = Capped()
+        self._trace: Callable[[HeadJudgement], None] | None = None
+
+    def trace(self, listener: Callable[[HeadJudgement], None] | None) -> None:
+        """Call ``listener`` with every head's judgement (a valid norm, ``per_head`` on), as it is made;
+        None stops it. The report draws these, so what it marks is what the rule saw."""
+        self._trace = listener
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms" or event.stage == "post_clip":
@@ -130,6 +158,7 @@ class GradientDrift(Rule):
         conditions = self._conditions
         window, count_needed = config.fire_window, config.fire_after
         head_alerts: list[Alert] | None = None
+        trace = self._trace
 
         # Per head (and the count of healthy heads on the way).
         healthy = 0
@@ -142,16 +171,22 @@ class GradientDrift(Rule):
             ema_count = heads.get(name)
             if ema_count is None:
                 heads[name] = [value, 1, 0]
+                if trace is not None:
+                    trace(HeadJudgement(event.run_id, event.rank, event.step, name, value, None, None, False, False))
                 continue
             ema, count, recent = ema_count
             if count < warmup:  # a running mean until the warmup is over (the count stops there), then the EMA
                 ema_count[0] = ema + (value - ema) / (count + 1)
                 ema_count[1] = count + 1
+                if trace is not None:
+                    trace(HeadJudgement(event.run_id, event.rank, event.step, name, value, ema, None, False, False))
                 continue
             ema_count[0] = momentum * ema + rest * value
             drift = (value - ema) / (ema + 1e-8)  # growth only: a fading head is head_balance's and gradient_scale's
             drifted = drift > threshold
             if not (drifted or recent or conditions):
+                if trace is not None:
+                    trace(HeadJudgement(event.run_id, event.rank, event.step, name, value, ema, ema + threshold * (ema + 1e-8), False, False))
                 continue
             recent, bad = _sustained(recent, drifted, window, count_needed)
             ema_count[2] = recent
@@ -171,6 +206,9 @@ class GradientDrift(Rule):
                 )
                 if alert:
                     head_alerts = (head_alerts or []) + [alert]
+            if trace is not None:
+                trace(HeadJudgement(event.run_id, event.rank, event.step, name, value, ema, ema + threshold * (ema + 1e-8), drifted,
+                                    self.is_active(subject)))
 
         # The total, and grad health.
         total = event.total
