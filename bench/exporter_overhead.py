@@ -1,0 +1,206 @@
+"""Training speed of the reference trainer with TensorBoard and wandb logging: in the trainer, or in the sidecar.
+
+The trainer is ``examples/ppo_lstm.py`` (recurrent PPO, 32 envs x 32 steps per update, 4 epochs x 4
+minibatches), the same run config in every variant; the figure is its steps per second (environment
+steps over the training loop's wall time, the number its last progress line prints: setup before the
+loop and the closing after it are not in it). Variants:
+
+- ``(a) no logging``: telemetry off (no endpoint: a ``NullEmitter``).
+- ``(b) SummaryWriter in the trainer``: the trainer writes the scalars itself with tensorboardX's
+  ``SummaryWriter``, on its own thread, as a trainer that logs to TensorBoard does.
+- ``(c) wandb.log in the trainer``: the same scalars with ``wandb.log`` (offline), one call per step.
+- ``(d) simic, sidecar exports to both``: the trainer emits to a ``simic-consumer run --tensorboard DIR
+  --wandb`` (offline) started beside it; the sidecar writes TensorBoard and wandb.
+- ``(d0) simic, sidecar without exporters``: the same, without ``--tensorboard``/``--wandb`` (what simic
+  costs the trainer whatever the sidecar does with the events).
+
+"The same scalars": in (b) and (c) the trainer measures with simic's own collectors exactly as in (d)
+(same calls in ``ppo_lstm.py``), and each message the emitter would send is instead written by the
+trainer thread itself, through the same update combining and the same scalar names as the sidecar's
+exporters (``simic.consumer.sinks.export``): per-head gradient norms pre/post clip, LSTM statistics,
+PPO metrics, phase times, update ratios. So (b)-(d) write the same points; what differs is who pays for
+writing them. (b) and (c) replace the emitter's transport (its ``_send``) in the trainer process: a
+benchmark device, not an API.
+
+Variants run interleaved, in a shuffled order per round; reported: the median steps/s over the rounds
+and the median over rounds of each variant's ratio to (a) in the same round. Runs on the CPU (there is no
+GPU here): on a 2-core machine the sidecar, wandb's service and tensorboardX's writer thread compete
+with the trainer for the cores, which a GPU trainer with idle host cores would not see.
+
+    .venv/bin/python bench/exporter_overhead.py              # 5 rounds x 5 variants x 64 updates, about 8 minutes
+    .venv/bin/python bench/exporter_overhead.py --quick      # 1 round of 4 updates, smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "examples" / "ppo_lstm.py"
+VARIANTS = {
+    "a": "(a) no logging",
+    "b": "(b) SummaryWriter in the trainer",
+    "c": "(c) wandb.log in the trainer (offline)",
+    "d": "(d) simic, sidecar exports to TensorBoard and wandb",
+    "d0": "(d0) simic, sidecar without exporters",
+}
+SPS_LINE = re.compile(r"update (\d+)/(\d+) \| global_step (\d+) \| SPS (\d+)")
+
+
+def wandb_env(home: Path) -> dict[str, str]:
+    """wandb offline, every file of it in this run's temporary directory: no network."""
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}
+    env.update({var: str(home) for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")})
+    return env
+
+
+# -- (b) and (c): the trainer writes the points itself --------------------------------------------
+
+
+def direct(destination: str, out: str, trainer_args: list[str]) -> None:
+    """Run ppo_lstm.py in this process with an emitter whose messages the trainer thread writes itself."""
+    import runpy
+
+    import simic.producer
+    from simic.consumer.analysis.updates import UpdateCombiner
+    from simic.consumer.pipeline import Batch
+    from simic.consumer.sinks.export.points import points_of
+    from simic.producer import Emitter
+    from simic.schemas import decode_message
+
+    if destination == "tensorboard":
+        from simic.consumer.sinks.export.tensorboard import TensorBoardExporter
+
+        exporter = TensorBoardExporter(out)
+    else:
+        from simic.consumer.sinks.export.wandb import WandbExporter
+
+        exporter = WandbExporter("simic-bench", out, mode="offline")
+    combiner = UpdateCombiner()
+
+    class WritingEmitter(Emitter):
+        """Each message goes to the writer, on the trainer's thread, instead of the socket."""
+
+        def _send(self, data: bytes, events: int) -> None:
+            batch = Batch(raw=data, recv_ns=time.time_ns(), events=decode_message(data).events)
+            combiner.consume_now(batch)
+            exporter.write(points_of(batch.events, batch.updates, ()))
+            self.stats.sent += events
+            self.stats.batches += 1
+
+    simic.producer.Emitter = WritingEmitter
+    socket_dir = tempfile.mkdtemp(prefix="simic-bench-")
+    sys.argv = [str(TRAINER), *trainer_args, "--endpoint", f"ipc://{socket_dir}/nobody.ipc"]
+    try:
+        runpy.run_path(str(TRAINER), run_name="__main__")
+    finally:
+        exporter.close()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+# -- one run of one variant -------------------------------------------------------------------------
+
+
+def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: int) -> dict:
+    work = tmp / f"{variant}-{round_index}"
+    work.mkdir()
+    env = {**os.environ, **wandb_env(tmp / "wandb-home"), "PYTHONUNBUFFERED": "1"}
+    env.pop("SIMIC_ENDPOINT", None)
+    sidecar = None
+    command = [sys.executable, str(TRAINER), *trainer_args]
+    if variant in ("b", "c"):
+        destination = "tensorboard" if variant == "b" else "wandb"
+        command = [sys.executable, __file__, "--direct", destination, str(work / destination), "--", *trainer_args]
+    elif variant in ("d", "d0"):
+        socket_dir = tempfile.mkdtemp(prefix="simic-bench-")
+        endpoint = f"ipc://{socket_dir}/c.ipc"
+        exports = ["--tensorboard", str(work / "tensorboard"), "--wandb", "simic-bench"] if variant == "d" else []
+        sidecar = subprocess.Popen([sys.executable, "-m", "simic.consumer", "run", "--bind", endpoint, "--log-dir", str(work / "logs"),
+                                    "--alerts-bind", "none", *exports], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in sidecar.stdout:  # its last startup line
+            if "logging to" in line:
+                break
+        else:
+            raise SystemExit(f"the sidecar did not start: {sidecar.wait()}")
+        command += ["--endpoint", endpoint]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit(f"{VARIANTS[variant]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    last = [m for m in SPS_LINE.finditer(result.stdout)][-1]
+    record = {"variant": variant, "round": round_index, "sps": int(last.group(4)), "updates": int(last.group(2))}
+    if sidecar is not None:
+        sidecar.send_signal(signal.SIGTERM)
+        output = sidecar.communicate(timeout=120)[0]
+        record["sidecar"] = [line for line in output.splitlines() if "export " in line or "stopped:" in line]
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        dropped = [int(m.group(1)) for m in re.finditer(r"(\d+) dropped \(queue full\)", output)]
+        record["export_dropped"] = sum(dropped)
+    shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every variant once, in a shuffled order")
+    parser.add_argument("--updates", type=int, default=64, help="PPO updates per run (1024 environment steps each)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="which variants, comma-separated (a,b,c,d,d0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's record to this file")
+    parser.add_argument("--quick", action="store_true", help="1 round of 4 updates: a smoke run")
+    parser.add_argument("--direct", nargs=2, metavar=("DESTINATION", "DIR"), help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.direct:
+        direct(args.direct[0], args.direct[1], rest[1:] if rest[:1] == ["--"] else rest)
+        return
+    if args.quick:
+        args.rounds, args.updates = 1, 4
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown or "a" not in variants:
+        raise SystemExit(f"--variants: choose among {', '.join(VARIANTS)}, (a) included (the ratios are to it)")
+    trainer_args = ["--total-timesteps", str(args.updates * 1024), "--num-envs", "32", "--num-steps", "32", "--threads", "1",
+                    "--print-every", str(max(args.updates, 1)), "--seed", "1", "--run-id", "bench"]
+    rng = random.Random(args.seed)
+    records: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="simic-exporter-bench-") as tmp:
+        for round_index in range(args.rounds):
+            order = variants[:]
+            rng.shuffle(order)
+            for variant in order:
+                record = run_variant(variant, trainer_args, Path(tmp), round_index)
+                records.append(record)
+                print(f"round {round_index + 1}/{args.rounds} {VARIANTS[variant]}: {record['sps']} steps/s", file=sys.stderr, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+
+    by_round = {(r["variant"], r["round"]): r["sps"] for r in records}
+    load = os.getloadavg()[0]
+    print(f"ppo_lstm.py, {args.updates} updates x 1024 steps, --threads 1, CPU (no GPU), {os.cpu_count()} cores, "
+          f"{args.rounds} rounds interleaved; Python {platform.python_version()}; 1-min load after: {load:.1f}\n")
+    print("| variant | steps/s (median) | min-max | x (a), median of rounds |")
+    print("|---|---:|---:|---:|")
+    for variant in variants:
+        sps = [by_round[(variant, i)] for i in range(args.rounds)]
+        ratios = [by_round[(variant, i)] / by_round[("a", i)] for i in range(args.rounds)]
+        print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps)}-{max(sps)} | {statistics.median(ratios):.3f} |")
+    exports = [r for r in records if r["variant"] == "d"]
+    if exports:
+        print(f"\nsidecar exporters, every run of (d): {sum(r['export_dropped'] for r in exports)} events dropped (queue full)")
+        print("last run's summary: " + " / ".join(exports[-1]["sidecar"]))
+
+
+if __name__ == "__main__":
+    main()
