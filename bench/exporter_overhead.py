@@ -159,14 +159,14 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which variants, comma-separated (a,b,c,d,d0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's record to this file")
-    parser.add_argument("--quick", action="store_true", help="1 round of 4 updates: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 round of (at most) 4 updates: a smoke run")
     parser.add_argument("--direct", nargs=2, metavar=("DESTINATION", "DIR"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.direct:
         direct(args.direct[0], args.direct[1], rest[1:] if rest[:1] == ["--"] else rest)
         return
     if args.quick:
-        args.rounds, args.updates = 1, 4
+        args.rounds, args.updates = 1, min(args.updates, 4)
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown or "a" not in variants:

@@ -102,9 +102,11 @@ class ExportConfig(_Section):
     service busy), further messages are not exported, and counted
     (``simic_export_dropped_events_total``, the exit summary): the receiver, the event log and the
     alerts never wait for an exporter."""
-    close_timeout_s: float = Field(30.0, gt=0)
+    close_timeout_s: float = Field(10.0, gt=0)
     """Longest the daemon waits at shutdown for each exporter to write what it holds and close
-    (wandb finishing a run takes a second or two); what is left then is counted as not written."""
+    (wandb finishing an offline run takes about a second); what is left then is counted as not
+    written. 10 s keeps a sidecar started by its trainer inside the 15 s the trainer gives it to stop
+    (online, wandb keeps every point in its run file for ``wandb sync`` if its upload is cut short)."""
 
 
 RulesConfig: type[BaseModel] = create_model(  # one field per registered rule, named after it

@@ -122,7 +122,7 @@ class ExportSink(Stage):
     """
 
     def __init__(self, exporter: Exporter, *, queue_batches: int = 1000, when_full: Literal["drop", "wait"] = "drop",
-                 close_timeout_s: float | None = 30.0) -> None:
+                 close_timeout_s: float | None = 10.0) -> None:
         if queue_batches < 1:
             raise ValueError(f"queue_batches must be >= 1, got {queue_batches}")
         if when_full not in ("drop", "wait"):
