@@ -409,3 +409,47 @@ class TestSidecarExport:
         (line,) = result.stderr.strip().splitlines()
         assert f"pip install 'simic-telemetry[{extra}]'" in line and "not starting" in line
         assert "listening on" not in result.stdout
+
+    def test_a_failing_exporter_costs_the_sidecar_nothing_else(self, tmp_path, ipc_endpoint, daemons, cli):
+        """An exporter that cannot write (its directory is under a file) fails every batch, counted; the event log
+        still holds every event and the alert is still raised and recorded."""
+        from simic.producer import Emitter
+
+        (tmp_path / "a-file").write_text("")
+        log_dir = tmp_path / "logs"
+        daemon = daemons(ipc_endpoint, log_dir, "--tensorboard", str(tmp_path / "a-file" / "tb"))
+        with Emitter(daemon.endpoint, run_id="failing", heads=HEADS) as emitter:
+            for step in range(10):
+                emitter.emit_head_grad_norms(step=step, norms={"slot": 1.0}, total=math.nan if step == 4 else 1.0)
+                emitter.flush()
+        daemon.wait_for("ended (ok)")
+        assert daemon.stop() == 0
+        (line,) = [line for line in daemon.output if "export tensorboard" in line]
+        assert "0 events written, 0 dropped (queue full)" in line and " 0 failed" not in line
+        assert cli.inspect_json(log_dir)["events"] == emitter.stats.produced
+        alerts = [json.loads(line) for line in (log_dir / "alerts.jsonl").read_text().splitlines()]
+        assert ("non_finite", 4) in [(a["rule"], a["step"]) for a in alerts]
+
+
+class TestExportConfig:
+    def test_the_config_file_turns_the_exporters_on(self, tmp_path):
+        """[export.tensorboard] dir and [export.wandb] project turn them on, with their queue size; wandb's files go
+        to the log directory unless export.wandb.dir says otherwise."""
+        from simic.consumer import load_config
+
+        path = tmp_path / "consumer.toml"
+        path.write_text('[export]\nqueue_batches = 5\n[export.tensorboard]\ndir = "tb"\n[export.wandb]\nproject = "p"\nmode = "offline"\n')
+        sinks = export_sinks(load_config(path).export, log_dir=tmp_path / "logs")
+        assert [sink.exporter.name for sink in sinks] == ["tensorboard", "wandb"]
+        assert [sink.capacity for sink in sinks] == [5, 5]
+        assert sinks[1].exporter.directory == str(tmp_path / "logs") and sinks[1].exporter.mode == "offline"
+        assert export_sinks(load_config(None).export, log_dir=tmp_path) == []
+
+    def test_a_misspelt_key_is_an_error_naming_it(self, tmp_path):
+        """A typo in an export key is refused, with the key, not ignored."""
+        from simic.consumer.config import ConfigError, load_config
+
+        path = tmp_path / "consumer.toml"
+        path.write_text('[export.tensorbord]\ndir = "tb"\n')
+        with pytest.raises(ConfigError, match="export.tensorbord: unknown key"):
+            load_config(path)
