@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-from ...pipeline import Batch, RateLimitedLog, Stage
+from ...pipeline import Batch, RateLimitedLog, SyncStage
 from .points import RunKey, RunPoints, points_of
 
 __all__ = ["Exporter", "RunExporter", "ExportSink", "ExportStats", "MissingExtra"]
@@ -110,7 +110,7 @@ class ExportStats:
         return asdict(self)
 
 
-class ExportSink(Stage):
+class ExportSink(SyncStage):
     """Runs an :class:`Exporter` in its own thread behind a bounded queue (see the module).
 
     Args:
@@ -148,7 +148,7 @@ class ExportSink(Stage):
             self._thread = threading.Thread(target=self._run, name=f"simic-{self.name.replace(':', '-')}", daemon=True)
             self._thread.start()
 
-    async def consume(self, batch: Batch) -> None:
+    def consume_now(self, batch: Batch) -> None:
         if batch.catching_up or self._closed or not (batch.events or batch.updates or batch.alerts):
             return
         self._put((batch.events, batch.updates, batch.alerts, len(batch.events) + len(batch.alerts)))
