@@ -25,7 +25,10 @@ benchmark device, not an API.
 Variants run interleaved, in a shuffled order per round; reported: the median steps/s over the rounds
 and the median over rounds of each variant's ratio to (a) in the same round. Runs on the CPU (there is no
 GPU here): on a 2-core machine the sidecar, wandb's service and tensorboardX's writer thread compete
-with the trainer for the cores, which a GPU trainer with idle host cores would not see.
+with the trainer for the cores, which a GPU trainer with idle host cores would not see. On a machine
+shared with other work the wall clock moves with their load, so each run's CPU time is reported too
+(``getrusage`` of the finished process and the children it waited for: the trainer's, its import and
+setup included, and in (d)/(d0) the sidecar's apart): CPU seconds do not depend on who else runs.
 
     .venv/bin/python bench/exporter_overhead.py              # 5 rounds x 5 variants x 64 updates, about 8 minutes
     .venv/bin/python bench/exporter_overhead.py --quick      # 1 round of 4 updates, smoke run
@@ -39,6 +42,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -136,20 +140,30 @@ def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: i
         else:
             raise SystemExit(f"the sidecar did not start: {sidecar.wait()}")
         command += ["--endpoint", endpoint]
+    before = _children_cpu_s()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    trainer_cpu = _children_cpu_s() - before
     if result.returncode != 0:
         raise SystemExit(f"{VARIANTS[variant]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     last = [m for m in SPS_LINE.finditer(result.stdout)][-1]
-    record = {"variant": variant, "round": round_index, "sps": int(last.group(4)), "updates": int(last.group(2))}
+    record = {"variant": variant, "round": round_index, "sps": int(last.group(4)), "updates": int(last.group(2)),
+              "trainer_cpu_s": trainer_cpu, "steps": int(last.group(3))}
     if sidecar is not None:
         sidecar.send_signal(signal.SIGTERM)
+        before = _children_cpu_s()
         output = sidecar.communicate(timeout=120)[0]
+        record["sidecar_cpu_s"] = _children_cpu_s() - before
         record["sidecar"] = [line for line in output.splitlines() if "export " in line or "stopped:" in line]
         shutil.rmtree(socket_dir, ignore_errors=True)
         dropped = [int(m.group(1)) for m in re.finditer(r"(\d+) dropped \(queue full\)", output)]
         record["export_dropped"] = sum(dropped)
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -190,12 +204,19 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"ppo_lstm.py, {args.updates} updates x 1024 steps, --threads 1, CPU (no GPU), {os.cpu_count()} cores, "
           f"{args.rounds} rounds interleaved; Python {platform.python_version()}; 1-min load after: {load:.1f}\n")
-    print("| variant | steps/s (median) | min-max | x (a), median of rounds |")
-    print("|---|---:|---:|---:|")
+    cpu = {(r["variant"], r["round"]): r["trainer_cpu_s"] for r in records}
+    sidecar_cpu = {(r["variant"], r["round"]): r.get("sidecar_cpu_s") for r in records}
+    print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU s (median) | x (a) | sidecar CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
-        sps = [by_round[(variant, i)] for i in range(args.rounds)]
-        ratios = [by_round[(variant, i)] / by_round[("a", i)] for i in range(args.rounds)]
-        print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps)}-{max(sps)} | {statistics.median(ratios):.3f} |")
+        rounds = range(args.rounds)
+        sps = [by_round[(variant, i)] for i in rounds]
+        ratios = [by_round[(variant, i)] / by_round[("a", i)] for i in rounds]
+        cpu_s = [cpu[(variant, i)] for i in rounds]
+        cpu_ratios = [cpu[(variant, i)] / cpu[("a", i)] for i in rounds]
+        side = [sidecar_cpu[(variant, i)] for i in rounds if sidecar_cpu[(variant, i)] is not None]
+        print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps)}-{max(sps)} | {statistics.median(ratios):.3f} "
+              f"| {statistics.median(cpu_s):.1f} | {statistics.median(cpu_ratios):.3f} | {f'{statistics.median(side):.1f}' if side else '-'} |")
     exports = [r for r in records if r["variant"] == "d"]
     if exports:
         print(f"\nsidecar exporters, every run of (d): {sum(r['export_dropped'] for r in exports)} events dropped (queue full)")
