@@ -1,9 +1,11 @@
 """Training speed of the reference trainer with TensorBoard and wandb logging: in the trainer, or in the sidecar.
 
 The trainer is ``examples/ppo_lstm.py`` (recurrent PPO, 32 envs x 32 steps per update, 4 epochs x 4
-minibatches), the same run config in every variant; the figure is its steps per second (environment
-steps over the training loop's wall time, the number its last progress line prints: setup before the
-loop and the closing after it are not in it). Variants:
+minibatches), the same run config in every variant, run in a process of its own that records the wall
+clock and its CPU clock (``time.process_time``: every thread of the trainer's process) at the end of every
+update (its progress line, printed every update). Reported per run: steps per second from the end of the
+first update to the end of the last (``--updates`` of them: setup, the first update's warm-up and the
+closing are not in it), and the trainer's CPU milliseconds per update over the same span. Variants:
 
 - ``(a) no logging``: telemetry off (no endpoint: a ``NullEmitter``).
 - ``(b) SummaryWriter in the trainer``: the trainer writes the scalars itself with tensorboardX's
@@ -20,17 +22,18 @@ trainer thread itself, through the same update combining and the same scalar nam
 exporters (``simic.consumer.sinks.export``): per-head gradient norms pre/post clip, LSTM statistics,
 PPO metrics, phase times, update ratios. So (b)-(d) write the same points; what differs is who pays for
 writing them. (b) and (c) replace the emitter's transport (its ``_send``) in the trainer process: a
-benchmark device, not an API.
+benchmark device, not an API. wandb's own service (``wandb-core``) is a process apart in (c) and in (d):
+its CPU is not in the trainer's clock.
 
 Variants run interleaved, in a shuffled order per round; reported: the median steps/s over the rounds
 and the median over rounds of each variant's ratio to (a) in the same round. Runs on the CPU (there is no
 GPU here): on a 2-core machine the sidecar, wandb's service and tensorboardX's writer thread compete
 with the trainer for the cores, which a GPU trainer with idle host cores would not see. On a machine
-shared with other work the wall clock moves with their load, so each run's CPU time is reported too
-(``getrusage`` of the finished process and the children it waited for: the trainer's, its import and
-setup included, and in (d)/(d0) the sidecar's apart): CPU seconds do not depend on who else runs.
+shared with other work the wall clock moves with their load; the CPU clocks much less: the trainer's CPU
+per update, and in (d)/(d0) the sidecar's CPU for the whole run (``getrusage`` of the process and of the
+children it waited for, wandb's service among them).
 
-    .venv/bin/python bench/exporter_overhead.py              # 5 rounds x 5 variants x 64 updates, about 8 minutes
+    .venv/bin/python bench/exporter_overhead.py              # 5 rounds x 5 variants x 40 updates, about 15 minutes
     .venv/bin/python bench/exporter_overhead.py --quick      # 1 round of 4 updates, smoke run
 """
 
@@ -62,6 +65,8 @@ VARIANTS = {
     "d0": "(d0) simic, sidecar without exporters",
 }
 SPS_LINE = re.compile(r"update (\d+)/(\d+) \| global_step (\d+) \| SPS (\d+)")
+STEPS_PER_UPDATE = 32 * 32
+"""Environment steps per update: --num-envs 32 x --num-steps 32."""
 
 
 def wandb_env(home: Path) -> dict[str, str]:
@@ -71,48 +76,71 @@ def wandb_env(home: Path) -> dict[str, str]:
     return env
 
 
-# -- (b) and (c): the trainer writes the points itself --------------------------------------------
+# -- in the trainer's process: (b) and (c) write the points themselves; every variant is timed -----------
 
 
-def direct(destination: str, out: str, trainer_args: list[str]) -> None:
-    """Run ppo_lstm.py in this process with an emitter whose messages the trainer thread writes itself."""
+class _Marks:
+    """stdout of the trainer: keeps its lines, and the wall and CPU clocks at each progress line (one per update)."""
+
+    def __init__(self, out) -> None:
+        self.out, self.marks = out, []
+
+    def write(self, text: str) -> int:
+        match = SPS_LINE.search(text)
+        if match:
+            self.marks.append((int(match.group(1)), time.perf_counter(), time.process_time()))
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def trainer(variant: str, out: str, trainer_args: list[str]) -> None:
+    """Run ppo_lstm.py in this process (for (b) and (c) with an emitter whose messages the trainer thread
+    writes itself), then print one ``BENCH {json}`` line: the clocks at the end of every update."""
     import runpy
 
-    import simic.producer
-    from simic.consumer.analysis.updates import UpdateCombiner
-    from simic.consumer.pipeline import Batch
-    from simic.consumer.sinks.export.points import points_of
-    from simic.producer import Emitter
-    from simic.schemas import decode_message
+    exporter = None
+    if variant in ("b", "c"):
+        import simic.producer
+        from simic.consumer.analysis.updates import UpdateCombiner
+        from simic.consumer.pipeline import Batch
+        from simic.consumer.sinks.export.points import points_of
+        from simic.producer import Emitter
+        from simic.schemas import decode_message
 
-    if destination == "tensorboard":
-        from simic.consumer.sinks.export.tensorboard import TensorBoardExporter
+        if variant == "b":
+            from simic.consumer.sinks.export.tensorboard import TensorBoardExporter
 
-        exporter = TensorBoardExporter(out)
-    else:
-        from simic.consumer.sinks.export.wandb import WandbExporter
+            exporter = TensorBoardExporter(out)
+        else:
+            from simic.consumer.sinks.export.wandb import WandbExporter
 
-        exporter = WandbExporter("simic-bench", out, mode="offline")
-    combiner = UpdateCombiner()
+            exporter = WandbExporter("simic-bench", out, mode="offline")
+        combiner = UpdateCombiner()
 
-    class WritingEmitter(Emitter):
-        """Each message goes to the writer, on the trainer's thread, instead of the socket."""
+        class WritingEmitter(Emitter):
+            """Each message goes to the writer, on the trainer's thread, instead of the socket."""
 
-        def _send(self, data: bytes, events: int) -> None:
-            batch = Batch(raw=data, recv_ns=time.time_ns(), events=decode_message(data).events)
-            combiner.consume_now(batch)
-            exporter.write(points_of(batch.events, batch.updates, ()))
-            self.stats.sent += events
-            self.stats.batches += 1
+            def _send(self, data: bytes, events: int) -> None:
+                batch = Batch(raw=data, recv_ns=time.time_ns(), events=decode_message(data).events)
+                combiner.consume_now(batch)
+                exporter.write(points_of(batch.events, batch.updates, ()))
+                self.stats.sent += events
+                self.stats.batches += 1
 
-    simic.producer.Emitter = WritingEmitter
-    socket_dir = tempfile.mkdtemp(prefix="simic-bench-")
-    sys.argv = [str(TRAINER), *trainer_args, "--endpoint", f"ipc://{socket_dir}/nobody.ipc"]
+        simic.producer.Emitter = WritingEmitter
+        trainer_args = [*trainer_args, "--endpoint", f"ipc://{tempfile.mkdtemp(prefix='simic-bench-')}/nobody.ipc"]
+    marks = _Marks(sys.stdout)
+    sys.stdout = marks
+    sys.argv = [str(TRAINER), *trainer_args]
     try:
         runpy.run_path(str(TRAINER), run_name="__main__")
     finally:
-        exporter.close()
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        sys.stdout = marks.out
+        if exporter is not None:
+            exporter.close()
+    print("BENCH " + json.dumps(marks.marks), flush=True)
 
 
 # -- one run of one variant -------------------------------------------------------------------------
@@ -124,11 +152,8 @@ def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: i
     env = {**os.environ, **wandb_env(tmp / "wandb-home"), "PYTHONUNBUFFERED": "1"}
     env.pop("SIMIC_ENDPOINT", None)
     sidecar = None
-    command = [sys.executable, str(TRAINER), *trainer_args]
-    if variant in ("b", "c"):
-        destination = "tensorboard" if variant == "b" else "wandb"
-        command = [sys.executable, __file__, "--direct", destination, str(work / destination), "--", *trainer_args]
-    elif variant in ("d", "d0"):
+    extra: list[str] = []
+    if variant in ("d", "d0"):
         socket_dir = tempfile.mkdtemp(prefix="simic-bench-")
         endpoint = f"ipc://{socket_dir}/c.ipc"
         exports = ["--tensorboard", str(work / "tensorboard"), "--wandb", "simic-bench"] if variant == "d" else []
@@ -139,15 +164,18 @@ def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: i
                 break
         else:
             raise SystemExit(f"the sidecar did not start: {sidecar.wait()}")
-        command += ["--endpoint", endpoint]
+        extra = ["--endpoint", endpoint]
+    command = [sys.executable, __file__, "--trainer", variant, str(work / "out"), "--", *trainer_args, *extra]
     before = _children_cpu_s()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     trainer_cpu = _children_cpu_s() - before
     if result.returncode != 0:
         raise SystemExit(f"{VARIANTS[variant]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    last = [m for m in SPS_LINE.finditer(result.stdout)][-1]
-    record = {"variant": variant, "round": round_index, "sps": int(last.group(4)), "updates": int(last.group(2)),
-              "trainer_cpu_s": trainer_cpu, "steps": int(last.group(3))}
+    (marks,) = [json.loads(line[len("BENCH "):]) for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+    (first, wall_0, cpu_0), (last, wall_1, cpu_1) = marks[0], marks[-1]
+    steps = (last - first) * STEPS_PER_UPDATE
+    record = {"variant": variant, "round": round_index, "sps": steps / (wall_1 - wall_0), "loop_cpu_s": cpu_1 - cpu_0,
+              "cpu_ms_per_update": 1000 * (cpu_1 - cpu_0) / (last - first), "updates": last - first, "trainer_cpu_s": trainer_cpu}
     if sidecar is not None:
         sidecar.send_signal(signal.SIGTERM)
         before = _children_cpu_s()
@@ -169,15 +197,15 @@ def _children_cpu_s() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every variant once, in a shuffled order")
-    parser.add_argument("--updates", type=int, default=64, help="PPO updates per run (1024 environment steps each)")
+    parser.add_argument("--updates", type=int, default=40, help="PPO updates timed per run (1024 environment steps each), after a first one")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which variants, comma-separated (a,b,c,d,d0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffling")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's record to this file")
     parser.add_argument("--quick", action="store_true", help="1 round of (at most) 4 updates: a smoke run")
-    parser.add_argument("--direct", nargs=2, metavar=("DESTINATION", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", nargs=2, metavar=("VARIANT", "DIR"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
-    if args.direct:
-        direct(args.direct[0], args.direct[1], rest[1:] if rest[:1] == ["--"] else rest)
+    if args.trainer:
+        trainer(args.trainer[0], args.trainer[1], rest[1:] if rest[:1] == ["--"] else rest)
         return
     if args.quick:
         args.rounds, args.updates = 1, min(args.updates, 4)
@@ -185,8 +213,8 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown or "a" not in variants:
         raise SystemExit(f"--variants: choose among {', '.join(VARIANTS)}, (a) included (the ratios are to it)")
-    trainer_args = ["--total-timesteps", str(args.updates * 1024), "--num-envs", "32", "--num-steps", "32", "--threads", "1",
-                    "--print-every", str(max(args.updates, 1)), "--seed", "1", "--run-id", "bench"]
+    trainer_args = ["--total-timesteps", str((args.updates + 1) * STEPS_PER_UPDATE), "--num-envs", "32", "--num-steps", "32",
+                    "--threads", "1", "--print-every", "1", "--seed", "1", "--run-id", "bench"]
     rng = random.Random(args.seed)
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="simic-exporter-bench-") as tmp:
@@ -196,7 +224,8 @@ def main() -> None:
             for variant in order:
                 record = run_variant(variant, trainer_args, Path(tmp), round_index)
                 records.append(record)
-                print(f"round {round_index + 1}/{args.rounds} {VARIANTS[variant]}: {record['sps']} steps/s", file=sys.stderr, flush=True)
+                print(f"round {round_index + 1}/{args.rounds} {VARIANTS[variant]}: {record['sps']:.0f} steps/s, "
+                      f"{record['cpu_ms_per_update']:.0f} CPU ms per update", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
 
@@ -204,19 +233,19 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"ppo_lstm.py, {args.updates} updates x 1024 steps, --threads 1, CPU (no GPU), {os.cpu_count()} cores, "
           f"{args.rounds} rounds interleaved; Python {platform.python_version()}; 1-min load after: {load:.1f}\n")
-    cpu = {(r["variant"], r["round"]): r["trainer_cpu_s"] for r in records}
+    cpu = {(r["variant"], r["round"]): r["cpu_ms_per_update"] for r in records}
     sidecar_cpu = {(r["variant"], r["round"]): r.get("sidecar_cpu_s") for r in records}
-    print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU s (median) | x (a) | sidecar CPU s |")
+    print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) | sidecar CPU s per run |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
         rounds = range(args.rounds)
         sps = [by_round[(variant, i)] for i in rounds]
         ratios = [by_round[(variant, i)] / by_round[("a", i)] for i in rounds]
-        cpu_s = [cpu[(variant, i)] for i in rounds]
+        cpu_ms = [cpu[(variant, i)] for i in rounds]
         cpu_ratios = [cpu[(variant, i)] / cpu[("a", i)] for i in rounds]
         side = [sidecar_cpu[(variant, i)] for i in rounds if sidecar_cpu[(variant, i)] is not None]
-        print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps)}-{max(sps)} | {statistics.median(ratios):.3f} "
-              f"| {statistics.median(cpu_s):.1f} | {statistics.median(cpu_ratios):.3f} | {f'{statistics.median(side):.1f}' if side else '-'} |")
+        print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps):.0f}-{max(sps):.0f} | {statistics.median(ratios):.3f} "
+              f"| {statistics.median(cpu_ms):.1f} | {statistics.median(cpu_ratios):.3f} | {f'{statistics.median(side):.1f}' if side else '-'} |")
     exports = [r for r in records if r["variant"] == "d"]
     if exports:
         print(f"\nsidecar exporters, every run of (d): {sum(r['export_dropped'] for r in exports)} events dropped (queue full)")
