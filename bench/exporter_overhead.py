@@ -5,7 +5,9 @@ minibatches), the same run config in every variant, run in a process of its own 
 clock and its CPU clock (``time.process_time``: every thread of the trainer's process) at the end of every
 update (its progress line, printed every update). Reported per run: steps per second from the end of the
 first update to the end of the last (``--updates`` of them: setup, the first update's warm-up and the
-closing are not in it), and the trainer's CPU milliseconds per update over the same span. Variants:
+closing are not in it), the trainer's CPU milliseconds per update over the same span, and the time the
+trainer thread spent handing its telemetry on per update (in (b) and (c) writing it with the library, in
+(d) and (d0) the emitter's socket send; the measuring itself, the same in (b)-(d), is not in it). Variants:
 
 - ``(a) no logging``: telemetry off (no endpoint: a ``NullEmitter``).
 - ``(b) SummaryWriter in the trainer``: the trainer writes the scalars itself with tensorboardX's
@@ -79,8 +81,13 @@ def wandb_env(home: Path) -> dict[str, str]:
 # -- in the trainer's process: (b) and (c) write the points themselves; every variant is timed -----------
 
 
+_SENDING = [0.0]
+"""Seconds the trainer thread spent handing messages on (the socket send, or in (b)/(c) the writing), so far."""
+
+
 class _Marks:
-    """stdout of the trainer: keeps its lines, and the wall and CPU clocks at each progress line (one per update)."""
+    """stdout of the trainer: keeps its lines, and the wall and CPU clocks and the sending time so far at each
+    progress line (one per update)."""
 
     def __init__(self, out) -> None:
         self.out, self.marks = out, []
@@ -88,7 +95,7 @@ class _Marks:
     def write(self, text: str) -> int:
         match = SPS_LINE.search(text)
         if match:
-            self.marks.append((int(match.group(1)), time.perf_counter(), time.process_time()))
+            self.marks.append((int(match.group(1)), time.perf_counter(), time.process_time(), _SENDING[0]))
         return self.out.write(text)
 
     def flush(self) -> None:
@@ -100,13 +107,26 @@ def trainer(variant: str, out: str, trainer_args: list[str]) -> None:
     writes itself), then print one ``BENCH {json}`` line: the clocks at the end of every update."""
     import runpy
 
+    import simic.producer
+    from simic.producer import Emitter, EmitterSettings
+
     exporter = None
+    clock = time.perf_counter
+    if variant in ("d", "d0"):
+
+        class TimedEmitter(Emitter):
+            """The real emitter, its send timed."""
+
+            def _send(self, data: bytes, events: int) -> None:
+                start = clock()
+                super()._send(data, events)
+                _SENDING[0] += clock() - start
+
+        simic.producer.Emitter = TimedEmitter
     if variant in ("b", "c"):
-        import simic.producer
         from simic.consumer.analysis.updates import UpdateCombiner
         from simic.consumer.pipeline import Batch
         from simic.consumer.sinks.export.points import points_of
-        from simic.producer import Emitter
         from simic.schemas import decode_message
 
         if variant == "b":
@@ -120,14 +140,21 @@ def trainer(variant: str, out: str, trainer_args: list[str]) -> None:
         combiner = UpdateCombiner()
 
         class WritingEmitter(Emitter):
-            """Each message goes to the writer, on the trainer's thread, instead of the socket."""
+            """Each message goes to the writer, on the trainer's thread, instead of the socket (no background
+            delivery: a trainer writing its own scalars writes them from its loop)."""
+
+            def __init__(self, *args, **kwargs) -> None:
+                kwargs["settings"] = EmitterSettings(background_delivery=False)
+                super().__init__(*args, **kwargs)
 
             def _send(self, data: bytes, events: int) -> None:
+                start = clock()
                 batch = Batch(raw=data, recv_ns=time.time_ns(), events=decode_message(data).events)
                 combiner.consume_now(batch)
                 exporter.write(points_of(batch.events, batch.updates, ()))
                 self.stats.sent += events
                 self.stats.batches += 1
+                _SENDING[0] += clock() - start
 
         simic.producer.Emitter = WritingEmitter
         trainer_args = [*trainer_args, "--endpoint", f"ipc://{tempfile.mkdtemp(prefix='simic-bench-')}/nobody.ipc"]
@@ -172,10 +199,11 @@ def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: i
     if result.returncode != 0:
         raise SystemExit(f"{VARIANTS[variant]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     (marks,) = [json.loads(line[len("BENCH "):]) for line in result.stdout.splitlines() if line.startswith("BENCH ")]
-    (first, wall_0, cpu_0), (last, wall_1, cpu_1) = marks[0], marks[-1]
+    (first, wall_0, cpu_0, send_0), (last, wall_1, cpu_1, send_1) = marks[0], marks[-1]
     steps = (last - first) * STEPS_PER_UPDATE
     record = {"variant": variant, "round": round_index, "sps": steps / (wall_1 - wall_0), "loop_cpu_s": cpu_1 - cpu_0,
-              "cpu_ms_per_update": 1000 * (cpu_1 - cpu_0) / (last - first), "updates": last - first, "trainer_cpu_s": trainer_cpu}
+              "cpu_ms_per_update": 1000 * (cpu_1 - cpu_0) / (last - first), "send_ms_per_update": 1000 * (send_1 - send_0) / (last - first),
+              "updates": last - first, "trainer_cpu_s": trainer_cpu}
     if sidecar is not None:
         sidecar.send_signal(signal.SIGTERM)
         before = _children_cpu_s()
@@ -234,9 +262,11 @@ def main() -> None:
     print(f"ppo_lstm.py, {args.updates} updates x 1024 steps, --threads 1, CPU (no GPU), {os.cpu_count()} cores, "
           f"{args.rounds} rounds interleaved; Python {platform.python_version()}; 1-min load after: {load:.1f}\n")
     cpu = {(r["variant"], r["round"]): r["cpu_ms_per_update"] for r in records}
+    sending = {(r["variant"], r["round"]): r["send_ms_per_update"] for r in records}
     sidecar_cpu = {(r["variant"], r["round"]): r.get("sidecar_cpu_s") for r in records}
-    print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) | sidecar CPU s per run |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) "
+          "| trainer ms/update handing on (median) | sidecar CPU s per run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
         rounds = range(args.rounds)
         sps = [by_round[(variant, i)] for i in rounds]
@@ -244,8 +274,10 @@ def main() -> None:
         cpu_ms = [cpu[(variant, i)] for i in rounds]
         cpu_ratios = [cpu[(variant, i)] / cpu[("a", i)] for i in rounds]
         side = [sidecar_cpu[(variant, i)] for i in rounds if sidecar_cpu[(variant, i)] is not None]
+        handing = statistics.median(sending[(variant, i)] for i in rounds)
         print(f"| {VARIANTS[variant]} | {statistics.median(sps):.0f} | {min(sps):.0f}-{max(sps):.0f} | {statistics.median(ratios):.3f} "
-              f"| {statistics.median(cpu_ms):.1f} | {statistics.median(cpu_ratios):.3f} | {f'{statistics.median(side):.1f}' if side else '-'} |")
+              f"| {statistics.median(cpu_ms):.1f} | {statistics.median(cpu_ratios):.3f} | {handing:.3f} "
+              f"| {f'{statistics.median(side):.1f}' if side else '-'} |")
     exports = [r for r in records if r["variant"] == "d"]
     if exports:
         print(f"\nsidecar exporters, every run of (d): {sum(r['export_dropped'] for r in exports)} events dropped (queue full)")
