@@ -5,9 +5,10 @@ minibatches), the same run config in every variant, run in a process of its own 
 clock and its CPU clock (``time.process_time``: every thread of the trainer's process) at the end of every
 update (its progress line, printed every update). Reported per run: steps per second from the end of the
 first update to the end of the last (``--updates`` of them: setup, the first update's warm-up and the
-closing are not in it), the trainer's CPU milliseconds per update over the same span, and the time the
-trainer thread spent handing its telemetry on per update (in (b) and (c) writing it with the library, in
-(d) and (d0) the emitter's socket send; the measuring itself, the same in (b)-(d), is not in it). Variants:
+closing are not in it), the trainer's CPU milliseconds per update over the same span, and the CPU time
+the trainer thread spent handing its telemetry on per update (in (b) and (c) writing it with the library;
+in (d) and (d0) the emitter's non-blocking socket send; the measuring itself, the same in (b)-(d), is not
+in it; the wall time of those calls goes to ``--json``). Variants:
 
 - ``(a) no logging``: telemetry off (no endpoint: a ``NullEmitter``).
 - ``(b) SummaryWriter in the trainer``: the trainer writes the scalars itself with tensorboardX's
@@ -54,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,8 +83,11 @@ def wandb_env(home: Path) -> dict[str, str]:
 # -- in the trainer's process: (b) and (c) write the points themselves; every variant is timed -----------
 
 
-_SENDING = [0.0]
-"""Seconds the trainer thread spent handing messages on (the socket send, or in (b)/(c) the writing), so far."""
+_SENDING = [0.0, 0.0]
+"""Wall and CPU seconds (``time.thread_time``) the trainer thread spent handing messages on (the socket send,
+or in (b)/(c) the writing), so far. Sends from the emitter's background delivery thread are not counted:
+their time is mostly waiting for the GIL while the trainer runs, not time taken from it. On a loaded machine
+the wall time of a call includes the times the thread was preempted; its CPU time does not."""
 
 
 class _Marks:
@@ -95,7 +100,7 @@ class _Marks:
     def write(self, text: str) -> int:
         match = SPS_LINE.search(text)
         if match:
-            self.marks.append((int(match.group(1)), time.perf_counter(), time.process_time(), _SENDING[0]))
+            self.marks.append((int(match.group(1)), time.perf_counter(), time.process_time(), *_SENDING))
         return self.out.write(text)
 
     def flush(self) -> None:
@@ -111,16 +116,21 @@ def trainer(variant: str, out: str, trainer_args: list[str]) -> None:
     from simic.producer import Emitter, EmitterSettings
 
     exporter = None
-    clock = time.perf_counter
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    main = threading.main_thread()
     if variant in ("d", "d0"):
 
         class TimedEmitter(Emitter):
             """The real emitter, its send timed."""
 
             def _send(self, data: bytes, events: int) -> None:
-                start = clock()
+                if threading.current_thread() is not main:
+                    super()._send(data, events)
+                    return
+                start, start_cpu = clock(), cpu_clock()
                 super()._send(data, events)
                 _SENDING[0] += clock() - start
+                _SENDING[1] += cpu_clock() - start_cpu
 
         simic.producer.Emitter = TimedEmitter
     if variant in ("b", "c"):
@@ -148,13 +158,14 @@ def trainer(variant: str, out: str, trainer_args: list[str]) -> None:
                 super().__init__(*args, **kwargs)
 
             def _send(self, data: bytes, events: int) -> None:
-                start = clock()
+                start, start_cpu = clock(), cpu_clock()
                 batch = Batch(raw=data, recv_ns=time.time_ns(), events=decode_message(data).events)
                 combiner.consume_now(batch)
                 exporter.write(points_of(batch.events, batch.updates, ()))
                 self.stats.sent += events
                 self.stats.batches += 1
                 _SENDING[0] += clock() - start
+                _SENDING[1] += cpu_clock() - start_cpu
 
         simic.producer.Emitter = WritingEmitter
         trainer_args = [*trainer_args, "--endpoint", f"ipc://{tempfile.mkdtemp(prefix='simic-bench-')}/nobody.ipc"]
@@ -199,11 +210,11 @@ def run_variant(variant: str, trainer_args: list[str], tmp: Path, round_index: i
     if result.returncode != 0:
         raise SystemExit(f"{VARIANTS[variant]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     (marks,) = [json.loads(line[len("BENCH "):]) for line in result.stdout.splitlines() if line.startswith("BENCH ")]
-    (first, wall_0, cpu_0, send_0), (last, wall_1, cpu_1, send_1) = marks[0], marks[-1]
-    steps = (last - first) * STEPS_PER_UPDATE
+    (first, wall_0, cpu_0, send_0, send_cpu_0), (last, wall_1, cpu_1, send_1, send_cpu_1) = marks[0], marks[-1]
+    steps, updates = (last - first) * STEPS_PER_UPDATE, last - first
     record = {"variant": variant, "round": round_index, "sps": steps / (wall_1 - wall_0), "loop_cpu_s": cpu_1 - cpu_0,
-              "cpu_ms_per_update": 1000 * (cpu_1 - cpu_0) / (last - first), "send_ms_per_update": 1000 * (send_1 - send_0) / (last - first),
-              "updates": last - first, "trainer_cpu_s": trainer_cpu}
+              "cpu_ms_per_update": 1000 * (cpu_1 - cpu_0) / updates, "send_ms_per_update": 1000 * (send_1 - send_0) / updates,
+              "send_cpu_ms_per_update": 1000 * (send_cpu_1 - send_cpu_0) / updates, "updates": updates, "trainer_cpu_s": trainer_cpu}
     if sidecar is not None:
         sidecar.send_signal(signal.SIGTERM)
         before = _children_cpu_s()
@@ -262,10 +273,10 @@ def main() -> None:
     print(f"ppo_lstm.py, {args.updates} updates x 1024 steps, --threads 1, CPU (no GPU), {os.cpu_count()} cores, "
           f"{args.rounds} rounds interleaved; Python {platform.python_version()}; 1-min load after: {load:.1f}\n")
     cpu = {(r["variant"], r["round"]): r["cpu_ms_per_update"] for r in records}
-    sending = {(r["variant"], r["round"]): r["send_ms_per_update"] for r in records}
+    sending = {(r["variant"], r["round"]): r["send_cpu_ms_per_update"] for r in records}
     sidecar_cpu = {(r["variant"], r["round"]): r.get("sidecar_cpu_s") for r in records}
     print("| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) "
-          "| trainer ms/update handing on (median) | sidecar CPU s per run |")
+          "| trainer thread CPU ms/update handing on (median) | sidecar CPU s per run |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
         rounds = range(args.rounds)

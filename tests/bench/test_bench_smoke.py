@@ -74,7 +74,7 @@ class TestExporterOverhead:
         result = subprocess.run([sys.executable, str(BENCH / "exporter_overhead.py"), "--quick", "--updates", "2"],
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) | trainer ms/update handing on (median) |" in result.stdout
+        assert "| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) | trainer thread CPU ms/update handing on (median) |" in result.stdout
         for variant in ("(a) no logging", "(b) SummaryWriter in the trainer", "(c) wandb.log in the trainer (offline)",
                         "(d) simic, sidecar exports to TensorBoard and wandb", "(d0) simic, sidecar without exporters"):
             assert f"| {variant} |" in result.stdout, variant
