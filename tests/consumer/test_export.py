@@ -272,7 +272,12 @@ class TestExportSink:
         """close() gives up after close_timeout_s, counting what was never written, and returns."""
         gate = _Gate()
         sink = ExportSink(gate, queue_batches=100, close_timeout_s=0.2)
-        await push([sink], step_messages(4))
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        await pipeline.start()
+        for index, events in enumerate(step_messages(4)):
+            await pipeline.consume(encode_events(events), T0 + index)
+        assert await asyncio.to_thread(gate.entered.wait, 60)  # the export thread is stuck in the first write
+        await pipeline.close()
         assert sink.stats.written == 0 and sink.stats.unfinished == 3  # one batch in the stuck write, three queued
         assert "3 batches not written at the close deadline" in sink.summary_line()
         gate.release.set()
