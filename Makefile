@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[producer,dev,report]"
 	touch $@
 
-# The optional library adapters' extras, tested too: torch stays pinned (a plain install of them
-# would pull a multi-GB CUDA build of torch).
+# The optional extras (library adapters, exporters), tested too: torch stays pinned (a plain install
+# of them would pull a multi-GB CUDA build of torch).
 $(VENV)/.extras: $(VENV)/.installed
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
-	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[sb3,lightning]"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[sb3,lightning,tensorboard,wandb]"
 	touch $@
 
 demo: setup

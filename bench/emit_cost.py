@@ -1,7 +1,8 @@
 """Trainer-side cost of telemetry: microseconds per event on the training thread.
 
-Peer rows (tensorboardX, wandb) need those libraries, which are never dependencies of this
-project: install them in a separate bench virtualenv, not the project's ``.venv``::
+Peer rows (tensorboardX, wandb) need those libraries: the ``[tensorboard]`` and ``[wandb]`` extras
+(``make test`` installs them in ``.venv``), or, as the published numbers were measured, a separate
+virtualenv with the versions pinned in ``bench/requirements-peers.txt``::
 
     python3 -m venv /tmp/peers-venv
     /tmp/peers-venv/bin/pip install torch==2.13.0 -e . -r bench/requirements-peers.txt
@@ -275,13 +276,13 @@ def _scalars(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, float]
 
 
 def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Callable[[], None]]]:
-    """tensorboardX and wandb variants, only where installed (never installed by this project)."""
+    """tensorboardX and wandb variants, only where installed (the [tensorboard] and [wandb] extras)."""
     blocks: dict[str, StepBlock] = {}
     notes: list[str] = []
     closers: list[Callable[[], None]] = []
     per_step = len(_scalars(STEP_EVENTS[0]))
     if importlib.util.find_spec("tensorboardX") is None:
-        notes.append("tensorboardX: not installed, skipped (not a project dependency; see bench/requirements-peers.txt)")
+        notes.append("tensorboardX: not installed, skipped (pip install -e '.[tensorboard]', or see bench/requirements-peers.txt)")
     else:
         from tensorboardX import SummaryWriter
 
@@ -295,7 +296,7 @@ def optional_peers(tmp: str) -> tuple[dict[str, StepBlock], list[str], list[Call
 
         blocks[f"tensorboardX add_scalar x{per_step} per step"] = timed_steps([_scalars(step) for step in STEP_EVENTS], tbx)
     if importlib.util.find_spec("wandb") is None:
-        notes.append("wandb: not installed, skipped (not a project dependency; see bench/requirements-peers.txt)")
+        notes.append("wandb: not installed, skipped (pip install -e '.[wandb]', or see bench/requirements-peers.txt)")
     else:
         home = os.path.join(tmp, "wandb-home")
         for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):

@@ -1,8 +1,9 @@
 """simic.consumer: the sidecar daemon and its library.
 
 Receive (``sources``), decode and validate (``simic.schemas``), account for every producer
-(``accounting``), analyse (``analysis``), record and alert (``sinks``); ``replay`` runs recorded
-logs through the same pipeline. This package never imports torch.
+(``accounting``), analyse (``analysis``), record and alert (``sinks``), export to TensorBoard and
+wandb (``sinks.export``, optional extras); ``replay`` runs recorded logs through the same pipeline.
+This package never imports torch.
 """
 
 from .accounting import Accounting, ProducerState

@@ -34,6 +34,20 @@ def _config(path: str | None):
         raise click.UsageError(str(error)) from None
 
 
+DEFAULT_WANDB_PROJECT = "simic"
+"""The wandb project of ``--wandb`` given without one."""
+
+
+def _with_exports(config, tensorboard_dir: str | None, wandb_project: str | None):
+    """The configuration with the exporters the command line turns on (they win over the file's)."""
+    export = config.export
+    if tensorboard_dir is not None:
+        export = export.model_copy(update={"tensorboard": export.tensorboard.model_copy(update={"dir": tensorboard_dir})})
+    if wandb_project is not None:
+        export = export.model_copy(update={"wandb": export.wandb.model_copy(update={"project": wandb_project})})
+    return config.model_copy(update={"export": export})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="simic-telemetry")
 def main() -> None:
@@ -70,10 +84,17 @@ def main() -> None:
 @click.option("--remove-dir-at-exit", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Remove DIR when the consumer exits: a private directory made for its ipc sockets (spawn_consumer's), "
                    "owned by this user, holding nothing but sockets; otherwise it is left alone, with a warning.")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write what arrives as TensorBoard event files under DIR, one run directory per run and rank "
+                   "(config: export.tensorboard.dir). Needs simic-telemetry[tensorboard].")
+@click.option("--wandb", "wandb_project", is_flag=False, flag_value=DEFAULT_WANDB_PROJECT, default=None, metavar="[PROJECT]",
+              help=f"Also log what arrives to wandb, one run per run and rank, in PROJECT (default {DEFAULT_WANDB_PROJECT}); "
+                   "online or offline as WANDB_MODE and `wandb login` say (config: export.wandb). Needs simic-telemetry[wandb].")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
         curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
-        exit_with_pid: int | None, remove_dir_at_exit: Path | None, verbose: bool) -> None:
+        exit_with_pid: int | None, remove_dir_at_exit: Path | None, tensorboard_dir: str | None, wandb_project: str | None,
+        verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM (or until the
     process given to --exit-with-pid exits)."""
     from .lifecycle import check_private_dir, remove_private_dir
@@ -85,7 +106,7 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
             raise click.UsageError(f"--remove-dir-at-exit: {problem}")
     try:
         _run(endpoint, log_dir, config_path, alerts_endpoint, dead_letter, insecure_bind, curve_secret, curve_allow,
-             metrics_port, metrics_host, dashboard, exit_with_pid)
+             metrics_port, metrics_host, dashboard, exit_with_pid, tensorboard_dir, wandb_project)
     finally:
         if remove_dir_at_exit is not None:
             remove_private_dir(remove_dir_at_exit)
@@ -93,13 +114,14 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
 
 def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
          curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
-         exit_with_pid: int | None) -> None:
+         exit_with_pid: int | None, tensorboard_dir: str | None, wandb_project: str | None) -> None:
     from .claim import EndpointInUse
     from .daemon import DaemonOptions, serve
     from .lifecycle import ProcessGone
     from .security import CurveServer, SecurityError
+    from .sinks.export import MissingExtra
 
-    config = _config(config_path)
+    config = _with_exports(_config(config_path), tensorboard_dir, wandb_project)
     endpoint = endpoint or default_endpoint()
     alerts = None if alerts_endpoint.lower() == "none" else alerts_endpoint
     curve = None
@@ -133,6 +155,8 @@ def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_en
         raise click.ClickException(f"--exit-with-pid {exit_with_pid}: {error}; not starting") from None
     except EndpointInUse as error:
         raise click.ClickException(str(error)) from None
+    except MissingExtra as error:
+        raise click.ClickException(f"{error}; not starting") from None
     except Exception as error:  # bind failures and the like: one clear line, not a traceback
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     if curve is not None:
@@ -210,6 +234,46 @@ def report(logs: tuple[Path, ...], output: Path, config_path: str | None, title:
     except LogFormatError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"wrote {written.path} ({written.bytes / 1e6:.1f} MB): {written.runs} runs, {written.events} events, {written.alerts} alerts")
+
+
+@main.command()
+@click.argument("destination", type=click.Choice(["tensorboard", "wandb"]))
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
+              help="tensorboard: the directory of run directories (tensorboard --logdir DIR); wandb: where wandb keeps its files.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TOML configuration: the rules whose alerts are exported, and the export.wandb settings.")
+@click.option("--project", default=None, help=f"wandb: the project (default: export.wandb.project, else {DEFAULT_WANDB_PROJECT}).")
+@click.option("--mode", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
+              help="wandb: online or offline (default: export.wandb.mode, else what WANDB_MODE and `wandb login` say).")
+def export(destination: str, logs: tuple[Path, ...], out: Path, config_path: str | None, project: str | None, wandb_mode: str | None) -> None:
+    """Write recorded logs to TensorBoard or wandb as the sidecar's --tensorboard and --wandb do live:
+    the same scalars on the step axis, the alerts of the same rules as text, run_start as the config."""
+    from .replay import replay as run_replay
+    from .sinks.export import MissingExtra, export_sinks
+
+    _setup_logging(False, logging.WARNING)
+    config = _config(config_path)
+    tensorboard, wandb = config.export.tensorboard, config.export.wandb
+    if destination == "tensorboard":  # this destination only, whatever the file turns on
+        tensorboard, wandb = tensorboard.model_copy(update={"dir": str(out)}), wandb.model_copy(update={"project": None})
+    else:
+        tensorboard = tensorboard.model_copy(update={"dir": None})
+        wandb = wandb.model_copy(update={"project": project or wandb.project or DEFAULT_WANDB_PROJECT, "mode": wandb_mode or wandb.mode,
+                                         "dir": str(out)})
+    config = config.model_copy(update={"export": config.export.model_copy(update={"tensorboard": tensorboard, "wandb": wandb})})
+    try:
+        (sink,) = export_sinks(config.export, log_dir=out, when_full="wait")
+    except MissingExtra as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        result = asyncio.run(run_replay(logs, config, extra_sinks=[sink]))
+    except LogFormatError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(sink.summary_line())
+    if sink.stats.failed:
+        raise click.ClickException(f"{sink.stats.failed} events could not be exported (see the messages above)")
+    click.echo(f"{len(result.summary.get('runs', {}))} runs, {len(result.alerts)} alerts")
 
 
 @main.command()

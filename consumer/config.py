@@ -13,6 +13,12 @@ the key (a typo in a threshold must not silently keep the default). Example::
 
     [rules.non_finite]
     severity = "critical"
+
+    [export.tensorboard]
+    dir = "runs/tensorboard"
+
+    [export.wandb]
+    project = "ppo-lstm"
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .analysis import RULES
 
-__all__ = ["DaemonConfig", "LogConfig", "RulesConfig", "ConsumerConfig", "ConfigError", "load_config"]
+__all__ = ["DaemonConfig", "LogConfig", "RulesConfig", "ExportConfig", "TensorBoardExportConfig", "WandbExportConfig",
+           "ConsumerConfig", "ConfigError", "load_config"]
 
 
 class _Section(BaseModel):
@@ -98,6 +105,45 @@ class LogConfig(_Section):
         return self
 
 
+class TensorBoardExportConfig(_Section):
+    dir: str | None = None
+    """Write TensorBoard event files under this directory, one run directory per run and rank
+    (``DIR/<run_id>/rank<N>``); None: off. ``run --tensorboard DIR`` sets it. Needs
+    ``simic-telemetry[tensorboard]``."""
+    flush_secs: float = Field(5.0, gt=0)
+    """How often the event files are flushed to disk (and at the end of every session): 5 s, so a
+    TensorBoard watching the directory is at most that far behind."""
+
+
+class WandbExportConfig(_Section):
+    project: str | None = None
+    """Log to this wandb project, one wandb run per run and rank (grouped by run id); None: off.
+    ``run --wandb [PROJECT]`` sets it (``simic`` when no project is given). Needs ``simic-telemetry[wandb]``."""
+    entity: str | None = None
+    """The wandb entity (team or user); None: your default one."""
+    mode: Literal["online", "offline"] | None = None
+    """None: what ``WANDB_MODE`` and ``wandb login`` say (online when logged in). ``offline`` keeps the
+    runs on disk for ``wandb sync``."""
+    dir: str | None = None
+    """Where wandb keeps its files (``DIR/wandb/...``); None: the consumer's log directory."""
+
+
+class ExportConfig(_Section):
+    tensorboard: TensorBoardExportConfig = TensorBoardExportConfig()
+    wandb: WandbExportConfig = WandbExportConfig()
+    queue_batches: int = Field(1_000, ge=1)
+    """Messages held for each exporter (each has its own queue and thread): 1,000, about 15 s of a
+    trainer sending 64 messages a second. When an exporter falls that far behind (a slow disk, wandb's
+    service busy), further messages are not exported, and counted
+    (``simic_export_dropped_events_total``, the exit summary): the receiver, the event log and the
+    alerts never wait for an exporter."""
+    close_timeout_s: float = Field(10.0, gt=0)
+    """Longest the daemon waits at shutdown for each exporter to write what it holds and close
+    (wandb finishing an offline run takes about a second); what is left then is counted as not
+    written. 10 s keeps a sidecar started by its trainer inside the 15 s the trainer gives it to stop
+    (online, wandb keeps every point in its run file for ``wandb sync`` if its upload is cut short)."""
+
+
 RulesConfig: type[BaseModel] = create_model(  # one field per registered rule, named after it
     "RulesConfig",
     __config__=ConfigDict(extra="forbid", frozen=True),
@@ -109,6 +155,7 @@ class ConsumerConfig(_Section):
     daemon: DaemonConfig = DaemonConfig()
     log: LogConfig = LogConfig()
     rules: RulesConfig = RulesConfig()  # type: ignore[valid-type]
+    export: ExportConfig = ExportConfig()
 
 
 class ConfigError(ValueError):

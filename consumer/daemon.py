@@ -43,6 +43,7 @@ from .retention import first_kept_segments
 from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink
 from .sinks.event_log import EventLogSink
+from .sinks.export import ExportSink, export_sinks
 from .sinks.metrics import MetricsSink
 from .sources.zmq_pull import ZmqPullSource
 from .state import STATE_FILE, frames_after, load_checkpoint, save_checkpoint
@@ -111,6 +112,8 @@ class _Daemon:
             from .sinks.dashboard import DashboardSink
 
             self.dashboard = DashboardSink()
+        # Each exporter behind its own bounded queue and thread (a missing library raises MissingExtra here, at start).
+        self.exports = export_sinks(self.config.export, log_dir=options.log_dir)
         if self.metrics is not None and options.curve is not None:
             self.metrics.registry.register(options.curve.failures)  # simic_handshakes_failed_total
         self.pipeline = self._build()
@@ -121,6 +124,7 @@ class _Daemon:
         alerts_endpoint = _alerts_endpoint(options)
         if alerts_endpoint:
             extra.append(PubAlertSink(alerts_endpoint, curve=options.curve))
+        extra.extend(self.exports)
         extra.extend(options.extra_sinks)
         watchers = [stage for stage in (self.metrics, self.dashboard) if stage is not None]
         pipeline = build_pipeline(
@@ -277,6 +281,8 @@ async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: 
         _say(f"publishing alerts on {sink.endpoint}")
     if daemon.metrics is not None:
         _say(f"serving metrics on {daemon.metrics.url}")
+    for sink in daemon.exports:
+        _say(f"exporting to {sink.exporter.name}: {sink.exporter.where}")
     _say(f"logging to {options.log_dir.resolve()}")
 
     queue: asyncio.Queue = ByteBoundedQueue(config.daemon.queue_messages, config.daemon.queue_bytes)
@@ -340,6 +346,8 @@ def _report(pipeline: Pipeline, unprocessed: int) -> None:
         + (f", {frames_lost} log frames not written" if frames_lost else "")
         + (f", {unprocessed} messages left unprocessed at the shutdown deadline" if unprocessed else "")
     )
+    for sink in pipeline.find(ExportSink):
+        _say(sink.summary_line())
     if pipeline.stage_errors:
         _say(f"stage errors: {json.dumps(dict(pipeline.stage_errors))}")
     sys.stdout.flush()

@@ -72,7 +72,9 @@ async def replay(
     """Replay logs (files or directories; several are merged by arrival time).
 
     With ``analysis=False`` only the accounting runs (what ``inspect`` needs). ``extra_sinks`` run
-    last, after the alert collector (the report's series recorder rides along this way).
+    last, after the alert collector (the report's series recorder rides along this way); one with a
+    ``watch(pipeline)`` method is given the pipeline once it is built, as the daemon does for its
+    metrics (the report's recorder follows the drift rule's judgements so).
     """
     source = LogFilesSource(targets)
     collector = _AlertCollector()
@@ -80,6 +82,10 @@ async def replay(
         pipeline = build_pipeline(config, console=console, extra_sinks=[collector, *extra_sinks])
     else:
         pipeline = Pipeline([Accounting(log_interval_s=config.daemon.rejection_log_interval_s), collector, *extra_sinks])
+    for sink in extra_sinks:
+        watch = getattr(sink, "watch", None)
+        if watch is not None:
+            watch(pipeline)
     await run_source(source, pipeline, frozenset(first_kept_segments(targets)))
     summary = pipeline.find(Accounting)[0].summary()
     summary["retention"] = retention_summary(targets)

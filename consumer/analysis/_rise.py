@@ -61,11 +61,25 @@ class Rise:
         rise = x - median(values[-limits.baseline:])
         if rise <= math.log(limits.rise) or x <= max(values[-limits.spread:]) + math.log(limits.new_high):
             return False, rise
-        window = values[-(limits.spread + 1):]
+        return rise > limits.noise_z * self._jitter(limits), rise
+
+    def _jitter(self, limits: RiseLimits) -> float:
+        window = self.values[-(limits.spread + 1):]
         changes = [b - a for a, b in zip(window, window[1:])]
         middle = median(changes)
-        jitter = max(limits.min_spread, 1.4826 * median(abs(c - middle) for c in changes) / math.sqrt(2.0))
-        return rise > limits.noise_z * jitter, rise
+        return max(limits.min_spread, 1.4826 * median(abs(c - middle) for c in changes) / math.sqrt(2.0))
+
+    def level_and_limit(self, limits: RiseLimits) -> tuple[float | None, float | None]:
+        """The level a new value is compared with and the lowest value that would rise (both in log), before
+        the new value is kept; the limit is None during the warm-up, the level None before any value."""
+        values = self.values
+        if not values:
+            return None, None
+        level = median(values[-limits.baseline:])
+        if self.seen - 1 < limits.warmup or len(values) < 3:  # (``judge`` has counted the value being judged)
+            return level, None
+        return level, max(level + math.log(limits.rise), level + limits.noise_z * self._jitter(limits),
+                          max(values[-limits.spread:]) + math.log(limits.new_high))
 
     def keep(self, x: float, limits: RiseLimits) -> None:
         """Add log value ``x`` to the history (a value that did not rise)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
@@ -86,6 +87,27 @@ class GradientDriftConfig(RuleConfig):
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class HeadJudgement:
+    """One head's norm at one update, as the rule judged it (what the report draws, see :meth:`GradientDrift.trace`)."""
+
+    run_id: str
+    rank: int
+    step: int
+    head: str
+    norm: float
+    baseline: float | None
+    """What the norm was compared with: the head's usual level before this update (the median of its last
+    usual updates); None for the head's first update."""
+    limit: float | None
+    """The norm above which this update drifted (the highest of the rise over the level, the jitter's limit and
+    the recent highest); None during the warmup."""
+    drifted: bool
+    """The rule judged this update drifting (the norm above ``limit``)."""
+    firing: bool
+    """The head's drift condition is active after this update: its alert fired and has not cleared."""
+
+
 class _Run:
     __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects", "recent")
 
@@ -137,6 +159,12 @@ class GradientDrift(Rule):
         self._runs: dict[tuple[str, int], _Run] = Capped()
         self._head_limits = RiseLimits(config.head_rise, config.head_noise_z, config.head_new_high, config.head_min_spread,
                                        baseline=10, spread=24, warmup=config.warmup)
+        self._trace: Callable[[HeadJudgement], None] | None = None
+
+    def trace(self, listener: Callable[[HeadJudgement], None] | None) -> None:
+        """Call ``listener`` with every head's judgement (a valid norm, ``per_head`` on), as it is made;
+        None stops it. The report draws these, so what it marks is what the rule saw."""
+        self._trace = listener
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms" or event.stage == "post_clip":
@@ -224,16 +252,19 @@ class GradientDrift(Rule):
             rise = run.heads[name] = Rise()
         x = math.log(value)
         drifted, by = rise.judge(x, limits)
+        level_limit = rise.level_and_limit(limits) if self._trace is not None else None
         if not drifted:
             rise.keep(x, limits)
         subject = run.head_subjects.get(name)
         if subject is None and (drifted or self._conditions):  # (not cached after a checkpoint is loaded)
             subject = run.head_subjects[name] = subject_key(event, "head", name)
         if not (drifted or subject in self._conditions):
+            if level_limit is not None:
+                self._traced(event, name, value, level_limit, False, False)
             return None
         config = self.config
         usual = value / math.exp(by)
-        return self.observe(
+        alert = self.observe(
             event,
             subject,
             drifted,
@@ -243,6 +274,16 @@ class GradientDrift(Rule):
             clear_message=lambda: f"head {name!r} gradient drift over at step {event.step}: norm {value:.4g}",
             fire_after=config.head_fire_after,
         )
+        if level_limit is not None:
+            self._traced(event, name, value, level_limit, drifted, self.is_active(subject))
+        return alert
+
+    def _traced(self, event: Event, name: str, value: float, level_limit: tuple[float | None, float | None],
+                drifted: bool, firing: bool) -> None:
+        level, limit = level_limit
+        self._trace(HeadJudgement(event.run_id, event.rank, event.step, name, value,
+                                  None if level is None else math.exp(level), None if limit is None else math.exp(limit),
+                                  drifted, firing))
 
     def extra_state(self) -> dict[str, Any]:
         return {

@@ -20,12 +20,13 @@ from typing import Any, Sequence
 
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
 
+from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
 from ..analysis.updates import COMBINED_KINDS
 from ..config import ConsumerConfig
-from ..pipeline import Batch, Stage
+from ..pipeline import Batch, Pipeline, Stage
 from ..replay import replay
 
-__all__ = ["Series", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
+__all__ = ["Series", "DriftTrace", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
 
 GroupKey = tuple[str, int]
 """``(run_id, rank)``"""
@@ -66,6 +67,22 @@ def _series_dict() -> defaultdict[str, Series]:
     return defaultdict(Series)
 
 
+@dataclass(slots=True)
+class DriftTrace:
+    """One head's updates as the ``gradient_drift`` rule judged them (:class:`HeadJudgement`), in order."""
+
+    judgements: list[HeadJudgement] = field(default_factory=list)
+
+    def sorted(self) -> list[HeadJudgement]:
+        """In step order (stable)."""
+        return sorted(self.judgements, key=lambda j: j.step)
+
+    @property
+    def drifted_steps(self) -> list[int]:
+        """The steps at which the rule judged this head drifting."""
+        return [j.step for j in self.sorted() if j.drifted]
+
+
 @dataclass
 class RankSeries:
     """Everything measured for one ``(run_id, rank)``, each group keyed by a name."""
@@ -88,6 +105,8 @@ class RankSeries:
     """``(step, head, count)`` where the producer counted non-finite gradient elements."""
     lstm_flags: list[tuple[int, str]] = field(default_factory=list)
     """``(step, "has_nan" | "has_inf")`` where the LSTM state was flagged."""
+    drift: defaultdict[str, DriftTrace] = field(default_factory=lambda: defaultdict(DriftTrace))
+    """Head name to its updates as ``gradient_drift`` judged them (empty when the rule or ``per_head`` is off)."""
 
 
 @dataclass
@@ -100,6 +119,8 @@ class ReportData:
     alerts: list[Alert]
     summary: dict[str, Any]
     sources: list[str]
+    drift_config: GradientDriftConfig | None = None
+    """The ``gradient_drift`` settings the logs were replayed with; None: the rule is off in that configuration."""
 
     @property
     def step_range(self) -> tuple[int, int] | None:
@@ -123,6 +144,7 @@ class SeriesRecorder(Stage):
         self.groups: dict[GroupKey, RankSeries] = {}
         self.starts: list[RunStart] = []
         self.ends: list[RunEnd] = []
+        self.drift_config: GradientDriftConfig | None = None
         self._record = {
             StepTiming: self._timing,
             HeadGradNorms: self._grads,
@@ -131,6 +153,20 @@ class SeriesRecorder(Stage):
             RunStart: self.starts.append,
             RunEnd: self.ends.append,
         }
+
+    def watch(self, pipeline: Pipeline) -> None:
+        """Follow the ``gradient_drift`` rule of the pipeline: the drift panel draws its judgements, not a
+        second computation of them."""
+        for rule in pipeline.find(GradientDrift):
+            rule.trace(self._judged)
+            self.drift_config = rule.config
+
+    def _judged(self, judgement: HeadJudgement) -> None:
+        key = (judgement.run_id, judgement.rank)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = RankSeries()
+        group.drift[judgement.head].judgements.append(judgement)
 
     async def consume(self, batch: Batch) -> None:
         # The measurements as the rules judged them (one per update: an update's events combined), the rest as sent.
@@ -208,4 +244,5 @@ async def collect(targets: Sequence[str | os.PathLike[str]], config: ConsumerCon
         alerts=result.alerts,
         summary=result.summary,
         sources=[str(target) for target in targets],
+        drift_config=recorder.drift_config,
     )

@@ -18,15 +18,10 @@ from typing import Iterable, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..analysis.ema import GradientEMATracker
-from .collect import GroupKey, ReportData, Series
+from ..analysis.gradient_drift import GradientDriftConfig
+from .collect import DriftTrace, GroupKey, ReportData, Series
 
-__all__ = ["Figures", "build_figures", "thin", "ema_band", "EMA_MOMENTUM", "DRIFT_BAND"]
-
-EMA_MOMENTUM = 0.99
-"""Momentum of the drawn EMA (the seed plan's tracker)."""
-DRIFT_BAND = 0.5
-"""Half-width of the drift band, relative to the EMA: the band is ``EMA * (1 ± 0.5)``."""
+__all__ = ["Figures", "build_figures", "thin", "drift_note"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728")
 SEVERITY_COLOURS = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#2ca02c"}
@@ -53,6 +48,8 @@ class Figures:
     alerts: go.Figure | None
     alert_lines_capped: bool
     step_range: tuple[float, float]
+    grad_norms_note: str = ""
+    """What the gradient panel's baseline, limit and marks are: the configured ``gradient_drift`` rule's."""
 
 
 # -- data helpers ------------------------------------------------------------------------------------
@@ -87,38 +84,6 @@ def thin(values: Sequence[float | None], max_points: int) -> list[int]:
                 high = i
         keep.extend(sorted({i for i in (low, high, gap) if i is not None}))
     return keep
-
-
-def ema_band(series: Series, momentum: float = EMA_MOMENTUM, band: float = DRIFT_BAND):
-    """The EMA each point is judged against, its band and whether the point lies outside it.
-
-    Computed as the seed tracker (:class:`GradientEMATracker`) computes it: the first finite value
-    seeds the EMA; drift is measured against the EMA *before* the point is folded in, so a point
-    outside ``EMA * (1 ± band)`` is one whose drift exceeds ``band``. Missing and non-finite points
-    are not folded in (they would poison the EMA); the EMA carries on across them.
-
-    Returns:
-        ``(ema, lower, upper, outside)``, each a list as long as the series (None where undefined).
-    """
-    tracker = GradientEMATracker(momentum=momentum)
-    seeded = False
-    ema: list[float | None] = []
-    outside: list[bool] = []
-    for value in series.values:
-        before = tracker.ema_norm if seeded else None
-        if _finite(value):
-            tracker.update(value, 1.0)
-            if not seeded:
-                before, seeded = value, True
-                outside.append(False)
-            else:
-                outside.append(abs(value - before) > band * (before + tracker.epsilon))
-        else:
-            outside.append(False)
-        ema.append(before)
-    lower = [None if e is None else e * (1 - band) for e in ema]
-    upper = [None if e is None else e * (1 + band) for e in ema]
-    return ema, lower, upper, outside
 
 
 def _y(values: Iterable[float | None]) -> list[float | None]:
@@ -292,60 +257,72 @@ def _heads_in_order(data: ReportData) -> list[str]:
     return [h for h in heads if h in measured]
 
 
+def drift_note(config: GradientDriftConfig | None) -> str:
+    """What the gradient panel draws besides the norms, in the configuration's own numbers."""
+    if config is None:
+        return "The gradient_drift rule is off in this configuration: no baseline or drift marks are drawn."
+    if not config.per_head:
+        return "gradient_drift.per_head is off in this configuration: the rule judges the total norm only, so no head is marked."
+    return (f"As gradient_drift judged each update (momentum {config.momentum:g}, drift_threshold {config.drift_threshold:g}, "
+            f"warmup {config.warmup}): the baseline is the head's EMA before the update (the mean of the updates so far during "
+            f"the warmup); the limit is the baseline × (1 + {config.drift_threshold:g}); a diamond marks an update the rule "
+            f"judged drifting, filled once its alert is active ({config.fire_after} drifting updates of the last "
+            f"{config.fire_window} fire it, {config.clear_after} quiet ones clear it).")
+
+
+def _drift(b: _Builder, fig: go.Figure, row: int, key: GroupKey, trace: DriftTrace, colour: str, legend) -> None:
+    """The rule's baseline and limit for one head, and a mark on every update it judged drifting."""
+    judged = trace.sorted()
+    keep = thin([j.norm for j in judged], b.max_points)
+    chosen = [judged[i] for i in keep]
+    steps = [j.step for j in chosen]
+    baseline, limit = b.label("gradient_drift baseline", key), b.label("drift limit", key)
+    fig.add_trace(go.Scatter(x=steps, y=[j.baseline for j in chosen], mode="lines", name=baseline,
+                             line=dict(color=_darker(colour), width=1.4, dash="dash"), legendgroup=baseline,
+                             showlegend=legend(baseline), connectgaps=False), row=row, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=[j.limit for j in chosen], mode="lines", name=limit,
+                             line=dict(color=colour, width=1.0, dash="dot"), fill=None, legendgroup=limit,
+                             showlegend=legend(limit), connectgaps=False), row=row, col=1)
+    drifted = [j for j in judged if j.drifted]
+    drifted = drifted[:: len(drifted) // b.max_points + 1]  # a noisy head with a loose configuration drifts often: thin these too
+    for firing, name in ((False, "drifting update"), (True, "drifting, alert active")):
+        points = [j for j in drifted if j.firing == firing]
+        if not points:
+            continue
+        label = b.label(name, key)
+        fig.add_trace(go.Scatter(
+            x=[j.step for j in points], y=[j.norm for j in points], mode="markers", name=label, legendgroup=label,
+            showlegend=legend(label),
+            marker=dict(color="#d62728", size=8, symbol="diamond" if firing else "diamond-open", line=dict(width=1.5)),
+            hovertext=[html.escape(f"{j.head} at step {j.step}: norm {j.norm:.4g} above the limit {j.limit:.4g} "
+                                   f"(baseline {j.baseline:.4g})") for j in points],
+            hoverinfo="text"), row=row, col=1)
+
+
 def _grad_norms(b: _Builder) -> go.Figure | None:
     heads = _heads_in_order(b.data)
     if not heads:
         return None
     fig = b.subplots([html.escape(f"head {h}") for h in heads], ["grad norm"] * len(heads))
     shown: set[str] = set()
+
+    def legend(name: str) -> bool:
+        first = name not in shown
+        shown.add(name)
+        return first
+
     for row, head in enumerate(heads, start=1):
         for key, group in b.data.groups.items():
             colour = b.colour(key, 0)
             primary = group.head_norms.get(head)
             post = group.head_norms_post_clip.get(head)
             if _has_data(primary):
-                series = primary.sorted()
-                ema, lower, upper, outside = ema_band(series)
-                keep = thin(series.values, b.max_points)
-                steps = _pick(series.steps, keep)
-                names = {kind: b.label(kind, key) for kind in ("drift band (EMA ±50%)", "EMA (0.99)", "norm", "outside band")}
-
-                def legend(kind: str) -> bool:
-                    first = names[kind] not in shown
-                    shown.add(names[kind])
-                    return first
-
-                fig.add_trace(go.Scatter(x=steps, y=_y(_pick(upper, keep)), mode="lines", line=dict(width=0, color=colour),
-                                         hoverinfo="skip", showlegend=False, legendgroup=names["drift band (EMA ±50%)"], connectgaps=False),
-                              row=row, col=1)
-                fig.add_trace(go.Scatter(x=steps, y=_y(_pick(lower, keep)), mode="lines", line=dict(width=0, color=colour),
-                                         fill="tonexty", fillcolor=_alpha(colour, 0.13), name=names["drift band (EMA ±50%)"],
-                                         legendgroup=names["drift band (EMA ±50%)"], showlegend=legend("drift band (EMA ±50%)"),
-                                         hoverinfo="skip", connectgaps=False),
-                              row=row, col=1)
-                fig.add_trace(go.Scatter(x=steps, y=_y(_pick(ema, keep)), mode="lines", name=names["EMA (0.99)"],
-                                         line=dict(color=b.colour(key, 1) if not b.multi else _darker(colour), width=1.6, dash="dash"),
-                                         legendgroup=names["EMA (0.99)"],
-                                         showlegend=legend("EMA (0.99)"), connectgaps=False),
-                              row=row, col=1)
-                fig.add_trace(go.Scatter(x=steps, y=_y(_pick(series.values, keep)), name=names["norm"],
-                                         mode="lines+markers" if len(steps) <= 80 else "lines", marker=dict(size=4),
-                                         line=dict(color=colour, width=1.6), legendgroup=names["norm"], showlegend=legend("norm"),
-                                         connectgaps=False),
-                              row=row, col=1)
-                out = [i for i, o in enumerate(outside) if o]
-                out = out[:: len(out) // b.max_points + 1]  # a noisy head can drift often: thin the markers too
-                if out:
-                    fig.add_trace(go.Scatter(x=_pick(series.steps, out), y=_pick(series.values, out), mode="markers",
-                                             name=names["outside band"], marker=dict(color="#d62728", size=6, symbol="circle-open"),
-                                             legendgroup=names["outside band"], showlegend=legend("outside band")),
-                                  row=row, col=1)
-                b.mark_nonfinite(fig, row, b.label(f"{head} norm", key), series)
+                b.line(fig, row, key, "norm", primary, 0, legend=legend(b.label("norm", key)))
+                trace = group.drift.get(head)
+                if trace is not None and trace.judgements:
+                    _drift(b, fig, row, key, trace, colour, legend)
             if _has_data(post):
-                name = b.label("post-clip norm", key)
-                first = name not in shown
-                shown.add(name)
-                b.line(fig, row, key, "post-clip norm", post, 1, dash="dot", width=1.2, legend=first)
+                b.line(fig, row, key, "post-clip norm", post, 1, dash="dot", width=1.2, legend=legend(b.label("post-clip norm", key)))
         for step, count in sorted({(s, c) for g in b.data.groups.values() for s, h, c in g.nonfinite_grads if h == head})[:MAX_NONFINITE_MARKS]:
             b.mark(fig, row, step, step, f"{count} non-finite", html.escape(f"{head}: {count} non-finite gradient elements at step {step}"))
     return b.finish(fig, rows=len(heads))
@@ -456,6 +433,7 @@ def build_figures(data: ReportData, *, max_points: int = 5000) -> Figures:
         alerts=_alert_timeline(b),
         alert_lines_capped=b.alert_lines_capped,
         step_range=b.x_range,
+        grad_norms_note=drift_note(data.drift_config),
     )
 
 

@@ -25,9 +25,9 @@ SECTIONS = (
     ("step-time", "Step time", "step_time",
      "Elapsed time of each phase of a training step, in milliseconds, as the trainer measured it (CUDA events or host clock)."),
     ("grad-norms", "Gradient norm per head", "grad_norms",
-     "Per action head: the gradient L2 norm, its EMA (momentum 0.99, as the seed tracker computes it, drawn as it stood before "
-     "each update: the baseline the drift check compares with) and the drift band EMA × (1 ± 0.5). A point outside the band "
-     "drifted by more than 50%. Post-clip norms, when sent, are dotted."),
+     "Per action head: the gradient L2 norm of each update (minibatches combined as the rules combine them), and what the "
+     "gradient_drift rule computed from it with the configuration of this report (--config): the baseline it compared the "
+     "update with, the drift limit, and a mark on exactly the updates it judged drifting. Post-clip norms, when sent, are dotted."),
     ("clip", "Pre / post clip", "clip", "Total gradient norm before and after clipping, and the clipping threshold."),
     ("lstm", "LSTM state", "lstm", "Norms, largest absolute values and RMS of the recurrent core's hidden (h) and cell (c) state."),
     ("ppo", "PPO update", "ppo",
@@ -271,6 +271,8 @@ def render_page(data: ReportData, figures: Figures, *, title: str) -> str:
         note = ""
         if sid == "alerts" and figures.alert_lines_capped:
             note = '<p class="note">Only the first alerts are drawn as lines on the other figures; all of them are here.</p>'
+        if sid == "grad-norms" and figures.grad_norms_note:
+            note = f'<p class="note">{_e(figures.grad_norms_note)}</p>'
         sections.append(f'<section class="panel" id="{sid}"><h2>{_e(heading)}</h2><p class="caption">{_e(caption)}</p>{note}{body}</section>')
     home = json.dumps(list(figures.step_range))
     return (

@@ -31,6 +31,10 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_ppo_approx_kl{run_id,rank} / simic_ppo_entropy{run_id,rank,head}
     simic_pipeline_last_batch_age_seconds                seconds since the pipeline last ran (ticks included): liveness
     simic_handshakes_failed_total{socket,reason}         CurveZMQ handshakes refused (only with --curve-secret)
+    simic_export_events_total{exporter}                  events (alerts included) an exporter wrote (--tensorboard, --wandb)
+    simic_export_dropped_events_total{exporter}          events not exported: the exporter's queue was full (it is too slow)
+    simic_export_failed_events_total{exporter}           events of batches whose writing raised
+    simic_export_queue_depth_messages{exporter} / simic_export_queue_capacity_messages{exporter}
 
 A value the producer sent as missing removes its sample (no sample, not 0); NaN is exported as NaN.
 """
@@ -44,16 +48,42 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
 
 from ..accounting import Accounting
 from ..pipeline import Batch, Pipeline, Stage
 from .event_log import EventLogSink
+from .export import ExportSink
 
 RETENTION_REASONS = ("max_total_bytes", "max_age")
 
 __all__ = ["MetricsSink"]
+
+
+class _ExportCollector(Collector):
+    """The exporters' counts, read when scraped (each exporter counts in its own thread)."""
+
+    def __init__(self) -> None:
+        self.sinks: list[ExportSink] = []
+
+    def collect(self):
+        written = CounterMetricFamily("simic_export_events", "Events (alerts included) an exporter wrote.", labels=["exporter"])
+        dropped = CounterMetricFamily("simic_export_dropped_events", "Events not exported because the exporter's queue was full.",
+                                      labels=["exporter"])
+        failed = CounterMetricFamily("simic_export_failed_events", "Events of batches whose export raised.", labels=["exporter"])
+        depth = GaugeMetricFamily("simic_export_queue_depth_messages", "Messages waiting for the exporter.", labels=["exporter"])
+        capacity = GaugeMetricFamily("simic_export_queue_capacity_messages", "Size of the exporter's queue (export.queue_batches).",
+                                     labels=["exporter"])
+        for sink in self.sinks:
+            label = [sink.exporter.name]
+            written.add_metric(label, sink.stats.written)
+            dropped.add_metric(label, sink.stats.dropped)
+            failed.add_metric(label, sink.stats.failed)
+            depth.add_metric(label, sink.queued)
+            capacity.add_metric(label, sink.capacity)
+        yield from (written, dropped, failed, depth, capacity)
 
 
 class MetricsSink(Stage):
@@ -109,6 +139,8 @@ class MetricsSink(Stage):
         self.batch_age = Gauge("simic_pipeline_last_batch_age_seconds", "Seconds since the pipeline last processed a message or clock tick.", registry=r)
         self.batch_age.set_function(lambda: (time.time_ns() - self._last_batch_ns) / 1e9)
         ProcessCollector(registry=r)
+        self._exports = _ExportCollector()
+        r.register(self._exports)
 
     # -- wiring ----------------------------------------------------------------------------------------
 
@@ -117,6 +149,7 @@ class MetricsSink(Stage):
         found = pipeline.find(Accounting)
         self._accounting = found[0] if found else None
         self._logs = pipeline.find(EventLogSink)
+        self._exports.sinks = pipeline.find(ExportSink)
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         """Export the daemon's queue depth (read when scraped) and capacity."""

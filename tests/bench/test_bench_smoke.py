@@ -84,3 +84,20 @@ class TestConsumerBenches:
         result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "--quick" in result.stdout and option in result.stdout
+
+
+class TestExporterOverhead:
+    def test_quick_run_times_every_variant_and_the_sidecar_exports_everything(self) -> None:
+        """exporter_overhead.py --quick runs the reference trainer in all five variants (the trainer writing to
+        TensorBoard and wandb itself, the sidecar exporting to both) and prints the table; no export was dropped."""
+        pytest.importorskip("tensorboardX", reason="the tensorboard extra")
+        pytest.importorskip("wandb", reason="the wandb extra")
+        result = subprocess.run([sys.executable, str(BENCH / "exporter_overhead.py"), "--quick", "--updates", "2"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "| variant | steps/s (median) | min-max | x (a), median of rounds | trainer CPU ms/update (median) | x (a) | trainer thread CPU ms/update handing on (median) |" in result.stdout
+        for variant in ("(a) no logging", "(b) SummaryWriter in the trainer", "(c) wandb.log in the trainer (offline)",
+                        "(d) simic, sidecar exports to TensorBoard and wandb", "(d0) simic, sidecar without exporters"):
+            assert f"| {variant} |" in result.stdout, variant
+        assert "every run of (d): 0 events dropped (queue full)" in result.stdout
+        assert "0 dropped (queue full), 0 failed" in result.stdout

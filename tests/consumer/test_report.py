@@ -14,12 +14,11 @@ import tempfile
 import pytest
 
 from simic.consumer.analysis.ema import GradientEMATracker
-from simic.consumer.report.collect import Series
 from simic.producer import Emitter
 
 from .conftest import WAIT_S, Daemon, consumer_command
 
-from simic.consumer.report.figures import ema_band, thin
+from simic.consumer.report.figures import thin
 from simic.consumer.report.page import SECTIONS
 
 HEADS = ["slot", "blueprint", "blend", "op", "value"]
@@ -141,22 +140,6 @@ class TestRenderedInChromium:
 
 
 class TestFigureData:
-    def test_the_ema_and_band_are_the_seed_trackers(self):
-        """The drawn EMA is GradientEMATracker's (momentum 0.99) before each update, the band EMA*(1±0.5)."""
-        values = [1.0, 1.2, None, float("nan"), 0.9, 2.0, 1.0]
-        ema, lower, upper, outside = ema_band(Series(list(range(len(values))), values))
-        tracker = GradientEMATracker(momentum=0.99)
-        expected = []
-        for value in values:
-            if value is None or not math.isfinite(value):
-                expected.append(tracker.ema_norm)  # carried across the gap (the first value here is finite)
-                continue
-            expected.append(tracker.ema_norm if tracker.state_dict()["initialized"] else value)
-            tracker.update(value, 1.0)
-        assert ema == expected
-        assert lower == [e * 0.5 for e in ema] and upper == [e * 1.5 for e in ema]
-        assert outside == [False, False, False, False, False, True, False]
-
     def test_thinning_keeps_spikes_and_gaps(self):
         """Long series are thinned to about max_points, keeping the spike and the gaps."""
         values: list[float | None] = [1.0] * 10_000
@@ -218,3 +201,116 @@ class TestPerUpdateSeries:
         assert all(math.isclose(v, math.sqrt(2.5)) for v in points.values[1:])
         assert list(group.lstm["h_norm@actor"].sorted().values) == [1.0] * 5
         assert list(group.lstm["h_norm@critic"].sorted().values) == [9.0] * 5
+
+
+DRIFT_HEADS = ["slot", "op", "value"]
+JUMP = range(50, 55)
+"""Updates at which the drifting log's ``op`` head jumps from 1.0 to 5.0."""
+
+
+def _drift_log(path, norms_of) -> None:
+    """A log of one run: run_start, then 80 updates of per-head pre-clip norms ``norms_of(step)``, one message each."""
+    from simic.schemas import LogWriter, encode_events
+    from simic.schemas.models import HeadGradNorms, RunStart
+
+    envelope = dict(run_id="drift-run", rank=0, session=3)
+    with LogWriter(path) as writer:
+        writer.write(encode_events([RunStart(**envelope, seq=0, clock_ns=0, step=0, host="h", pid=1, heads=DRIFT_HEADS)]), 1)
+        for step in range(80):
+            norms = norms_of(step)
+            event = HeadGradNorms(**envelope, seq=step + 1, clock_ns=step + 1, step=step, norms=norms, stage="pre_clip",
+                                  total=math.sqrt(sum(v * v for v in norms.values())))
+            writer.write(encode_events([event]), 1_700_000_000_000_000_000 + step * 100_000_000)
+
+
+def _healthy(step: int) -> dict[str, float]:
+    """Norms growing 4x over 80 updates, as a policy's do while it learns, with +-25% noise per update."""
+    growth = 4 ** (step / 80)
+    return {head: growth * (1.0 + 0.25 * math.sin(step * (1.7 + i))) for i, head in enumerate(DRIFT_HEADS)}
+
+
+def _drifting(step: int) -> dict[str, float]:
+    return {"slot": 1.0, "op": 5.0 if step in JUMP else 1.0, "value": 2.0}
+
+
+def _marks(figure) -> dict[tuple[str, str], list[int]]:
+    """``(head, mark)`` to the steps the gradient panel marks (``mark``: the rule's drift, or drift with the alert active)."""
+    rows = {("y" if i == 1 else f"y{i}"): head for i, head in enumerate(DRIFT_HEADS, start=1)}
+    marks: dict[tuple[str, str], list[int]] = {}
+    for trace in figure.data:
+        if trace.name in ("drifting update", "drifting, alert active"):
+            marks.setdefault((rows[trace.yaxis], trace.name), []).extend(trace.x)
+    return marks
+
+
+async def _report_data(tmp_path, norms_of, config=None):
+    from simic.consumer import ConsumerConfig
+    from simic.consumer.report.collect import collect
+    from simic.consumer.report.figures import build_figures
+
+    _drift_log(tmp_path / "log", norms_of)
+    data = await collect([tmp_path / "log"], config or ConsumerConfig())
+    return data, build_figures(data)
+
+
+class TestDriftPanel:
+    async def test_a_healthy_run_has_no_drift_marks_and_no_drift_alert(self, tmp_path):
+        """Norms that grow while the policy learns: gradient_drift raises nothing and the panel marks nothing, where a
+        0.99 EMA with a +-50% band (what the panel used to draw) put most points outside its band."""
+        data, figures = await _report_data(tmp_path, _healthy)
+        assert [a for a in data.alerts if a.rule == "gradient_drift"] == []
+        assert _marks(figures.grad_norms) == {}
+        group = data.groups[("drift-run", 0)]
+        assert all(len(group.drift[head].judgements) == 80 for head in DRIFT_HEADS)
+        seed_outside = 0
+        for head in DRIFT_HEADS:
+            tracker = GradientEMATracker(momentum=0.99)
+            for value in group.head_norms[head].values:
+                seed_outside += tracker.check_drift(value, 1.0, 0.5)[0]
+        assert seed_outside > 0.5 * 3 * 80, seed_outside
+
+    async def test_a_drifting_head_is_marked_exactly_where_the_rule_saw_drift(self, tmp_path):
+        """op jumps 5x for five updates: those five are marked, the last three filled as the alert fired at the third;
+        the baseline and limit drawn are the rule's (the limit twice the baseline, drift_threshold 1)."""
+        data, figures = await _report_data(tmp_path, _drifting)
+        fired = [a for a in data.alerts if a.rule == "gradient_drift" and not a.cleared]
+        assert [(a.values["head"], a.step) for a in fired] == [("op", 52)]
+        assert _marks(figures.grad_norms) == {("op", "drifting update"): [50, 51],
+                                              ("op", "drifting, alert active"): [52, 53, 54]}
+        trace = data.groups[("drift-run", 0)].drift["op"]
+        assert trace.drifted_steps == list(JUMP)
+        judged = {j.step: j for j in trace.judgements}
+        assert judged[50].baseline == pytest.approx(1.0) and judged[50].limit == pytest.approx(2.0)
+        assert judged[51].baseline == pytest.approx(1.4)  # the rule's EMA (momentum 0.9) after the jump
+        assert judged[10].limit is None and judged[10].baseline == pytest.approx(1.0)  # the warmup only averages
+        assert "momentum 0.9, drift_threshold 1" in figures.grad_norms_note
+
+    async def test_the_configuration_given_is_the_one_drawn(self, tmp_path):
+        """With drift_threshold 3 (as `report --config` gives it) only the first jump drifts, no alert fires, and the
+        limit drawn is four times the baseline; with the rule off nothing is judged and the note says so."""
+        from simic.consumer import ConsumerConfig
+
+        config = ConsumerConfig.model_validate({"rules": {"gradient_drift": {"drift_threshold": 3.0}}})
+        data, figures = await _report_data(tmp_path, _drifting, config)
+        assert [a for a in data.alerts if a.rule == "gradient_drift"] == []
+        assert _marks(figures.grad_norms) == {("op", "drifting update"): [50]}
+        judged = {j.step: j for j in data.groups[("drift-run", 0)].drift["op"].judgements}
+        assert judged[50].limit == pytest.approx(4.0) and judged[51].limit == pytest.approx(4 * 1.4)
+        assert "drift_threshold 3" in figures.grad_norms_note
+
+        off = ConsumerConfig.model_validate({"rules": {"gradient_drift": {"enabled": False}}})
+        data, figures = await _report_data(tmp_path / "off", _drifting, off)
+        assert data.drift_config is None and not data.groups[("drift-run", 0)].drift
+        assert _marks(figures.grad_norms) == {} and "off in this configuration" in figures.grad_norms_note
+
+    def test_report_config_changes_the_page(self, tmp_path):
+        """`simic-consumer report --config` draws with that configuration and says which, on the page."""
+        _drift_log(tmp_path / "log", _drifting)
+        (tmp_path / "rules.toml").write_text("[rules.gradient_drift]\ndrift_threshold = 3.0\n")
+        out = tmp_path / "r.html"
+        result = subprocess.run(consumer_command("report", str(tmp_path / "log"), "-o", str(out), "--config", str(tmp_path / "rules.toml")),
+                                capture_output=True, text=True, timeout=WAIT_S)
+        assert result.returncode == 0, result.stdout + result.stderr
+        page = out.read_text()
+        assert "momentum 0.9, drift_threshold 3, warmup 30" in page
+        assert "outside band" not in page and "drifting update" in page

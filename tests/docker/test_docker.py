@@ -137,6 +137,26 @@ class TestImageInstall:
         assert result.stderr.strip() == "Error: the report needs plotly, which is not installed: pip install 'simic-telemetry[report]'"
 
 
+    def test_the_exporters_extras_are_not_in_the_image_and_say_so(self, image_venv, tmp_path):
+        """Without [tensorboard] or [wandb], `run --tensorboard` / `run --wandb` refuse to start and `export` fails, each in one line."""
+        consumer = image_venv / "bin" / "simic-consumer"
+        with LogWriter(tmp_path / "logs", writer="test") as writer:
+            writer.write(encode_message("r", 0, 1, [[KINDS["run_start"].code, 0, 1, 0, "host", 1]]), 1)
+        socket_dir = tempfile.mkdtemp(prefix="simic-d-", dir="/tmp")
+        try:
+            for extra, args in (("tensorboard", ["run", "--tensorboard", str(tmp_path / "tb")]), ("wandb", ["run", "--wandb"]),
+                                ("tensorboard", ["export", "tensorboard", str(tmp_path / "logs"), "--out", str(tmp_path / "tb")]),
+                                ("wandb", ["export", "wandb", str(tmp_path / "logs"), "--out", str(tmp_path / "wb")])):
+                if args[0] == "run":
+                    args += ["--bind", f"ipc://{socket_dir}/c.ipc", "--log-dir", str(tmp_path / "run-logs")]
+                result = subprocess.run([consumer, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                assert result.returncode == 1, (args, result.stdout, result.stderr)
+                (line,) = result.stderr.strip().splitlines()
+                assert f"which is not installed: pip install 'simic-telemetry[{extra}]'" in line, line
+        finally:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
 class TestCompose:
     def test_the_trainer_and_the_sidecar_share_the_socket_volume(self):
         """compose.yaml builds this Dockerfile, and the trainer's SIMIC_ENDPOINT is the consumer's socket in a volume both mount."""
