@@ -263,11 +263,13 @@ def drift_note(config: GradientDriftConfig | None) -> str:
         return "The gradient_drift rule is off in this configuration: no baseline or drift marks are drawn."
     if not config.per_head:
         return "gradient_drift.per_head is off in this configuration: the rule judges the total norm only, so no head is marked."
-    return (f"As gradient_drift judged each update (momentum {config.momentum:g}, drift_threshold {config.drift_threshold:g}, "
-            f"warmup {config.warmup}): the baseline is the head's EMA before the update (the mean of the updates so far during "
-            f"the warmup); the limit is the baseline × (1 + {config.drift_threshold:g}); a diamond marks an update the rule "
-            f"judged drifting, filled once its alert is active ({config.fire_after} drifting updates of the last "
-            f"{config.fire_window} fire it, {config.clear_after} quiet ones clear it).")
+    return (f"As gradient_drift judged each head's update (head_rise {config.head_rise:g}, head_noise_z {config.head_noise_z:g}, "
+            f"head_new_high {config.head_new_high:g}, warmup {config.warmup}): the baseline is the head's usual level before the "
+            f"update (the median of its last 10 usual updates); the limit is the lowest norm that drifts: above "
+            f"{config.head_rise:g} × the baseline, {config.head_noise_z:g} times the head's jitter above it and "
+            f"{config.head_new_high:g} × its highest of the last 24 usual updates (none during the warmup); a diamond marks an "
+            f"update the rule judged drifting, filled once its alert is active ({config.head_fire_after} drifting updates in a "
+            f"row fire it, {config.clear_after} usual ones clear it).")
 
 
 def _drift(b: _Builder, fig: go.Figure, row: int, key: GroupKey, trace: DriftTrace, colour: str, legend) -> None:

@@ -270,33 +270,33 @@ class TestDriftPanel:
         assert seed_outside > 0.5 * 3 * 80, seed_outside
 
     async def test_a_drifting_head_is_marked_exactly_where_the_rule_saw_drift(self, tmp_path):
-        """op jumps 5x for five updates: those five are marked, the last three filled as the alert fired at the third;
-        the baseline and limit drawn are the rule's (the limit twice the baseline, drift_threshold 1)."""
+        """op jumps 5x for five updates: those five are marked, the last four filled as the alert fired at the second;
+        the baseline and limit drawn are the rule's (a steady head: the limit 1.6 times the baseline, head_rise)."""
         data, figures = await _report_data(tmp_path, _drifting)
         fired = [a for a in data.alerts if a.rule == "gradient_drift" and not a.cleared]
-        assert [(a.values["head"], a.step) for a in fired] == [("op", 52)]
-        assert _marks(figures.grad_norms) == {("op", "drifting update"): [50, 51],
-                                              ("op", "drifting, alert active"): [52, 53, 54]}
+        assert [(a.values["head"], a.step) for a in fired] == [("op", 51)]
+        assert _marks(figures.grad_norms) == {("op", "drifting update"): [50],
+                                              ("op", "drifting, alert active"): [51, 52, 53, 54]}
         trace = data.groups[("drift-run", 0)].drift["op"]
         assert trace.drifted_steps == list(JUMP)
         judged = {j.step: j for j in trace.judgements}
-        assert judged[50].baseline == pytest.approx(1.0) and judged[50].limit == pytest.approx(2.0)
-        assert judged[51].baseline == pytest.approx(1.4)  # the rule's EMA (momentum 0.9) after the jump
-        assert judged[10].limit is None and judged[10].baseline == pytest.approx(1.0)  # the warmup only averages
-        assert "momentum 0.9, drift_threshold 1" in figures.grad_norms_note
+        assert judged[50].baseline == pytest.approx(1.0) and judged[50].limit == pytest.approx(1.6)
+        assert judged[51].baseline == pytest.approx(1.0)  # a drifting update is not the head's usual
+        assert judged[10].limit is None and judged[10].baseline == pytest.approx(1.0)  # the warmup only gathers
+        assert "head_rise 1.6, head_noise_z 3.5" in figures.grad_norms_note
 
     async def test_the_configuration_given_is_the_one_drawn(self, tmp_path):
-        """With drift_threshold 3 (as `report --config` gives it) only the first jump drifts, no alert fires, and the
-        limit drawn is four times the baseline; with the rule off nothing is judged and the note says so."""
+        """With head_rise 6 (as `report --config` gives it) the 5x jump does not drift, no alert fires, and the
+        limit drawn is six times the baseline; with the rule off nothing is judged and the note says so."""
         from simic.consumer import ConsumerConfig
 
-        config = ConsumerConfig.model_validate({"rules": {"gradient_drift": {"drift_threshold": 3.0}}})
+        config = ConsumerConfig.model_validate({"rules": {"gradient_drift": {"head_rise": 6.0}}})
         data, figures = await _report_data(tmp_path, _drifting, config)
         assert [a for a in data.alerts if a.rule == "gradient_drift"] == []
-        assert _marks(figures.grad_norms) == {("op", "drifting update"): [50]}
+        assert _marks(figures.grad_norms) == {}
         judged = {j.step: j for j in data.groups[("drift-run", 0)].drift["op"].judgements}
-        assert judged[50].limit == pytest.approx(4.0) and judged[51].limit == pytest.approx(4 * 1.4)
-        assert "drift_threshold 3" in figures.grad_norms_note
+        assert judged[50].limit == pytest.approx(6.0) and judged[51].limit == pytest.approx(6.0)
+        assert "head_rise 6" in figures.grad_norms_note
 
         off = ConsumerConfig.model_validate({"rules": {"gradient_drift": {"enabled": False}}})
         data, figures = await _report_data(tmp_path / "off", _drifting, off)
@@ -306,11 +306,11 @@ class TestDriftPanel:
     def test_report_config_changes_the_page(self, tmp_path):
         """`simic-consumer report --config` draws with that configuration and says which, on the page."""
         _drift_log(tmp_path / "log", _drifting)
-        (tmp_path / "rules.toml").write_text("[rules.gradient_drift]\ndrift_threshold = 3.0\n")
+        (tmp_path / "rules.toml").write_text("[rules.gradient_drift]\nhead_rise = 6.0\n")
         out = tmp_path / "r.html"
         result = subprocess.run(consumer_command("report", str(tmp_path / "log"), "-o", str(out), "--config", str(tmp_path / "rules.toml")),
                                 capture_output=True, text=True, timeout=WAIT_S)
         assert result.returncode == 0, result.stdout + result.stderr
         page = out.read_text()
-        assert "momentum 0.9, drift_threshold 3, warmup 30" in page
+        assert "head_rise 6, head_noise_z 3.5, head_new_high 1, warmup 30" in page
         assert "outside band" not in page and "drifting update" in page
