@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,23 @@ def wandb_run(run_dir: Path) -> WandbRun:
     return run
 
 
-def wandb_runs(directory: Path) -> dict[str, WandbRun]:
-    """Every offline run under ``directory`` (``directory/wandb/offline-run-*``), by display name."""
-    runs = [wandb_run(path) for path in sorted((directory / "wandb").glob("offline-run-*"))]
+def wandb_runs(directory: Path, wait_s: float = 60.0) -> dict[str, WandbRun]:
+    """Every offline run under ``directory`` (``directory/wandb/offline-run-*``), by display name. wandb's
+    service process may still be writing a run's file after ``finish()`` returned in the exporter: each
+    file is read again until it holds its ``exit`` record (the run's own end), ``wait_s`` at most (a hang
+    guard; an unfinished run is returned as read, ``finished`` False)."""
+    runs = []
+    for path in sorted((directory / "wandb").glob("offline-run-*")):
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                run = wandb_run(path)
+            except (AssertionError, ValueError):  # a chunk still being written
+                if time.monotonic() > deadline:
+                    raise
+                run = None
+            if (run is not None and run.finished) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        runs.append(run)
     return {run.name: run for run in runs}
