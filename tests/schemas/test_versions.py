@@ -40,7 +40,8 @@ def load_expected(wire: Path) -> dict[str, Any]:
 
 
 def default_of(kind: str, name: str) -> Any:
-    return KINDS[kind].model.model_fields[name].default
+    """The field's default (a fresh one where the model declares a factory); ``PydanticUndefined`` when required."""
+    return KINDS[kind].model.model_fields[name].get_default(call_default_factory=True)
 
 
 class TestFixtures:
