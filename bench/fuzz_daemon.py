@@ -21,8 +21,8 @@ from sender processes pushing on raw ZeroMQ PUSH sockets, each from its own seed
   among the good ones, ending with ``run_end``.
 
 Each sender decodes every frame it sends with ``decode_message`` (the expected rejections by
-reason) and checks the decoder against pydantic validation of every row (the decoder's fast path
-must agree with the models). The daemon's ``run_end`` log line for every good session says
+reason) and checks the decoder against ``model_validate`` of every row (the decoder must agree
+with the models' documented entry point). The daemon's ``run_end`` log line for every good session says
 everything sent has been processed; then SIGTERM. Checked: the daemon stayed up and exits 0; its
 message count, the checkpoint's rejection counts by reason and ``simic-consumer inspect --json``
 of its log all equal what was sent; the log holds exactly the frames sent (count and an
