@@ -23,7 +23,7 @@ of a PPO step. Candidates run interleaved, ``--rounds`` times; CPU time of this 
 (``time.process_time``, so time the machine gives to other work is not counted), median and best
 per event.
 
-    .venv/bin/python bench/decode_paths.py [--messages 3000] [--rounds 9]
+    .venv/bin/python bench/decode_paths.py [--messages 3000] [--rounds 9] [--quick]
 """
 
 from __future__ import annotations
@@ -185,7 +185,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000, help="messages of 8 events per workload (default 3000)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved runs of every candidate (default 9)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 messages, one round")
     args = parser.parse_args()
+    if args.quick:
+        args.messages, args.rounds = 200, 1
     info = machine()
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("pydantic", "pydantic-core", "msgpack")
                          ) + (f", msgspec {msgspec.__version__}" if msgspec is not None else ", msgspec not installed")

@@ -10,7 +10,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = [("emit_cost.py", "| variant |"), ("wire_size.py", "| kind |"), ("consumer_throughput.py", "| variant | events/s |"),
-           ("producer_faults.py", "| consumer | events | sent | dropped |")]
+           ("producer_faults.py", "| consumer | events | sent | dropped |"), ("decode_paths.py", "| candidate | µs/event (median) |")]
 
 
 class TestBenchScripts:
@@ -41,6 +41,23 @@ class TestConsumerBenches:
         assert result.returncode == 0, result.stderr
         assert "### head_grad_norms:" in result.stdout and "### mixed step:" in result.stdout
         assert result.stdout.count("| pipeline: accounting + all") == 2
+
+    def test_cpu_time_is_said_in_every_table(self) -> None:
+        """With --cpu-time both consumer benches time with the process's CPU time, and say so above each table."""
+        throughput = quick("consumer_throughput.py", "--cpu-time")
+        assert throughput.returncode == 0, throughput.stderr
+        assert throughput.stdout.count("(CPU time)") == 2 and "wall clock" not in throughput.stdout
+        replayed = quick("replay_speed.py", "--cpu-time")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "best of 1 (CPU time)" in replayed.stdout
+
+    def test_decode_paths_times_the_codec_beside_the_other_ways(self) -> None:
+        """decode_paths.py --quick times decode_message and the pydantic candidates on both workloads (msgspec's rows only where it is installed)."""
+        result = quick("decode_paths.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        for row in ("| decode_message (this tree) |", "| model_validate per row |", '| validator per row, extra="ignore" |',
+                    "| union adapter per message (kind sent) |"):
+            assert result.stdout.count(row) == 2, row
 
     def test_replay_speed_replays_every_event_it_wrote(self) -> None:
         """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, and
