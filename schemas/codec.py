@@ -67,8 +67,6 @@ class KindSpec:
     field_set: frozenset[str]
     defaults: tuple[object, ...]
     """Default of each payload field (``PydanticUndefined`` for required ones; a fresh one where a factory makes it)."""
-    size: int
-    """Number of payload fields."""
     validate: Callable[[dict[str, Any]], Event]
     """The model's own strict validation of one event's fields (``TypeAdapter(model).validator.validate_python``)."""
 
@@ -78,7 +76,7 @@ def _spec(model: type[Event]) -> KindSpec:
     kind = model.model_fields["kind"].default
     defaults = tuple(model.model_fields[name].get_default(call_default_factory=True) for name in fields)
     return KindSpec(model=model, code=model.code, kind=kind, fields=fields, field_set=frozenset(fields), defaults=defaults,
-                    size=len(fields), validate=TypeAdapter(model).validator.validate_python)
+                    validate=TypeAdapter(model).validator.validate_python)
 
 
 KINDS: dict[str, KindSpec] = {spec.kind: spec for spec in map(_spec, EVENT_TYPES)}
@@ -259,7 +257,7 @@ def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Decode
     events, errors = decoded.events, decoded.errors
     for index, row in enumerate(rows):
         spec = KINDS_BY_CODE.get(row[0]) if type(row) is list and len(row) >= 4 and type(row[0]) is int else None
-        if spec is None or len(row) - 4 > spec.size:
+        if spec is None or len(row) - 4 > len(spec.fields):
             errors.append(_refusal(row, index))
             continue
         fields = envelope.copy()
