@@ -156,7 +156,8 @@ class TestDecodedDefaults:
         assert first.layer_h_rms == [] and first.layer_h_rms is not second.layer_h_rms
         assert heads.nonfinite == {} and heads.nonfinite is not more_heads.nonfinite
         first.layer_h_rms.append(1.0)  # a frozen model's list is still a list: nobody else may see this
-        assert second.layer_h_rms == [] and KINDS["lstm_health"].model(**_envelope()).layer_h_rms == []
+        built = KINDS["lstm_health"].model(run_id="r", rank=0, session=0, seq=0, clock_ns=0, step=0)
+        assert second.layer_h_rms == [] and built.layer_h_rms == []
 
     def test_nil_for_a_field_with_a_default_takes_that_default(self, row, message):
         """nil is "not sent" even where the default is not None: the clock stays cpu, the status ok, the heads empty."""
@@ -184,7 +185,3 @@ class TestDecodedDefaults:
         lstm, heads = decode_message(data).events
         for got in (lstm.h_norm, lstm.layer_h_rms[0], heads.norms["slot"]):
             assert type(got) is float and same(got, value)
-
-
-def _envelope() -> dict:
-    return dict(run_id="r", rank=0, session=0, seq=0, clock_ns=0, step=0)
