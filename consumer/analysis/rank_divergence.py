@@ -12,7 +12,7 @@ from simic.schemas.models import Alert, Event
 
 from ..pipeline import Batch
 from ._rule import Capped, Rule, RuleConfig, register
-from ._support import about
+from ._support import about, gather_step
 
 _INF = math.inf
 
@@ -153,17 +153,10 @@ class RankDivergence(Rule):
         total = event.total
         if total is None or not 0.0 <= total < _INF:
             return
-        pending = run.pending
-        norms = pending.get(event.step)
-        if norms is None:
-            norms = pending[event.step] = {}
-            if len(pending) > self.config.window_steps:
-                del pending[next(iter(pending))]
-        norms[event.rank] = total
         expected = run.world_size if run.world_size > 1 else len(run.ranks)
-        if len(norms) < expected:
+        norms = gather_step(run.pending, event.step, event.rank, total, expected, self.config.window_steps)
+        if norms is None:
             return
-        del pending[event.step]
         values = sorted(norms.values())
         ratio = self.config.max_norm_ratio
         conditions = self._conditions

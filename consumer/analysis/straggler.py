@@ -11,7 +11,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ._rule import Capped, Rule, RuleConfig, register
-from ._support import about
+from ._support import about, gather_step
 
 _INF = math.inf
 
@@ -82,18 +82,8 @@ class Straggler(Rule):
         if ms is None or not 0.0 <= ms < _INF:
             return None
         run.ranks[event.rank] = event.session
-        pending = run.pending
-        times = pending.get(event.step)
-        if times is None:
-            times = pending[event.step] = {}
-            if len(pending) > self.config.window_steps:
-                del pending[next(iter(pending))]
-        times[event.rank] = ms
-        expected = len(run.ranks)
-        if expected < 2 or len(times) < expected:
-            return None
-        del pending[event.step]
-        return self._judge(event, run, times)
+        times = gather_step(run.pending, event.step, event.rank, ms, max(2, len(run.ranks)), self.config.window_steps)
+        return None if times is None else self._judge(event, run, times)
 
     def _judge(self, event: Event, run: _Run, times: dict[int, float]) -> list[Alert] | None:
         config = self.config
