@@ -178,6 +178,7 @@ class MetricsSink(Stage):
         if batch.catching_up:
             return
         self._count_frames_lost()
+        self._count_alerts(batch)  # a clock tick raises alerts too (silent_producer's scan of a lone quiet producer)
         if batch.tick:
             return
         self.messages.inc()
@@ -185,16 +186,6 @@ class MetricsSink(Stage):
             self.rejected_messages.labels(batch.rejected.reason.value).inc()
         for error in batch.errors:
             self.rejected_events.labels(error.reason.value).inc()
-        for alert in batch.alerts:
-            labels = (alert.rule, alert.run_id, str(alert.rank))
-            if alert.cleared:
-                self.alerts_cleared.labels(alert.rule).inc()
-                self._active[labels] = max(0, self._active[labels] - 1)
-            else:
-                self.alerts.labels(alert.rule, alert.severity).inc()
-                self.run_alerts.labels(alert.run_id, labels[2], alert.rule, alert.severity).inc()
-                self._active[labels] += 1
-            self.alerts_active.labels(*labels).set(self._active[labels])
         if not batch.events:
             return
         kinds = Counter(event.kind for event in batch.events)
@@ -226,6 +217,18 @@ class MetricsSink(Stage):
             self._thread = None
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _count_alerts(self, batch: Batch) -> None:
+        for alert in batch.alerts:
+            labels = (alert.rule, alert.run_id, str(alert.rank))
+            if alert.cleared:
+                self.alerts_cleared.labels(alert.rule).inc()
+                self._active[labels] = max(0, self._active[labels] - 1)
+            else:
+                self.alerts.labels(alert.rule, alert.severity).inc()
+                self.run_alerts.labels(alert.run_id, labels[2], alert.rule, alert.severity).inc()
+                self._active[labels] += 1
+            self.alerts_active.labels(*labels).set(self._active[labels])
 
     def _per_rank(self, run_id: str, rank: int, session: int, step: int, recv_ns: int) -> None:
         labels = (run_id, str(rank))

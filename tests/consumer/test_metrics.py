@@ -106,6 +106,29 @@ class TestMetricsEndpoint:
         assert value(samples, "simic_producer_dropped_events", run_id="metrics", rank="0") == 0
         assert daemon.stop() == 0
 
+    def test_an_alert_raised_on_a_clock_tick_is_counted(self, tmp_path, ipc_endpoint, daemons):
+        """A lone producer that goes quiet is only ever found by a scan on the daemon's clock tick
+        (no message arrives to trigger one): its silent_producer alert is counted like any other,
+        so Prometheus's SimicCriticalTrainingAlert sees it."""
+        config = tmp_path / "sidecar.toml"
+        config.write_text("[rules.silent_producer]\nmin_silence_s = 1\n")
+        daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0", "--config", str(config))
+        url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(daemon.endpoint)
+        push.send(encode_message("quiet", 0, 3, [row("run_start", 0, 0, "host", 1), row("step_timing", 1, 1, {"update": 2.0})]))
+        push.close()
+        context.term()
+        daemon.wait_for("silent_producer")
+        labels = {"run_id": "quiet", "rank": "0", "rule": "silent_producer"}
+        samples = scrape_after(url, lambda s: value(s, "simic_alerts_active", **labels) == 1)
+        assert value(samples, "simic_run_alerts_total", severity="critical", **labels) == 1
+        assert value(samples, "simic_alerts_total", rule="silent_producer", severity="critical") == 1
+        assert value(samples, "simic_alerts_active", **labels) == 1
+        assert daemon.stop() == 0
+
     def test_healthcheck_says_healthy_then_unhealthy(self, tmp_path, ipc_endpoint, daemons):
         """The image's health check exits 0 against a running daemon and 1, with a reason, once it stopped."""
         daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0")
