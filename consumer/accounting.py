@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from simic.schemas.models import Event, Heartbeat, RunEnd, RunStart
+from simic.schemas.models import DeliveryReceipt, Event, Heartbeat, RunEnd, RunStart
 
 from .pipeline import Batch, RateLimitedLog, SyncStage
 
@@ -104,6 +104,12 @@ class ProducerState:
         }
 
 
+def _receipt(state: ProducerState, end: Event) -> DeliveryReceipt:
+    """What the consumer tells a producer about its session once its ``run_end`` has been counted."""
+    return DeliveryReceipt(run_id=state.run_id, rank=state.rank, session=state.session, seq=end.seq, clock_ns=end.clock_ns,
+                           step=end.step, received=state.received, lost=state.lost)
+
+
 class Accounting(SyncStage):
     """Counts messages, events per kind, rejections by reason and losses per producer session.
 
@@ -150,6 +156,8 @@ class Accounting(SyncStage):
                 if (event.run_id, event.rank, event.session) != state.key:  # cannot happen from one message
                     state = self._state(event)
                 self._account(state, event, batch.recv_ns)
+                if event.kind == "run_end" and event.seq + 1 == state.next_seq:
+                    batch.receipts.append(_receipt(state, event))
 
     def _account_in_order(self, state: ProducerState, events: list[Event], recv_ns: int, one_session: bool) -> bool:
         """The usual batch at once: every event of ``state``'s session, in sequence from the one

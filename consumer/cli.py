@@ -61,7 +61,8 @@ def main() -> None:
               help="Directory for the event log, alerts.jsonl and dead letters.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="TOML configuration file.")
 @click.option("--alerts-bind", "alerts_endpoint", default="auto", metavar="ENDPOINT",
-              help="Where to publish alerts (ZeroMQ PUB) for trainers' Emitter.poll_alerts(). Default: next to --bind "
+              help="Where to publish alerts and delivery receipts (ZeroMQ PUB) for trainers' Emitter.poll_alerts() "
+                   "and Emitter.close(). Default: next to --bind "
                    "(consumer.ipc -> consumer-alerts.ipc, tcp port + 1); 'none' to turn it off.")
 @click.option("--dead-letter", is_flag=True, help="Also keep refused messages under LOG_DIR/dead-letter.")
 @click.option("--insecure-bind", is_flag=True, help="Allow a TCP bind beyond loopback without encryption (anyone who can reach the port can send).")

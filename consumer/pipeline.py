@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from simic.schemas.codec import DecodeError, decode_message
-from simic.schemas.models import Alert, Event
+from simic.schemas.models import Alert, DeliveryReceipt, Event
 
 from .lifecycle import parse_note
 
@@ -59,6 +59,9 @@ class Batch:
     updates: list[Event] = field(default_factory=list)
     """The batch's events as the rules that count updates see them: one per update and kind, combined
     by the ``updates`` stage (``simic.consumer.analysis.updates``); empty before that stage."""
+    receipts: list[DeliveryReceipt] = field(default_factory=list)
+    """Delivery receipts for the sessions whose ``run_end`` is in this batch, made by the accounting
+    (what it received of each) and published to their producers by the alerts publisher."""
     _by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
     _updates_by_kind: dict[str, list[Event]] | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -35,6 +35,7 @@ __all__ = [
     "emit_metrics",
     "emit_episodes",
     "emit_param_updates",
+    "emit_delivery_receipt",
     "null_emit_run_start",
     "null_emit_step_timing",
     "null_emit_head_grad_norms",
@@ -47,6 +48,7 @@ __all__ = [
     "null_emit_metrics",
     "null_emit_episodes",
     "null_emit_param_updates",
+    "null_emit_delivery_receipt",
 ]
 
 _monotonic_ns = time.monotonic_ns
@@ -464,6 +466,28 @@ def emit_param_updates(
     self._append(row, step, now)
 
 
+def emit_delivery_receipt(
+    self: Emitter,
+    *,
+    step: int,
+    received: int | None = None,
+    lost: int | None = None,
+    **unknown: Never,
+) -> None:
+    """Emit a ``delivery_receipt`` event (see :class:`simic.schemas.DeliveryReceipt`). Fields:
+
+    - ``received``: Distinct events of the session the consumer received, the ``run_end`` included.
+    - ``lost``: Sequence numbers of the session that never arrived (gaps).
+    """
+    if unknown or type(step) is not int or self._closed:
+        return self.emit("delivery_receipt", step=step, received=received, lost=lost, **unknown)
+    now = _monotonic_ns()
+    row = [13, self._seq, now, step, received, lost]
+    while row[-1] is None:
+        row.pop()
+    self._append(row, step, now)
+
+
 def null_emit_run_start(
     self: NullEmitter,
     *,
@@ -639,3 +663,14 @@ def null_emit_param_updates(
     **unknown: Never,
 ) -> None:
     """Telemetry off: does nothing (see :meth:`Emitter.emit_param_updates`)."""
+
+
+def null_emit_delivery_receipt(
+    self: NullEmitter,
+    *,
+    step: int,
+    received: int | None = None,
+    lost: int | None = None,
+    **unknown: Never,
+) -> None:
+    """Telemetry off: does nothing (see :meth:`Emitter.emit_delivery_receipt`)."""

@@ -67,7 +67,7 @@ from simic.schemas.endpoints import (
 )
 from simic.schemas.models import Alert
 
-from . import _emit_kinds, delivery, process_hooks
+from . import _emit_kinds, acknowledgement, delivery, process_hooks
 from .collectors.emitter_collectors import CollectorSettings, Collectors, NullGroups, clip_without_telemetry
 from .collectors.grad_norms import HeadGroups
 from .collectors.param_updates import NULL_PARAM_UPDATES, NullParamUpdates, ParamUpdates
@@ -126,6 +126,15 @@ class EmitterStats:
     """Messages handed to ZeroMQ."""
     bytes: int = 0
     """Bytes handed to ZeroMQ."""
+    delivered: int = 0
+    """Of the events sent, those the consumer confirmed it received (its receipt of ``run_end``, at close)."""
+    undelivered: int = 0
+    """Of the events sent, those known never to have arrived (at close): no consumer ever connected (they
+    sat in ZeroMQ's queue and were discarded), or the consumer's receipt counts fewer than were sent."""
+    unknown: int = 0
+    """Of the events sent, those whose fate is not known (at close): no receipt came within ``linger_ms``
+    (a consumer far behind or of an older version, or nothing listening on the alerts endpoint).
+    After ``close()``: ``sent == delivered + undelivered + unknown``."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -272,8 +281,10 @@ class Emitter:
         self._socket.setsockopt(zmq.LINGER, self.settings.linger_ms)
         if self._curve is not None:
             self._curve.apply(self._socket)
+        self._peer = acknowledgement.Peer(self._socket)  # before connecting: the first handshake is reported
         self._socket.connect(self.endpoint)
         self._alerts: zmq.Socket | None = None
+        self._alerts_peer: acknowledgement.Peer | None = None
         if self.alerts_endpoint:
             self._alerts = self._context.socket(zmq.SUB)
             self._alerts.setsockopt(zmq.LINGER, 0)
@@ -282,7 +293,9 @@ class Emitter:
             if self._curve is not None:
                 self._curve.apply(self._alerts)
             self._alerts.setsockopt(zmq.SUBSCRIBE, self.run_id.encode())
+            self._alerts_peer = acknowledgement.Peer(self._alerts)
             self._alerts.connect(self.alerts_endpoint)
+            self._alerts_since_ns = _monotonic_ns()
 
     def poll_alerts(self) -> list[Alert]:
         """Alerts the consumer published about this run since the last call. Never blocks.
@@ -323,8 +336,9 @@ class Emitter:
         if self._closed:
             return
         self._send_lock = threading.RLock()
-        process_hooks.keep_inherited(self._socket, getattr(self, "_alerts", None), self._context)
-        self._socket = self._context = self._alerts = None
+        peers = [peer.monitor for peer in (getattr(self, "_peer", None), getattr(self, "_alerts_peer", None)) if peer is not None]
+        process_hooks.keep_inherited(self._socket, getattr(self, "_alerts", None), self._context, *peers)
+        self._socket = self._context = self._alerts = self._peer = self._alerts_peer = None
         self._new_session()
         if self._background:
             self._batch_since = _monotonic_ns() - self._delay_ns  # due: the next emit sends
@@ -344,6 +358,8 @@ class Emitter:
         try:
             self._collectors.drain()  # GPU readouts still in flight (bounded wait): the last ones matter most
             self._run_flush_hooks()
+            if getattr(self, "_alerts", None) is not None:
+                acknowledgement.drain(self._alerts)  # unread alerts would leave the receipt no room
             with self._send_lock:  # waits for a background send in progress, so run_end's counts include it
                 self._send_batch()  # first, so that run_end's counts are exact (a row can still be dropped while sending)
                 self.emit("run_end", step=self._step, status=status, sent=self.stats.sent,
@@ -354,7 +370,12 @@ class Emitter:
             process_hooks.discard_open(self)
             try:
                 if self._socket is not None:
-                    remaining_ms = max(0, (self._close_deadline_ns - _monotonic_ns()) // 1_000_000)
+                    try:
+                        delivered = self._account_delivery()
+                    except Exception as exc:  # never raise into the trainer; the socket still closes
+                        log.warning("simic emitter close: delivery not accounted: %r", exc)
+                        delivered = True
+                    remaining_ms = max(0, (self._close_deadline_ns - _monotonic_ns()) // 1_000_000) if delivered else 0
                     self._socket.close(linger=remaining_ms)
                     if self._alerts is not None:
                         self._alerts.close(linger=0)
@@ -366,6 +387,40 @@ class Emitter:
                     self.sidecar.close(after_line=f"run {self.run_id} rank {self.rank} session {self.session} ended")
                 except Exception as exc:
                     log.warning("simic emitter close: stopping the sidecar consumer failed: %r", exc)
+
+    def _account_delivery(self) -> bool:
+        """At close, after ``run_end`` was sent: learn and log what became of the session's events
+        (``stats.delivered``, ``undelivered``, ``unknown``; see :mod:`~simic.producer.acknowledgement`).
+        Waits, up to the close deadline, for a consumer to connect if none ever did, then for its
+        receipt. Returns whether a consumer ever connected (else nothing is worth lingering for)."""
+        deadline = self._close_deadline_ns
+        connected = self._peer.wait(deadline) if self._peer is not None else True
+        alerts = None
+        if self._alerts_peer is not None:
+            # Both sockets connected at once, to one consumer: a young emitter gives its alerts
+            # socket as long as it may need to finish its handshake; later, none means nobody is there.
+            young = self._alerts_since_ns + acknowledgement.HANDSHAKE_GRACE_NS
+            alerts = self._alerts_peer.wait(min(deadline, young)) if connected else self._alerts_peer.check()
+        receipt = None
+        if connected and alerts:
+            receipt = acknowledgement.await_receipt(self._alerts, run_id=self.run_id, rank=self.rank, session=self.session,
+                                                    deadline_ns=deadline)
+        outcome = acknowledgement.account(self.stats.sent, ever_connected=connected, receipt=receipt, endpoint=self.endpoint,
+                                          alerts=alerts)
+        stats = self.stats
+        stats.delivered, stats.undelivered, stats.unknown = outcome.delivered, outcome.undelivered, outcome.unknown
+        where = f"run {self.run_id!r} rank {self.rank} session {self.session}"
+        if outcome.undelivered:
+            log.warning("simic emitter: %d of %d events of %s were never delivered: %s", outcome.undelivered, stats.sent, where,
+                        outcome.why)
+        elif outcome.unknown:
+            log.info("simic emitter: %d events of %s sent, delivery not confirmed: %s", stats.sent, where, outcome.why)
+        else:
+            log.info("simic emitter: %d events of %s delivered, %s", outcome.delivered, where, outcome.why)
+        for peer in (self._peer, self._alerts_peer):
+            if peer is not None:
+                peer.close()
+        return connected
 
     def __enter__(self) -> "Emitter":
         return self
@@ -426,6 +481,7 @@ class Emitter:
     emit_metrics = _emit_kinds.emit_metrics
     emit_episodes = _emit_kinds.emit_episodes
     emit_param_updates = _emit_kinds.emit_param_updates
+    emit_delivery_receipt = _emit_kinds.emit_delivery_receipt
 
     def flush(self) -> None:
         """Turn ready GPU readouts into events and send the batch. Call it once per step."""
@@ -774,6 +830,7 @@ class NullEmitter:
     emit_metrics = _emit_kinds.null_emit_metrics
     emit_episodes = _emit_kinds.null_emit_episodes
     emit_param_updates = _emit_kinds.null_emit_param_updates
+    emit_delivery_receipt = _emit_kinds.null_emit_delivery_receipt
 
     def flush(self) -> None:
         pass

@@ -59,16 +59,18 @@ __all__ = [
     "Metrics",
     "Episodes",
     "ParamUpdates",
+    "DeliveryReceipt",
     "AnyEvent",
     "EVENT_TYPES",
     "iter_numbers",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version this code writes. It reads every version from 1 up to this one.
 
 Version 2 added ``HeadGradNorms.samples``, ``LstmHealth.name``, ``PpoUpdate.clip_range`` and ``loss``,
-``Alert.received_at``, and the kinds ``metrics``, ``episodes`` and ``param_updates``."""
+``Alert.received_at``, and the kinds ``metrics``, ``episodes`` and ``param_updates``. Version 3 added
+the kind ``delivery_receipt``."""
 
 # Bounds that keep a decoded event small no matter what arrives.
 MAX_NAME = 128
@@ -375,6 +377,22 @@ class ParamUpdates(Event):
     """The learning rate of the optimiser's first parameter group at the (last) step, when a number."""
 
 
+class DeliveryReceipt(Event):
+    """The consumer's answer to a session's ``run_end``: how much of the session it received.
+
+    Consumers send it, producers never do: a simic-consumer publishes one on its alerts channel
+    (topic: the run id) when it has logged and counted a ``run_end``, and ``Emitter.close()`` waits
+    for it (up to ``linger_ms``) to tell what was delivered. The envelope is the ``run_end``'s: its
+    run, rank, session, sequence number, clock and step. (version 3)"""
+
+    code: ClassVar[int] = 13
+    kind: Literal["delivery_receipt"] = "delivery_receipt"
+    received: Count
+    """Distinct events of the session the consumer received, the ``run_end`` included."""
+    lost: Count = 0
+    """Sequence numbers of the session that never arrived (gaps)."""
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     RunStart,
     StepTiming,
@@ -388,12 +406,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Metrics,
     Episodes,
     ParamUpdates,
+    DeliveryReceipt,
 )
 """Every event kind, in code order."""
 
 AnyEvent = Annotated[
     Union[RunStart, StepTiming, HeadGradNorms, LstmHealth, PpoUpdate, ProfilerTrace, Heartbeat, RunEnd, Alert, Metrics, Episodes,
-          ParamUpdates],
+          ParamUpdates, DeliveryReceipt],
     Field(discriminator="kind"),
 ]
 

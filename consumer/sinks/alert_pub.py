@@ -1,7 +1,8 @@
-"""Alerts published on a ZeroMQ PUB socket, for trainers (``Emitter.poll_alerts``) and other tools.
+"""Alerts published on a ZeroMQ PUB socket, for trainers (``Emitter.poll_alerts``) and other tools,
+and the delivery receipts that tell a closing producer what arrived (``Emitter.close``).
 
-Each alert is a two-part message: the run id (the subscription topic, so a trainer subscribes to
-its own run) and the alert encoded as a normal simic message. PUB never blocks: a subscriber that
+Each alert or receipt is a two-part message: the run id (the subscription topic, so a trainer
+subscribes to its own run) and the event encoded as a normal simic message. PUB never blocks: a subscriber that
 does not keep up loses alerts at its high-water mark. With a
 :class:`~simic.consumer.security.CurveServer` it is a CURVE server with the events socket's key:
 only subscribers holding an allowed key receive anything.
@@ -33,7 +34,11 @@ class PubAlertSink(Stage):
         self.hwm = hwm
         self.curve = curve
         self.published = 0
+        """Alerts published."""
+        self.receipts = 0
+        """Delivery receipts published."""
         self.dropped = 0
+        """Alerts and receipts not published (a subscriber at its high-water mark)."""
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
 
@@ -55,12 +60,18 @@ class PubAlertSink(Stage):
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def consume(self, batch: Batch) -> None:
-        if not batch.alerts or batch.catching_up or self._socket is None:
+        if not (batch.alerts or batch.receipts) or batch.catching_up or self._socket is None:
             return
         for alert in batch.alerts:
             try:
                 self._socket.send_multipart([alert.run_id.encode(), encode_events([alert])], zmq.NOBLOCK)
                 self.published += 1
+            except zmq.ZMQError:
+                self.dropped += 1
+        for receipt in batch.receipts:  # after the event log and the accounting: the run_end is on disk and counted
+            try:
+                self._socket.send_multipart([receipt.run_id.encode(), encode_events([receipt])], zmq.NOBLOCK)
+                self.receipts += 1
             except zmq.ZMQError:
                 self.dropped += 1
 

@@ -70,7 +70,7 @@ class TestDelivery:
             emitter.emit("heartbeat", step=step)
         emitter.close()
         run_end = receiver.until_run_end()[-1]
-        assert emitter.stats == EmitterStats(produced=7, sent=7, dropped=0, invalid=0, batches=3, bytes=emitter.stats.bytes)
+        assert emitter.stats == EmitterStats(produced=7, sent=7, dropped=0, invalid=0, batches=3, bytes=emitter.stats.bytes, unknown=7)
         assert (run_end.status, run_end.sent, run_end.dropped) == ("ok", emitter.stats.sent - 1, emitter.stats.dropped)
         assert emitter.stats.bytes == sum(len(m) for m in receiver.messages)
 

@@ -50,6 +50,7 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
             ratios={"slot": 1e-3, "op": 0.0, "value": None}, update_norms={"slot": 2e-3, "op": 0.0, "value": 0.0},
             param_norms={"slot": 2.0, "op": 1.5, "value": 0.0}, total_ratio=5e-4, samples=4, learning_rate=3e-4,
         ),
+        "delivery_receipt": dict(received=120, lost=3),
     }
 
 
@@ -78,6 +79,7 @@ def minimal_payloads() -> dict[str, dict[str, Any]]:
         "metrics": dict(values={}),
         "episodes": {},
         "param_updates": dict(ratios={}),
+        "delivery_receipt": dict(received=0),
     }
 
 

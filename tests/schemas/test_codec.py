@@ -312,6 +312,7 @@ PAYLOADS = {
             "samples": st.none() | counts, "learning_rate": opt_floats,
         },
     ),
+    "delivery_receipt": st.fixed_dictionaries({"received": counts}, optional={"lost": counts}),
 }
 
 
