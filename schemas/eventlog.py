@@ -87,6 +87,7 @@ __all__ = [
     "LogReader",
     "segment_paths",
     "segment_index",
+    "segment_name",
     "compress_segment",
 ]
 
@@ -170,6 +171,11 @@ class LogProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.kind} at offset {self.offset} ({self.length} bytes): {self.detail}"
+
+
+def segment_name(index: int) -> str:
+    """The file name of segment ``index`` as written (``12`` -> ``segment-000012.simlog``)."""
+    return f"segment-{index:06d}{SEGMENT_SUFFIX}"
 
 
 def segment_index(path: str | os.PathLike[str]) -> int | None:
@@ -288,7 +294,7 @@ class LogWriter:
         return self._next_index - 1 if self._fd is not None else self._next_index
 
     def _open_segment(self) -> None:
-        path = self.directory / f"segment-{self._next_index:06d}{SEGMENT_SUFFIX}"
+        path = self.directory / segment_name(self._next_index)
         self._next_index += 1
         created_ns = time.time_ns()
         meta = msgpack.packb({"created_ns": created_ns, "writer": self.writer, "segment": path.name})

@@ -7,7 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_index, segment_paths
+from simic.schemas.eventlog import (
+    FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_index, segment_name, segment_paths,
+)
 
 from ..pipeline import Batch, RateLimitedLog, Stage
 from ..retention import LogMaintenance, RetentionPolicy
@@ -115,8 +117,13 @@ class EventLogSink(Stage):
 
     @property
     def position(self) -> tuple[str, int] | None:
-        """Where the log ends on disk (after :meth:`flush`): what a checkpoint covers."""
-        return self.writer.position if self.writer is not None else None
+        """Where the log ends on disk (after :meth:`flush`): what a checkpoint covers. Before this
+        process has written a frame, the start of the segment it will write: every earlier segment
+        was there at start, and a checkpoint then already covers them (read at start, or covered by
+        the checkpoint restored), so the next start must not read them again."""
+        if self.writer is None:
+            return None
+        return self.writer.position or (segment_name(self.writer.index), 0)
 
     async def flush(self) -> None:
         if self.writer is None:

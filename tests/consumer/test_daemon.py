@@ -156,6 +156,26 @@ class TestLossAccounting:
         (producer,) = checkpoint["stages"]["accounting"]["producers"]
         assert producer["received"] + producer["lost"] == emitter.stats.produced
 
+    def test_a_daemon_that_only_caught_up_checkpoints_the_end_of_the_log(self, tmp_path, ipc_endpoint, daemons):
+        """A daemon that finds no checkpoint (lost or damaged) catches up on the whole log; stopped
+        before a new frame arrives, its checkpoint covers the log it read, so the next start does not
+        read it (and count every event) a second time."""
+        log_dir = tmp_path / "logs"
+        first = daemons(ipc_endpoint, log_dir)
+        emitter = Emitter(first.endpoint, run_id="twice", settings=EmitterSettings(exit_hooks=False))
+        train(emitter, 50)
+        emitter.close()
+        first.wait_for("ended (ok)")
+        assert first.stop() == 0
+        (log_dir / "consumer-state.json").unlink()  # lost: the next daemon rebuilds its state from the whole log
+        second = daemons(ipc_endpoint, log_dir)  # catches up, receives nothing
+        assert second.stop() == 0
+        third = daemons(ipc_endpoint, log_dir)
+        assert third.stop() == 0
+        checkpoint = json.loads((log_dir / "consumer-state.json").read_text())
+        (producer,) = checkpoint["stages"]["accounting"]["producers"]
+        assert (producer["received"], producer["duplicates"]) == (emitter.stats.sent, 0)
+
 
 class TestHostileInput:
     def test_garbage_is_counted_by_reason_and_good_events_around_it_are_kept(self, tmp_path, ipc_endpoint, daemons, cli):
