@@ -297,6 +297,22 @@ def inspect(log: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--url", envvar="SIMIC_METRICS_URL", default="http://127.0.0.1:9464/metrics", show_default=True,
+              help="The daemon's metrics URL (run --metrics-port); env SIMIC_METRICS_URL.")
+@click.option("--max-age", type=float, default=30.0, show_default=True,
+              help="Seconds without a processed message or clock tick before the daemon counts as stuck.")
+def healthcheck(url: str, max_age: float) -> None:
+    """Exit 0 if the daemon at URL answers and its pipeline ran in the last MAX_AGE seconds, else 1 with the reason
+    (the Docker image's HEALTHCHECK; a Kubernetes exec liveness probe)."""
+    from .healthcheck import check
+
+    problem = check(url, max_age)
+    if problem:
+        click.echo(f"unhealthy: {problem}", err=True)
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the rules and their defaults as JSON.")
 def rules(as_json: bool) -> None:
     """List every analysis rule with its settings and defaults."""

@@ -133,7 +133,7 @@ class TestMetricsEndpoint:
         """The image's health check exits 0 against a running daemon and 1, with a reason, once it stopped."""
         daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0")
         url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
-        check = [sys.executable, "-m", "simic.consumer.healthcheck", "--url", url]
+        check = [sys.executable, "-m", "simic.consumer", "healthcheck", "--url", url]
         healthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
         assert healthy.returncode == 0, healthy.stderr
         assert daemon.stop() == 0

@@ -61,7 +61,7 @@ class TestDockerfile:
         steps = dict(instructions())  # the last of each instruction
         assert steps["FROM"] == "python:3.11-slim"
         assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", steps["USER"])
-        assert "simic.consumer.healthcheck" in steps["HEALTHCHECK"]
+        assert exec_form(steps["HEALTHCHECK"].split("CMD", 1)[1])[:2] == ["simic-consumer", "healthcheck"]
         volumes = exec_form(steps["VOLUME"])
         entrypoint = exec_form(steps["ENTRYPOINT"])
         assert entrypoint[:2] == ["simic-consumer", "run"]
