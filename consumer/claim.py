@@ -29,7 +29,7 @@ import socket
 import stat
 from pathlib import Path
 
-from simic.schemas.endpoints import ipc_path
+from simic.schemas.transport import ipc_path
 
 __all__ = ["EndpointInUse", "EndpointClaim", "claim_endpoint", "in_use_error"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from simic.schemas.endpoints import ENDPOINT_ENV, default_endpoint, is_loopback
+from simic.schemas.transport import ENDPOINT_ENV, default_endpoint, is_loopback
 from simic.schemas.eventlog import LogFormatError
 
 from .alerts import alert_record, to_json_line
@@ -119,7 +119,9 @@ def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_en
     from .claim import EndpointInUse
     from .daemon import DaemonOptions, serve
     from .lifecycle import ProcessGone
-    from .security import CurveServer, SecurityError
+    from simic.schemas.transport import KeyFileError
+
+    from .security import CurveServer
     from .sinks.export import MissingExtra
 
     config = _with_exports(_config(config_path), tensorboard_dir, wandb_project)
@@ -131,7 +133,7 @@ def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_en
             raise click.UsageError("--curve-secret and --curve-allow go together: this consumer's secret key file and the directory of allowed peer keys")
         try:
             curve = CurveServer(curve_secret, curve_allow, log_interval_s=config.daemon.rejection_log_interval_s)
-        except SecurityError as error:
+        except KeyFileError as error:
             raise click.UsageError(str(error)) from None
     for where in filter(None, (endpoint, None if alerts == "auto" else alerts)):
         if not is_loopback(where) and curve is None:
@@ -176,11 +178,11 @@ def keygen(directory: Path, name: str) -> None:
     every producer), and one pair per producer host or subscriber (its NAME.key goes into the
     consumer's --curve-allow directory). An existing pair is never overwritten.
     """
-    from .security import SecurityError, write_key_pair
+    from simic.schemas.transport import KeyFileError, write_key_pair
 
     try:
         public, secret, key = write_key_pair(directory, name)
-    except SecurityError as error:
+    except KeyFileError as error:
         raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot write keys into {directory}: {error.strerror or error}") from None

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simic.schemas.endpoints import alerts_endpoint_for
+from simic.schemas.transport import alerts_endpoint_for
 from simic.schemas.eventlog import FRAME_TICK
 
 from .accounting import Accounting
@@ -64,7 +64,7 @@ class DaemonOptions:
     """Also keep refused messages under ``<log_dir>/dead-letter``."""
     alerts_endpoint: str | None = "auto"
     """Where alerts are published (ZeroMQ PUB). ``"auto"``: next to ``endpoint`` by convention
-    (``simic.schemas.endpoints.alerts_endpoint_for``); None: not published."""
+    (``simic.schemas.transport.alerts_endpoint_for``); None: not published."""
     extra_sinks: tuple[Stage, ...] = ()
     """More stages after the alert sinks (tests use recording sinks here)."""
     metrics_port: int | None = None

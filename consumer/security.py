@@ -1,4 +1,5 @@
-"""CurveZMQ on the consumer's sockets: key files, the allow-list check, counted handshake failures.
+"""CurveZMQ on the consumer's sockets: the allow-list check and counted handshake failures (the key
+files themselves are read and written by ``simic.schemas.transport``).
 
 With a server key pair and a directory of allowed client public keys, the events PULL and the
 alerts PUB become CURVE servers: traffic is encrypted, and only peers that hold an allowed key get
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -30,16 +29,13 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from simic.schemas.endpoints import read_key_file
+from simic.schemas.transport import KeyFileError, load_allowed_keys, read_key_file
 
-__all__ = ["SecurityError", "write_key_pair", "load_allowed_keys", "HandshakeFailures", "CurveServer", "REASONS"]
+__all__ = ["HandshakeFailures", "CurveServer", "REASONS"]
 
 log = logging.getLogger("simic.consumer")
 
 ZAP_DOMAIN = b"simic"
-PUBLIC_SUFFIX = ".key"
-SECRET_SUFFIX = ".key_secret"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 REASONS = ("key_not_allowed", "no_curve", "bad_handshake", "auth_error", "incomplete")
 """Why a handshake failed:
@@ -53,63 +49,6 @@ REASONS = ("key_not_allowed", "no_curve", "bad_handshake", "auth_error", "incomp
 """
 
 _MONITORED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-
-
-class SecurityError(ValueError):
-    """A key file or the allow-list directory is unusable; the message names it and says why."""
-
-
-def write_key_pair(directory: Path, name: str) -> tuple[Path, Path, str]:
-    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (0600) with pyzmq's ``create_certificates``.
-
-    The directory is created 0700. An existing pair is never overwritten: both files are first
-    created exclusively (``O_EXCL``), so a concurrent keygen cannot race past the check.
-    Returns the public file, the secret file and the public key (z85).
-    """
-    import zmq.auth
-
-    if not _NAME.fullmatch(name):
-        raise SecurityError(f"invalid key name {name!r}: use letters, digits, '.', '_' and '-' (a file name, no path)")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
-    created: list[Path] = []
-    try:
-        for path in (secret, public):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            created.append(path)
-        zmq.auth.create_certificates(directory, name)  # rewrites the files in place: their modes stay
-        os.chmod(secret, 0o600)
-        os.chmod(public, 0o644)  # a public key is meant to be copied
-    except FileExistsError as error:
-        for path in created:
-            path.unlink()
-        raise SecurityError(f"{error.filename} already exists: refusing to overwrite a key pair "
-                            "(choose another --name or directory, or remove the old pair first)") from None
-    except BaseException:
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
-    key, _ = read_key_file(public, secret=False)
-    return public, secret, key.decode("ascii")
-
-
-def load_allowed_keys(directory: Path) -> dict[bytes, str]:
-    """The allowed client keys: every ``*.key`` file in ``directory``, as ``{z85 key: file name}``."""
-    if not directory.is_dir():
-        raise SecurityError(f"--curve-allow {directory}: no such directory")
-    allowed: dict[bytes, str] = {}
-    for path in sorted(directory.glob(f"*{PUBLIC_SUFFIX}")):
-        try:
-            key, _ = read_key_file(path, secret=False)
-        except ValueError as error:
-            raise SecurityError(f"--curve-allow: {error}") from None
-        allowed[key] = path.name
-    if not allowed:
-        raise SecurityError(f"--curve-allow {directory} holds no public key file (*{PUBLIC_SUFFIX}): no peer could connect. "
-                            "Copy there the NAME.key files of the producers and subscribers to allow.")
-    if any(directory.glob(f"*{SECRET_SUFFIX}")):
-        log.warning("%s holds secret key files (*%s): only public keys belong in an allow-list", directory, SECRET_SUFFIX)
-    return allowed
 
 
 def _reason(event: int, value: int) -> str | None:
@@ -260,7 +199,7 @@ class CurveServer:
         try:
             public, secret = read_key_file(secret_file, secret=True)
         except ValueError as error:
-            raise SecurityError(f"--curve-secret: {error}") from None
+            raise KeyFileError(f"--curve-secret: {error}") from None
         assert secret is not None
         self.public_key = public
         self._secret_key = secret

@@ -57,7 +57,7 @@ import msgpack
 import zmq
 
 from simic.schemas.codec import KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, DecodeError, decode_message
-from simic.schemas.endpoints import (
+from simic.schemas.transport import (
     CURVE_CLIENT_KEY_ENV,
     CURVE_SERVER_KEY_ENV,
     ENDPOINT_ENV,
@@ -301,7 +301,7 @@ class Emitter:
         """Alerts the consumer published about this run since the last call. Never blocks.
 
         The consumer publishes on ``alerts_endpoint`` (by default next to ``endpoint``, see
-        ``simic.schemas.endpoints.alerts_endpoint_for``). A trainer can checkpoint or stop on a
+        ``simic.schemas.transport.alerts_endpoint_for``). A trainer can checkpoint or stop on a
         critical one: ``if any(a.severity == "critical" and not a.cleared for a in emitter.poll_alerts()): ...``
         """
         alerts: list[Alert] = []

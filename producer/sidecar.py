@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from simic.schemas.endpoints import ENDPOINT_ENV, alerts_endpoint_for, ipc_path
+from simic.schemas.transport import ENDPOINT_ENV, alerts_endpoint_for, ipc_path
 
 __all__ = ["Sidecar", "spawn_consumer", "is_listening"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from simic.schemas.codec import encode_events
-from simic.schemas.endpoints import ipc_path
+from simic.schemas.transport import ipc_path
 
 from ..claim import in_use_error
 from ..pipeline import Batch, Stage

@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from simic.schemas.codec import MAX_MESSAGE_BYTES
-from simic.schemas.endpoints import ipc_path
+from simic.schemas.transport import ipc_path
 
 from ..claim import in_use_error
 

@@ -115,7 +115,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from simic.producer import Emitter, NullEmitter
-from simic.schemas.endpoints import RUN_ID_ENV
+from simic.schemas.transport import RUN_ID_ENV
 from simic.schemas.models import MAX_ITEMS
 
 __all__ = ["SimicCallback", "policy_heads", "PPO_METRICS", "MAX_SUB_ACTION_HEADS"]

@@ -16,7 +16,7 @@ import zmq
 
 from simic.producer import Emitter, EmitterSettings
 from simic.schemas import DeliveryReceipt, decode_message, encode_events
-from simic.schemas.endpoints import alerts_endpoint_for
+from simic.schemas.transport import alerts_endpoint_for
 
 from .conftest import WAIT_S
 

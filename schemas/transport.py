@@ -1,9 +1,16 @@
-"""Where producer and consumer meet: the default endpoint and the rules for choosing one.
+"""Where producer and consumer meet: endpoints and the CurveZMQ key files, for both sides.
 
-The default is an ipc socket inside a directory only the current user can enter (0700): under
-``$XDG_RUNTIME_DIR/simic`` when that is set, else ``/tmp/simic-<uid>``. TCP endpoints are for
-loopback unless the consumer has CurveZMQ keys (or the operator explicitly opts out). Key files
-are pyzmq's certificate format, as ``simic-consumer keygen`` writes them; both sides read them here.
+Endpoints: the default is an ipc socket inside a directory only the current user can enter (0700):
+under ``$XDG_RUNTIME_DIR/simic`` when that is set, else ``/tmp/simic-<uid>``. TCP endpoints are for
+loopback unless the consumer has CurveZMQ keys (or the operator explicitly opts out). The alerts
+endpoint sits next to the events endpoint by convention.
+
+Keys: pyzmq's certificate format. ``simic-consumer keygen`` writes a pair (:func:`write_key_pair`),
+producers load theirs (:class:`CurveClientKeys`), the consumer loads its own and the allow-list of
+client public keys (:func:`load_allowed_keys`); every file is read by :func:`read_key_file`. What the
+consumer does with them (its authenticator, counted handshake failures) is ``simic.consumer.security``.
+
+Imports: the standard library; ``zmq`` only inside the key functions (a producer without keys never needs it).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +35,12 @@ __all__ = [
     "ipc_path",
     "CURVE_SERVER_KEY_ENV",
     "CURVE_CLIENT_KEY_ENV",
+    "KeyFileError",
+    "PUBLIC_SUFFIX",
+    "SECRET_SUFFIX",
     "read_key_file",
+    "write_key_pair",
+    "load_allowed_keys",
     "CurveClientKeys",
 ]
 
@@ -39,6 +52,12 @@ CURVE_SERVER_KEY_ENV = "SIMIC_CURVE_SERVER_KEY"
 """Environment variable: the consumer's public key file (``NAME.key``), for producers."""
 CURVE_CLIENT_KEY_ENV = "SIMIC_CURVE_CLIENT_KEY"
 """Environment variable: this producer's secret key file (``NAME.key_secret``)."""
+
+PUBLIC_SUFFIX = ".key"
+"""A public key file: ``NAME.key`` (copied to the peers that trust it, or into an allow-list)."""
+SECRET_SUFFIX = ".key_secret"
+"""A secret key file: ``NAME.key_secret`` (0600, stays with its owner)."""
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 log = logging.getLogger("simic")
 
@@ -128,6 +147,63 @@ def read_key_file(path: str | os.PathLike[str], *, secret: bool) -> tuple[bytes,
         if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
             log.warning("secret key file %s is readable by other users: chmod 600 it", path)
     return public, secret_key
+
+
+class KeyFileError(ValueError):
+    """A key file or the allow-list directory is unusable; the message names it and says why."""
+
+
+def write_key_pair(directory: Path, name: str) -> tuple[Path, Path, str]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (0600) with pyzmq's ``create_certificates``.
+
+    The directory is created 0700. An existing pair is never overwritten: both files are first
+    created exclusively (``O_EXCL``), so a concurrent keygen cannot race past the check.
+    Returns the public file, the secret file and the public key (z85).
+    """
+    import zmq.auth
+
+    if not _KEY_NAME.fullmatch(name):
+        raise KeyFileError(f"invalid key name {name!r}: use letters, digits, '.', '_' and '-' (a file name, no path)")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
+    created: list[Path] = []
+    try:
+        for path in (secret, public):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            created.append(path)
+        zmq.auth.create_certificates(directory, name)  # rewrites the files in place: their modes stay
+        os.chmod(secret, 0o600)
+        os.chmod(public, 0o644)  # a public key is meant to be copied
+    except FileExistsError as error:
+        for path in created:
+            path.unlink()
+        raise KeyFileError(f"{error.filename} already exists: refusing to overwrite a key pair "
+                            "(choose another --name or directory, or remove the old pair first)") from None
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    key, _ = read_key_file(public, secret=False)
+    return public, secret, key.decode("ascii")
+
+
+def load_allowed_keys(directory: Path) -> dict[bytes, str]:
+    """The allowed client keys: every ``*.key`` file in ``directory``, as ``{z85 key: file name}``."""
+    if not directory.is_dir():
+        raise KeyFileError(f"--curve-allow {directory}: no such directory")
+    allowed: dict[bytes, str] = {}
+    for path in sorted(directory.glob(f"*{PUBLIC_SUFFIX}")):
+        try:
+            key, _ = read_key_file(path, secret=False)
+        except ValueError as error:
+            raise KeyFileError(f"--curve-allow: {error}") from None
+        allowed[key] = path.name
+    if not allowed:
+        raise KeyFileError(f"--curve-allow {directory} holds no public key file (*{PUBLIC_SUFFIX}): no peer could connect. "
+                            "Copy there the NAME.key files of the producers and subscribers to allow.")
+    if any(directory.glob(f"*{SECRET_SUFFIX}")):
+        log.warning("%s holds secret key files (*%s): only public keys belong in an allow-list", directory, SECRET_SUFFIX)
+    return allowed
 
 
 @dataclass(frozen=True, repr=False)
