@@ -231,10 +231,14 @@ def first(alerts: list[dict], rules: tuple[str, ...] | None, from_step: int) -> 
 
 
 def by_rule(alerts: list[dict]) -> str:
+    """Alerts counted by rule; a notice (severity info, such as ``step_time``'s lasting slowdown of the whole
+    machine) is counted as an alert too, marked "(info)"."""
     counts: dict[str, int] = {}
     for alert in alerts:
-        counts[alert["rule"]] = counts.get(alert["rule"], 0) + 1
-    return ", ".join(f"{rule} {n}" for rule, n in counts.items()) or "none"
+        key = alert["rule"] + (" (info)" if alert.get("severity") == "info" else "")
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{rule.replace(' (info)', '')} {n}{' (info)' if rule.endswith(' (info)') else ''}"
+                     for rule, n in counts.items()) or "none"
 
 
 def delay_cell(alert: dict | None, onset: int, window: int) -> str:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Capped, Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import Baseline
 
 _INF = math.inf
@@ -47,9 +47,19 @@ class StepTimeConfig(RuleConfig):
     machine_factor: float = Field(2.0, gt=1)
     """When every phase of a step (two or more) is slower together (see ``machine_share``), it is the
     machine (another job on it, a throttled clock), not one part of the trainer: that is reported only
-    beyond this factor (2.0, for the smallest of the phases' slowdowns), once, as the machine's. Below it, the slower
-    times are the machine's new normal and join the baselines. A contended two-core machine slowed
-    every phase of healthy runs by about 1.5x."""
+    beyond this factor (2.0, for the smallest of the phases' slowdowns), once, as the machine's, and
+    only when it lasts (``machine_fire_after``). Below it, the slower times are the machine's new
+    normal and join the baselines; beyond it, the baselines wait while it lasts. A contended two-core
+    machine slowed every phase of healthy runs by about 1.5x."""
+    machine_fire_after: int = Field(20, ge=1)
+    """Steps in a row (20) every phase is beyond ``machine_factor`` together before the machine is
+    reported. A short machine-wide slowdown is not a training fault, and an alert for it is a false
+    alarm: on the shared two-core benchmark machine other jobs slowed every phase of healthy runs
+    2.2-3.5x for 3 to 5 steps (a few seconds) at a time. A machine that stays that slow for 20 steps is
+    worth knowing: the whole run takes that much longer."""
+    machine_severity: Severity = "info"
+    """Severity of the machine's report: a notice (the run is slower, nothing in it is wrong), where one
+    phase slowing alone is the trainer's and a warning (``severity``)."""
     fire_after: int = Field(5, ge=1)
     """Steps in a row (5): a slow step or a few (a checkpoint save, a garbage collection, another job
     starting on the machine: host-timed rollouts of healthy runs on a shared two-core machine slowed
@@ -88,7 +98,11 @@ class StepTime(Rule):
     jitter (the robust spread of its recent log times). One observation per step: the ``step_timing`` events of a step are combined first,
     their phases added up (one event per phase, or a phase timed twice, is one step). When every
     phase of a step (two or more) is slow together, no phase is blamed: it is the machine, reported
-    only beyond ``machine_factor`` (as the machine's, phase ``"*"``), and the baselines follow it. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
+    only beyond ``machine_factor`` for ``machine_fire_after`` steps in a row (as the machine's, phase
+    ``"*"``, a ``machine_severity`` notice: the run is slower, nothing in it is wrong), and the
+    baselines follow it (below ``machine_factor``) or wait (beyond it). Another job slowing the
+    whole machine for a few steps is not reported: it is no fault of the run, and an alert for it
+    would be a false alarm. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
     (the message says which clock measured it: ``cuda_event`` GPU time or ``cpu`` host time);
     ``clear_after`` steps back under it clear. Slow samples are not folded into the baseline, and
     the baseline is frozen while the alert is active, so a lasting regression does not become the
@@ -152,12 +166,17 @@ class StepTime(Rule):
                 machine,
                 every_phase_slow and slowdown > config.machine_factor,
                 lambda: f"every phase of the step slowed together at step {event.step} ({shown}, {event.clock} clock) "
-                f"for {config.fire_after} steps: the machine (contention, a throttled clock), not one part of the trainer",
+                f"for {config.machine_fire_after} steps: the machine (contention, a throttled clock), not one part of "
+                f"the trainer; the run is that much slower, nothing in it is wrong",
                 lambda: {"phase": "*", "factor": slowdown, "machine_factor": config.machine_factor, "clock": event.clock},
+                severity=config.machine_severity,
+                fire_after=config.machine_fire_after,
                 clear_message=lambda: f"the step's phases are back near their baselines at step {event.step} ({shown})",
             )
             if alert:
                 fired = [alert]
+            if every_phase_slow and machine in conditions:  # the machine beyond its factor: the baselines wait
+                return fired
         keep = config.spread_window
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
             for _, phase, ms, _ in judged:

@@ -1,4 +1,4 @@
-"""update_ratio: the optimizer's effective step size rising above what the logged learning rate explains."""
+"""update_ratio: the optimizer's effective step size (or its own learning rate) rising above what the logged learning rate explains."""
 
 from __future__ import annotations
 
@@ -47,14 +47,24 @@ class UpdateRatioConfig(RuleConfig):
     """Updates in a row (2): one update whose step was large can be one odd batch."""
     clear_after: int = Field(3, ge=1)
     """Updates in a row back within the limits before it clears."""
+    optimizer_rate: bool = True
+    """Also judge the learning rate the optimizer itself used (``param_updates.learning_rate``, read at
+    its step) over the one the trainer logs (``ppo_update.learning_rate``), on a log scale, with the
+    same judge and limits: the two differ by a constant in a healthy run (0 when the log is the
+    optimizer's rate; a per-group rate or a scheduler that steps per minibatch is its own constant),
+    so a rise of their ratio is a rate the log does not show, and it is seen at its first updates,
+    before the step it makes stands out of the step size's jitter (a rate x1.15 per update: 2
+    updates, where the step size took 5 to 7). False: the step size alone (a fault in the
+    optimizer's state, not its rate, shows only there)."""
 
 
 class _Run:
-    __slots__ = ("rise", "learning_rate")
+    __slots__ = ("rise", "learning_rate", "rate")
 
     def __init__(self) -> None:
         self.rise = Rise()  # log(total_ratio / logged learning rate) of the last good updates
         self.learning_rate: float | None = None  # the learning rate the trainer logged last
+        self.rate = Rise()  # log(optimizer's learning rate / logged learning rate) of the last good updates
 
 
 @register
@@ -71,6 +81,15 @@ class UpdateRatio(Rule):
     schedule, a scaler or optimizer state gone wrong): gradient norms do not show it under Adam,
     and KL and clip fraction only once the policy is already moving too fast. Missing, zero and
     non-finite ratios are not observed (``non_finite`` reports NaN).
+
+    With ``optimizer_rate`` (the default), when ``param_updates`` carries the learning rate the
+    optimizer used and the run logs one, their ratio is judged the same way (its own subject,
+    ``rate``): the direct evidence of a rate the log does not show. The step size stays judged on
+    its own, for what moves the step with the rate unchanged. Why both: the step size of a healthy
+    run swings as the policy learns (on SB3's RecurrentPPO its ratio rose 1.6-1.8x over 3 to 6
+    updates in healthy runs, a return to its earlier highs), so a rate growing 1.15x per update is
+    told from learning only once the step leaves the run's recent range (5 to 7 updates on the
+    benchmark's trainers); the optimizer's rate over the logged one is constant in a healthy run.
     """
 
     name = "update_ratio"
@@ -93,6 +112,41 @@ class UpdateRatio(Rule):
             if lr is not None and 0.0 < lr < _INF:
                 run.learning_rate = lr
             return None
+        fired = [self._rate(event, run) if self.config.optimizer_rate else None, self._step_size(event, run)]
+        return [alert for alert in fired if alert is not None] or None
+
+    def _rate(self, event: Event, run: _Run) -> Alert | None:
+        """The optimizer's learning rate over the logged one rising (subject ``rate``)."""
+        used, logged = event.learning_rate, run.learning_rate
+        if used is None or logged is None or not 0.0 < used < _INF:
+            return None
+        relative = used / logged
+        if not 0.0 < relative < _INF:
+            return None
+        config = self.config
+        x = math.log(relative)
+        bad, rise = run.rate.judge(x, self._limits)
+        subject = self.watched(event, bad, "rate")
+        alert = None
+        if subject is not None:
+            factor = math.exp(rise) if rise < 700.0 else _INF
+            alert = self.observe(
+                event,
+                subject,
+                bad,
+                lambda: f"the optimizer's learning rate {used:.3g} is {factor:.3g}x its usual share of the logged rate "
+                f"{logged:.3g} at step {event.step} for {config.fire_after} updates: the effective learning rate is not "
+                f"the one the trainer reports",
+                lambda: {"optimizer_learning_rate": used, "learning_rate": logged, "factor": factor, "rise": config.rise},
+                clear_message=lambda: f"the optimizer's learning rate is back near its usual share of the logged rate at "
+                f"step {event.step} ({factor:.3g}x)",
+            )
+        if not (bad or (subject is not None and self.is_active(subject))):
+            run.rate.keep(x, self._limits)
+        return alert
+
+    def _step_size(self, event: Event, run: _Run) -> Alert | None:
+        """The step size over the logged learning rate rising (subject ``step_size``)."""
         ratio = event.total_ratio
         if ratio is None or not 0.0 < ratio < _INF:
             return None
@@ -118,15 +172,18 @@ class UpdateRatio(Rule):
             )
         if not (bad or (subject is not None and self.is_active(subject))):
             run.rise.keep(x, self._limits)
-        return [alert] if alert else None
+        return alert
 
     def extra_state(self) -> dict[str, Any]:
-        return {"runs": [[run_id, rank, run.rise.state(), run.learning_rate] for (run_id, rank), run in self._runs.items()]}
+        return {"runs": [[run_id, rank, run.rise.state(), run.learning_rate, run.rate.state()]
+                         for (run_id, rank), run in self._runs.items()]}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._runs = Capped()
-        for run_id, rank, rise, learning_rate in state.get("runs", []):
+        for run_id, rank, rise, learning_rate, *rate in state.get("runs", []):
             run = self._runs[(run_id, int(rank))] = _Run()
             if isinstance(rise, list) and len(rise) == 2 and isinstance(rise[0], list):
                 run.rise = Rise.from_state(rise)  # (a checkpoint of the earlier form, a bare list, starts anew)
             run.learning_rate = None if learning_rate is None else float(learning_rate)
+            if rate and isinstance(rate[0], list) and len(rate[0]) == 2:
+                run.rate = Rise.from_state(rate[0])  # (a checkpoint from before the rate was judged starts it anew)
