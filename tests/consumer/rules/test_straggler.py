@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simic.schemas.models import StepTiming
-from tests.consumer.test_rules import Producer, Timeline, assert_resumes_identically, config, of, play
+from .harness import Producer, Timeline, assert_resumes_identically, config, of, play
 
 RANKS = 4
 

@@ -1,0 +1,168 @@
+"""The gradient_drift rule, driven through the real pipeline with real encoded messages (see ``harness``)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from simic.consumer.analysis import RULES
+
+from .harness import (
+    HEADS,
+    SEEDS,
+    TYPICAL,
+    Producer,
+    Timeline,
+    assert_documented_defaults,
+    assert_resumes_identically,
+    config,
+    grad_run,
+    noisy,
+    play,
+)
+
+
+class TestGradientDrift:
+    async def test_a_steady_run_raises_nothing(self):
+        """Constant norms for 200 updates: no alert from any rule."""
+        alerts, _ = await play(grad_run(200, 0, 0).items)
+        assert alerts == []
+
+    async def test_a_jump_of_every_norm_fires_each_head_on_the_second_update_and_the_total_on_the_third(self):
+        """Norms x3 from step 40 to 44. Each head, judged against its own history, drifts at 40 and 41 and
+        fires at 41 (two in a row); it clears at 49, the fifth usual update. The total's EMA drifts at 40-42
+        and fires at 42 (three of four); the 10-update EMA has caught up by 43, but the window of 4 still
+        holds 3 drifting updates at 43, so its quiet run starts at 44 and it clears at 48."""
+        alerts, _ = await play(grad_run(scale=3.0).items)
+        drift = [(a.severity, a.cleared, a.step, a.values.get("head")) for a in alerts if a.rule == "gradient_drift"]
+        assert drift == [("warning", False, 41, h) for h in HEADS] + [("warning", False, 42, None), ("info", True, 48, None)] + \
+            [("info", True, 49, h) for h in HEADS]
+        assert {a.rule for a in alerts} == {"gradient_drift"}
+        total = alerts[len(HEADS)]
+        # EMA after two fault updates: 0.9 * (0.9 * 1 + 0.1 * 3) + 0.1 * 3 = 1.38 (x the base norm): drift (3 - 1.38) / 1.38
+        assert total.values["norm_drift"] == pytest.approx((3 - 1.38) / 1.38, rel=0.01) and total.values["drift_threshold"] == 1.0
+        assert "gradient drift at step 42" in total.message
+        head = alerts[0]
+        assert head.values["factor"] == pytest.approx(3.0) and head.values["usual_norm"] == pytest.approx(TYPICAL["slot"])
+
+    async def test_one_head_drifting_alone_is_its_own_subject(self):
+        """Only 'op' x3: its head alert fires, with its usual norm in the message; the total moved too little to drift."""
+        alerts, _ = await play(grad_run(norms={**TYPICAL, "op": 1.2 * 3.0}).items)
+        fired = [a for a in alerts if a.rule == "gradient_drift" and not a.cleared]
+        assert [(a.values.get("head"), a.step) for a in fired] == [("op", 41)]
+        assert "norm 3.6 is 3x its usual 1.2" in fired[0].message
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_a_head_swinging_between_two_levels_is_not_drift(self, seed):
+        """A learned head's gradient on a recurrent trainer: about 0.12, then for 20 updates 0.003 on about
+        half of them (the median falls to the lower level). Back at 0.12 is 40x that level, but not
+        above the head's recent highest: nothing."""
+        rng, p, tl = random.Random(seed), Producer(), Timeline()
+        for step in range(150):
+            low = 80 <= step < 100 and rng.random() < 0.5
+            tl.send(p.grads(step, norms={**TYPICAL, "blend": (0.003 if low else 0.12) * math.exp(rng.gauss(0, 0.2))}))
+        alerts, _ = await play(tl.items)
+        assert [a for a in alerts if a.rule == "gradient_drift"] == []
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_one_noisy_head_drifting_1_25x_per_update_fires_within_five(self, seed):
+        """'op' with 15% log-normal noise per update (an RMS over an update's minibatches), growing 1.25x per
+        update from step 40 (x2 at 43): its alert fires within five updates of onset."""
+        rng, p, tl = random.Random(seed), Producer(), Timeline()
+        for step in range(60):
+            growth = 1.25 ** max(0, step - 39)
+            tl.send(p.grads(step, norms={**TYPICAL, "op": 1.2 * growth * math.exp(rng.gauss(0, 0.15))}))
+        alerts, _ = await play(tl.items)
+        fired = [a.step for a in alerts if a.rule == "gradient_drift" and a.values.get("head") == "op" and not a.cleared]
+        assert fired and 40 <= fired[0] <= 45
+
+    async def test_grad_health_is_the_share_of_learning_heads(self):
+        """Three of five heads without gradient: health 0.4 against an EMA near 1.0 drifts, on its own 0.5 threshold."""
+        alerts, _ = await play(grad_run(norms={**TYPICAL, "slot": None, "blend": None, "op": 0.0}).items)
+        (fired,) = [a for a in alerts if a.rule == "gradient_drift" and not a.cleared]
+        assert fired.step == 42 and "head" not in fired.values
+        # The health EMA (momentum 0.9) after two such updates: 0.9 * (0.9 + 0.04) + 0.04 = 0.886; drift (0.886 - 0.4) / 0.886
+        assert fired.values["grad_health"] == pytest.approx(0.4) and fired.values["health_drift"] == pytest.approx(0.486 / 0.886, rel=0.01)
+        assert fired.values["norm_drift"] < 0.5
+
+    async def test_post_clip_measurements_are_not_tracked(self):
+        """Events measured after clipping (stage = post_clip) never move the EMAs: no alert."""
+        p, tl = Producer(), Timeline()
+        for step in range(40):
+            tl.send(p.grads(step, stage="pre_clip"))
+        for step in range(40, 50):
+            tl.send(p.grads(step, scale=5.0, stage="post_clip"))
+        alerts, pipeline = await play(tl.items)
+        assert alerts == []
+        state = pipeline.find(RULES["gradient_drift"])[0].state_dict()["extra"]
+        assert [s["total"]["update_count"] for s in state.values()] == [40]
+
+    async def test_non_finite_values_are_left_to_non_finite_and_do_not_poison_the_ema(self):
+        """A NaN total fires non_finite only; the EMA skips it and later steady updates stay quiet."""
+        p, tl = Producer(), Timeline()
+        for step in range(60):
+            if step == 30:
+                tl.send(p.grads(step, norms={**TYPICAL, "op": math.nan}, total=math.nan))
+            else:
+                tl.send(p.grads(step))
+        alerts, pipeline = await play(tl.items)
+        assert [(a.rule, a.cleared, a.step) for a in alerts] == [("non_finite", False, 30), ("non_finite", True, 31)]
+        (state,) = pipeline.find(RULES["gradient_drift"])[0].state_dict()["extra"].values()
+        assert math.isfinite(state["total"]["ema_norm"]) and state["total"]["update_count"] == 59
+
+    async def test_warmup_0_and_fire_after_1_is_the_seed_rule(self):
+        """Configured as the seed plan (0.99, 0.5, no warmup, fire at once) the rule fires exactly where its tracker says drift > 0.5."""
+        from simic.consumer import GradientEMATracker
+
+        norms = [1.0, 1.2, 0.9, 1.1, 2.0, 1.0]
+        p, tl = Producer(), Timeline()
+        for step, norm in enumerate(norms):
+            tl.send(p.grads(step, norms={"pi": norm}))
+        seed_rule = {"momentum": 0.99, "drift_threshold": 0.5, "health_drift_threshold": 0.5, "warmup": 0, "fire_after": 1, "fire_window": 1,
+                     "per_head": False}
+        alerts, _ = await play(tl.items, config(gradient_drift=seed_rule))
+        tracker = GradientEMATracker()
+        seed = [step for step, norm in enumerate(norms) if tracker.check_drift(norm, 1.0)[0]]
+        assert seed == [4]
+        assert [a.step for a in alerts if a.rule == "gradient_drift" and not a.cleared] == seed
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_noisy_healthy_norms_do_not_flap(self, seed):
+        """300 updates with 15% log-normal noise per head raise no alert from any rule."""
+        rng, p, tl = random.Random(seed), Producer(), Timeline()
+        for step in range(300):
+            tl.send(p.grads(step, norms=noisy(rng, TYPICAL, 0.15)))
+        alerts, _ = await play(tl.items)
+        assert alerts == []
+
+    async def test_a_checkpoint_mid_fault_continues_identically(self):
+        """State saved two updates into the fault (counts pending) fires and clears as the uninterrupted run."""
+        await assert_resumes_identically(grad_run(scale=3.0), split=42, rule="gradient_drift")
+
+    async def test_three_drifting_updates_of_four_fire_where_three_in_a_row_would_wait(self):
+        """Every norm growing from step 40 with one quiet update (41) in between: the total drifts at 40, 42
+        and 43 and fires at 43 (three of the last four); with fire_window = fire_after (in a row) it waits until 44."""
+        growing = {40: 3.0, 41: 1.3, 42: 4.0, 43: 5.0, 44: 6.5, 45: 8.0, 46: 10.0}
+        p, tl = Producer(), Timeline()
+        for step in range(50):
+            tl.send(p.grads(step, scale=growing.get(step, 1.0)))
+        windowed, _ = await play(tl.items, config(gradient_drift={"per_head": False}))
+        in_a_row, _ = await play(tl.items, config(gradient_drift={"per_head": False, "fire_window": 3}))
+
+        def first(alerts):
+            return min(a.step for a in alerts if a.rule == "gradient_drift" and not a.cleared)
+
+        assert first(windowed) == 43 and first(in_a_row) == 44
+
+    def test_a_window_shorter_than_the_count_is_refused(self):
+        """fire_window < fire_after cannot ever fire: a configuration error naming both."""
+        with pytest.raises(ValueError, match="fire_window"):
+            config(gradient_drift={"fire_window": 2})
+
+    def test_defaults_are_the_documented_ones(self):
+        """Momentum 0.9, norm drift 1.0, health drift 0.5, warmup 30, floor 1e-8, 3 of 4 fire, clear after 5; heads 1.6x, 3.5 jitters, above the recent highest, 2 in a row."""
+        assert_documented_defaults("gradient_drift", momentum=0.9, drift_threshold=1.0, health_drift_threshold=0.5, warmup=30, vanishing_floor=1e-8,
+                                   per_head=True, head_rise=1.6, head_noise_z=3.5, head_new_high=1.0, head_min_spread=0.05, head_fire_after=2,
+                                   fire_after=3, fire_window=4, clear_after=5)

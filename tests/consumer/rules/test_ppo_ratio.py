@@ -1,0 +1,47 @@
+"""The ppo_ratio rule, driven through the real pipeline with real encoded messages (see ``harness``)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from .harness import SEEDS, assert_documented_defaults, assert_resumes_identically, of, play, ppo_run
+
+
+class TestPpoRatio:
+    async def test_ratios_near_one_raise_nothing(self):
+        """Typical ratio range [0.8, 1.25] for 100 updates: no alert."""
+        alerts, _ = await play(ppo_run([{}] * 100).items)
+        assert alerts == []
+
+    async def test_an_exploding_ratio_fires_on_the_second_update_and_clears_after_three(self):
+        """ratio_max 8 from step 10 fires at 11; back in range from 14, clears at 16."""
+        alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_max": 8.0}] * 4 + [{}] * 5).items)
+        fired = [a for a in alerts if a.rule == "ppo_ratio"]
+        assert [(a.cleared, a.step, a.values["condition"]) for a in fired] == [(False, 11, "explosion"), (True, 16, "explosion")]
+
+    async def test_a_collapsing_ratio_fires(self):
+        """ratio_min 0.05 twice fires the collapse subject."""
+        alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_min": 0.05}] * 2).items)
+        assert [(a.step, a.values["condition"]) for a in alerts if a.rule == "ppo_ratio"] == [(11, "collapse")]
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_one_extreme_minibatch_now_and_then_does_not_flap(self, seed):
+        """Isolated ratio_max spikes above 5 (never twice in a row) raise nothing."""
+        rng = random.Random(seed)
+        values, last = [], False
+        for _ in range(300):
+            spike = not last and rng.random() < 0.1
+            values.append({"ratio_max": 6.0 if spike else rng.uniform(1.1, 2.0), "ratio_min": rng.uniform(0.3, 0.9)})
+            last = spike
+        alerts, _ = await play(ppo_run(values).items)
+        assert of(alerts, "ppo_ratio") == []
+
+    async def test_a_checkpoint_mid_fault_continues_identically(self):
+        """State saved after the first exploding update fires and clears as the uninterrupted run."""
+        await assert_resumes_identically(ppo_run([{}] * 10 + [{"ratio_max": 8.0}] * 4 + [{}] * 5), split=11, rule="ppo_ratio")
+
+    def test_defaults_are_the_documented_ones(self):
+        """Ratio 5.0 and 0.1, fire after 2, clear after 3."""
+        assert_documented_defaults("ppo_ratio", max_ratio=5.0, min_ratio=0.1, fire_after=2, clear_after=3)

@@ -1,0 +1,150 @@
+"""The step_time rule, driven through the real pipeline with real encoded messages (see ``harness``)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from simic.consumer.analysis import RULES
+
+from .harness import SEEDS, Producer, Timeline, assert_documented_defaults, assert_resumes_identically, noisy, of, play
+
+
+def timing_run(update_ms: list[float], clock: str = "cuda_event", rollout_ms: float = 20.0) -> Timeline:
+    p, tl = Producer(), Timeline()
+    for step, ms in enumerate(update_ms):
+        tl.send(p.timing(step, {"rollout": rollout_ms, "update": ms}, clock=clock))
+    return tl
+
+
+class TestStepTime:
+    @staticmethod
+    def both(factors: list[float]) -> Timeline:
+        """Rollout 20 ms and update 8 ms, both times the step's factor (a machine slowing every phase)."""
+        p, tl = Producer(), Timeline()
+        for step, f in enumerate(factors):
+            tl.send(p.timing(step, {"rollout": 20.0 * f, "update": 8.0 * f}))
+        return tl
+
+    async def test_every_phase_a_little_slower_is_the_machine_and_not_an_alert(self):
+        """Both phases 1.5x from step 30 on (a contended machine): no alert, no phase blamed."""
+        alerts, _ = await play(self.both([1.0] * 30 + [1.5] * 60).items)
+        assert of(alerts, "step_time") == []
+
+    async def test_a_lasting_machine_slowdown_is_one_notice_about_the_machine(self):
+        """Both phases 3x from step 30 to 69: one info notice about the machine (phase "*") at step 49, its
+        20th step, none per phase; it clears three steps after the phases are back."""
+        alerts, _ = await play(self.both([1.0] * 30 + [3.0] * 40 + [1.0] * 10).items)
+        fired = [a for a in alerts if a.rule == "step_time"]
+        assert [(a.severity, a.cleared, a.step, a.values["phase"]) for a in fired] == [
+            ("info", False, 49, "*"), ("info", True, 72, "*")]
+        assert "the machine" in fired[0].message and "not one part of the trainer" in fired[0].message
+
+    async def test_a_short_machine_slowdown_is_not_reported(self):
+        """Another job on the machine for a few steps (as on healthy SB3 seed 203: rollout 3.5x and update 2.9x
+        for 5 steps, then 2.2-3.9x on and off) is no fault of the run: nothing, not even a notice; and the
+        baselines are left as they were, so one phase slowing alone afterwards is still the trainer's, at its
+        fifth step."""
+        rng, p, tl = random.Random(3), Producer(), Timeline()
+        for step in range(90):
+            f = (1.0, 1.0)
+            if 30 <= step < 35 or 40 <= step < 52 and step % 3:
+                f = (3.5, 2.9)
+            if step >= 70:
+                f = (1.0, 2.0)
+            phases = noisy(rng, {"rollout": 20.0 * f[0], "update": 8.0 * f[1]}, 0.05)
+            tl.send(p.timing(step, phases, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        fired = [a for a in alerts if a.rule == "step_time" and not a.cleared]
+        assert [(a.severity, a.step, a.values["phase"]) for a in fired] == [("warning", 74, "update")]
+        assert "not the machine" in fired[0].message
+
+    async def test_a_lasting_machine_slowdown_just_beyond_its_factor_is_noticed(self):
+        """Both phases 2.2x for 40 steps: the baselines wait while the machine is beyond its factor (following
+        it, they would have taken the slowdown below 2x before its 20th step), so the notice comes at step 49."""
+        alerts, _ = await play(self.both([1.0] * 30 + [2.2] * 40).items)
+        assert of(alerts, "step_time") == [("info", False, 49)]
+
+    async def test_a_phase_that_jitters_a_lot_is_held_to_its_own_noise(self):
+        """A host-timed rollout whose time swings by 40% (log-normal) from step to step: 1.7x for three steps is
+        within its noise (no alert); the same 1.7x for five steps on a steady phase fires."""
+        rng, p, tl = random.Random(4), Producer(), Timeline()
+        for step in range(60):
+            slow = 1.7 if 40 <= step < 45 else 1.0
+            tl.send(p.timing(step, {"rollout": 50.0 * math.exp(rng.gauss(0.0, 0.4)) * slow, "update": 30.0}, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        assert of(alerts, "step_time") == []
+        alerts, _ = await play(timing_run([8.0] * 40 + [8.0 * 1.7] * 5 + [8.0] * 5).items)
+        assert [a.step for a in alerts if a.rule == "step_time" and not a.cleared] == [44]
+
+    async def test_contention_slowing_every_phase_unevenly_is_the_machine(self):
+        """Measured under contention: the host-bound rollout 2x while the update is 1.4x, for 20 steps: no
+        phase is blamed, and the machine (below 2x for its least slowed phase) is not reported."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            f = (2.0, 1.4) if 40 <= step < 60 else (1.0, 1.0)
+            tl.send(p.timing(step, {"rollout": 20.0 * f[0], "update": 8.0 * f[1]}))
+        alerts, _ = await play(tl.items)
+        assert of(alerts, "step_time") == []
+
+    async def test_one_phase_slowing_alone_is_the_trainer(self):
+        """Only the update phase 2x: the alert names it and says the other phases kept their pace."""
+        alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10).items)
+        [fired] = [a for a in alerts if a.rule == "step_time" and not a.cleared]
+        assert fired.values["phase"] == "update" and "not the machine" in fired.message
+
+    async def test_steady_phases_raise_nothing(self):
+        """Constant phase times for 100 steps: no alert."""
+        alerts, _ = await play(timing_run([8.0] * 100).items)
+        assert alerts == []
+
+    async def test_a_regression_fires_on_the_fifth_step_names_the_clock_and_clears(self):
+        """'update' 8 -> 16 ms from step 30 fires at 34 (its fifth slow step) (cuda_event clock); back to 8 ms from 40, clears at 42."""
+        alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10 + [8.0] * 5).items)
+        fired = [a for a in alerts if a.rule == "step_time"]
+        assert [(a.cleared, a.step, a.values["phase"]) for a in fired] == [(False, 34, "update"), (True, 42, "update")]
+        assert fired[0].values["factor"] == 2.0 and fired[0].values["clock"] == "cuda_event"
+        assert "cuda_event clock" in fired[0].message
+
+    async def test_a_lasting_regression_does_not_become_the_new_normal(self):
+        """300 steps at twice the baseline: one alert that stays active (the baseline is frozen)."""
+        alerts, pipeline = await play(timing_run([8.0] * 30 + [16.0] * 300).items)
+        assert of(alerts, "step_time") == [("warning", False, 34)]
+        state = pipeline.find(RULES["step_time"])[0].state_dict()["extra"]
+        assert [s["baseline"][0] for s in state.values() if s["phase"] == "update"] == [8.0]
+
+    async def test_slow_first_steps_do_not_set_the_baseline(self):
+        """Three 500 ms warm-up steps (compilation) are outvoted by the warm-up median; a later 2x still fires."""
+        alerts, _ = await play(timing_run([500.0] * 3 + [8.0] * 40 + [16.0] * 5).items)
+        assert of(alerts, "step_time") == [("warning", False, 47)]
+
+    async def test_sub_millisecond_phases_are_not_judged(self):
+        """A 0.05 ms phase jumping tenfold is noise, not a regression."""
+        p, tl = Producer(), Timeline()
+        for step in range(50):
+            tl.send(p.timing(step, {"log": 0.05 if step < 30 else 0.5}, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        assert alerts == []
+
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_noisy_healthy_timings_do_not_flap(self, seed):
+        """10% jitter on every phase with an occasional single slow step (a checkpoint save): no alert."""
+        rng, p, tl = random.Random(seed), Producer(), Timeline()
+        for step in range(300):
+            phases = noisy(rng, {"rollout": 20.0, "update": 8.0}, 0.1)
+            if step % 50 == 49:
+                phases["update"] *= 5
+            tl.send(p.timing(step, phases))
+        alerts, _ = await play(tl.items)
+        assert alerts == []
+
+    async def test_a_checkpoint_mid_fault_continues_identically(self):
+        """State saved two steps into the regression fires and clears as the uninterrupted run."""
+        await assert_resumes_identically(timing_run([8.0] * 30 + [16.0] * 10 + [8.0] * 5), split=32, rule="step_time")
+
+    def test_defaults_are_the_documented_ones(self):
+        """Factor 1.5 over a 0.99 EMA seeded by the median of 10, phases under 1 ms skipped, fire after 3, clear after 3."""
+        assert_documented_defaults("step_time", noise_z=4.0, spread_window=24, min_spread=0.05, machine_share=1.2, machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
+                                   machine_fire_after=20, machine_severity="info", fire_after=5, clear_after=3)
