@@ -20,7 +20,7 @@ Reported per run: steps per second from the end of the first update to the end o
 CPU milliseconds per update over the same span, and the CPU time the trainer thread spent handing its
 telemetry on per update (in (b) and (c) writing it with the library; in (d) and (d0) the emitter's
 non-blocking socket send; the measuring itself, the same in (b)-(d), is not in it; the wall time of
-those calls goes to ``--json``). Variants:
+those calls is printed below the table, with each variant's events and whole-run CPU). Variants:
 
 - ``(a) no logging``: telemetry off (no endpoint: a ``NullEmitter``; for ``sb3`` SimicCallback is in the
   list, doing nothing).
