@@ -141,8 +141,8 @@ def measure(rate: float, alerts: int, alert_every: int, tmp: Path, config: Path 
                 except zmq.Again:
                     break
                 now = time.monotonic_ns()
-                for alert in decode_message(raw).events:
-                    if alert.rule != "non_finite" or alert.step < MEASURED_FROM:
+                for alert in decode_message(raw).events:  # the channel also carries delivery receipts
+                    if alert.kind != "alert" or alert.rule != "non_finite" or alert.step < MEASURED_FROM:
                         continue
                     received.append(Received(alert.severity, alert.cleared, alert.step, now - alert.clock_ns))
                     critical += alert.severity == "critical" and not alert.cleared

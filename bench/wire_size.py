@@ -63,6 +63,7 @@ def _other_kinds(rng: random.Random, i: int) -> list[tuple[str, dict[str, Any]]]
         ("profiler_trace", {"path": f"/scratch/runs/{RUN_ID}/traces/rank0_step{FIRST_STEP + 500 * i}.pt.trace.json"}),
         ("heartbeat", {"sent": FIRST_SEQ + 1000 * i, "dropped": rng.choice((0, 0, 0, 12))}),
         ("run_end", {"status": "ok", "sent": FIRST_SEQ + 1000 * i, "dropped": 0}),
+        ("delivery_receipt", {"received": FIRST_SEQ + 1000 * i, "lost": rng.choice((0, 0, 0, 3))}),
         ("alert", {"rule": "grad_explosion", "severity": "warning",
                    "message": f"head 'op' gradient norm {rng.uniform(30, 60):.1f} is {rng.uniform(8, 15):.1f}x its EMA",
                    "values": {"head": "op", "norm": rng.uniform(30, 60), "ema": rng.uniform(2, 4),

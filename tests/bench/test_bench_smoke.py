@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,20 @@ class TestExporterOverhead:
             assert f"| {variant} |" in result.stdout, variant
         assert "every run of (d): 0 events dropped (queue full)" in result.stdout
         assert "0 dropped (queue full), 0 failed" in result.stdout
+
+    def test_sb3_workload_writes_what_the_callbacks_emitter_sends(self) -> None:
+        """--workload sb3 --quick: sb3-contrib's RecurrentPPO with SimicCallback, one timed update, in (a), (b) (the trainer
+        writes with SummaryWriter what the callback's emitter would send: the replaced transport reached that emitter)
+        and (d0) (the real send, timed, to a sidecar). A run whose events did not go through the benchmark's transport
+        fails the script. Three trainer processes, not all five variants: (c) and (d) differ from (b) and (d0) only in
+        the writer, which the ppo_lstm test covers."""
+        pytest.importorskip("sb3_contrib", reason="the sb3 extra")
+        pytest.importorskip("tensorboardX", reason="the tensorboard extra")
+        result = subprocess.run([sys.executable, str(BENCH / "exporter_overhead.py"), "--workload", "sb3", "--quick", "--updates", "1",
+                                 "--variants", "a,b,d0"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "sb3-contrib RecurrentPPO + SimicCallback" in result.stdout and "1 updates x 256 steps timed per run" in result.stdout
+        for variant in ("(a) no logging", "(b) SummaryWriter in the trainer", "(d0) simic, sidecar without exporters"):
+            assert f"| {variant} |" in result.stdout, variant
+        handed = dict(re.findall(r"(?:^|; )(a|b|d0) [\d.]+ / [\d.]+ / (\d+)", result.stdout, re.MULTILINE))
+        assert handed["a"] == "0" and int(handed["b"]) > 0 and int(handed["d0"]) > 0, handed
