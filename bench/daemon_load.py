@@ -51,8 +51,9 @@ from typing import Any, Sequence
 import msgpack
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
+if not __package__:  # run as a script (python bench/daemon_load.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
 
 from simic.consumer.config import DaemonConfig
 from simic.consumer import ConsumerConfig  # noqa: E402

@@ -18,7 +18,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,11 +26,9 @@ import pytest
 from simic.consumer import load_config, replay
 from simic.producer import Emitter, EmitterSettings
 from simic.schemas.eventlog import LogReader, segment_paths
+from bench.daemon_load import ProducerGroup, RssSampler, log_bytes, logged_events, rss_bound, write_config
 
 from .conftest import WAIT_S
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from daemon_load import ProducerGroup, RssSampler, log_bytes, logged_events, rss_bound, write_config  # noqa: E402
 
 STALL_S = 1.0
 """How long the daemon stays frozen (SIGSTOP): the fault itself, long enough to overflow the producers' queues."""

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.producer_faults import RUN_ID, STATES, ProducerProcess
+
 from .conftest import WAIT_S
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-from producer_faults import RUN_ID, STATES, ProducerProcess  # noqa: E402
 
 SEND_HWM = 20
 """The producer's send queue (messages): small, so that it is full within a few steps."""
