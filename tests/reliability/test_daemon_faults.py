@@ -28,18 +28,9 @@ from simic.producer import Emitter, EmitterSettings
 from simic.schemas.eventlog import LogReader, segment_paths
 from bench.daemon_load import ProducerGroup, RssSampler, log_bytes, logged_events, rss_bound, write_config
 
-from .conftest import WAIT_S
+from .conftest import WAIT_S, wait_until
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def wait_until(predicate, what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll a condition on files (the standard library has no notification for them); fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def wait_lines(daemon, fragments) -> None:
