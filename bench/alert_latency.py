@@ -39,9 +39,10 @@ from typing import Any
 
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
-from emit_cost import machine, percentile  # noqa: E402
+if not __package__:  # run as a script (python bench/alert_latency.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
+from bench.emit_cost import machine, percentile  # noqa: E402
 
 from simic.producer import Emitter, EmitterSettings, spawn_consumer  # noqa: E402
 from simic.schemas import decode_message  # noqa: E402

@@ -27,8 +27,9 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E402
+if not __package__:  # run as a script (python bench/consumer_throughput.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E402
 
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
 from simic.consumer.accounting import Accounting  # noqa: E402

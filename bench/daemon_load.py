@@ -51,8 +51,9 @@ from typing import Any, Sequence
 import msgpack
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
+if not __package__:  # run as a script (python bench/daemon_load.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
 
 from simic.consumer.config import DaemonConfig
 from simic.consumer import ConsumerConfig  # noqa: E402
@@ -108,7 +109,7 @@ MARKER = "non_finite run={run_id} rank={rank} step={step}:"
 
 
 def _producer(endpoint: str, run_id: str, rank: int, world_size: int, settings: dict[str, Any], steps: int | None,
-              duration_s: float | None, pace_s: float, events: Any, results: Any) -> None:
+              duration_s: float | None, pace_s: float, events: Any, results: Any, drop_counts: Any, index: int) -> None:
     os.environ.update({ENDPOINT_ENV: endpoint, RUN_ID_ENV: run_id, "RANK": str(rank), "WORLD_SIZE": str(world_size)})
     emitter = Emitter.from_env(settings=EmitterSettings(exit_hooks=False, **settings))
     results.put(("ready", run_id, rank))
@@ -126,8 +127,10 @@ def _producer(endpoint: str, run_id: str, rank: int, world_size: int, settings: 
             break
         if pace_s:
             time.sleep(pace_s)  # the trainer's own work between steps
-        if step % 32 == 0 and (stop.is_set() or (end is not None and time.monotonic() >= end)):
-            break
+        if step % 32 == 0:
+            drop_counts[index] = emitter.stats.dropped  # ProducerGroup.dropped(), read while the producers run
+            if stop.is_set() or (end is not None and time.monotonic() >= end):
+                break
     emit_s = time.monotonic() - started
     # Closing while the daemon still works through this producer's backlog can lose the last
     # messages, run_end included (libzmq 4.3.5 drops what is still in the socket when the producer
@@ -141,6 +144,7 @@ def _producer(endpoint: str, run_id: str, rank: int, world_size: int, settings: 
         if emitter.stats.dropped == dropped:
             break
         emitter._socket.poll(100, zmq.POLLOUT)  # room in the send queue again
+    drop_counts[index] = emitter.stats.dropped
     results.put(("settled", run_id, rank, MARKER.format(run_id=run_id, rank=rank, step=step)))
     close.wait()
     closing = time.monotonic()
@@ -164,7 +168,8 @@ class ProducerGroup:
     After its last step a producer sends a marker the daemon alerts on and closes only on
     :meth:`close`, once the caller has seen every :meth:`settled` line: nothing is lost at close.
     Use: :meth:`start` (returns once every process has its emitter open), :meth:`go` (all start
-    at once), :meth:`settled`, :meth:`close`, :meth:`results`.
+    at once), :meth:`settled`, :meth:`close`, :meth:`results`. While they run, :meth:`dropped` says
+    how many events they have dropped so far: a fault can last until it has overflowed their queues.
     """
 
     def __init__(self, endpoint: str, identities: Sequence[tuple[str, int]], *, steps: int | None = None,
@@ -177,17 +182,18 @@ class ProducerGroup:
         context = mp.get_context("fork")  # the children share this process's imports: no interpreter start each
         self._events = (context.Event(), context.Event(), context.Event())  # go, stop, close
         self._results = context.Queue()
+        self._dropped = context.Array("q", len(self.identities), lock=False)  # one writer per slot: its producer
         self._context = context
         self.processes: list[Any] = []
         self.go_time: float | None = None
 
     def start(self) -> "ProducerGroup":
         world = {run_id: sum(1 for r, _ in self.identities if r == run_id) for run_id, _ in self.identities}
-        for run_id, rank in self.identities:
+        for index, (run_id, rank) in enumerate(self.identities):
             process = self._context.Process(
                 target=_producer, daemon=True,
                 args=(self.endpoint, run_id, rank, world[run_id], self.settings, self.steps, self.duration_s, self.pace_s,
-                      self._events, self._results),
+                      self._events, self._results, self._dropped, index),
             )
             process.start()
             self.processes.append(process)
@@ -204,6 +210,11 @@ class ProducerGroup:
     def stop(self) -> None:
         """Ask producers that run until stopped to finish."""
         self._events[1].set()
+
+    def dropped(self) -> int:
+        """Events the producers have dropped so far, all together (each producer updates its count every
+        32 steps, and once more when it has settled)."""
+        return sum(self._dropped)
 
     def settled(self, timeout_s: float = START_TIMEOUT_S) -> list[str]:
         """Once every producer has sent its marker: the daemon alert line (a fragment) each one waits for."""

@@ -37,9 +37,10 @@ import time
 import types
 from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from consumer_throughput import messages, mixed_messages  # noqa: E402
-from emit_cost import machine  # noqa: E402
+if not __package__:  # run as a script (python bench/decode_paths.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.consumer_throughput import messages, mixed_messages  # noqa: E402
+from bench.emit_cost import machine  # noqa: E402
 
 import annotated_types  # noqa: E402
 from pydantic import JsonValue, TypeAdapter  # noqa: E402

@@ -73,8 +73,9 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import RUN_ID, STEP_EVENTS, STEP_VALUES, VARIANTS, emit_step, emit_step_methods, positional  # noqa: E402
+if not __package__:  # run as a script (python bench/emit_cost.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import RUN_ID, STEP_EVENTS, STEP_VALUES, VARIANTS, emit_step, emit_step_methods, positional  # noqa: E402
 
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 from simic.schemas import SCHEMA_VERSION, decode_message  # noqa: E402

@@ -59,9 +59,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
-from _workload import STEP_EVENTS, positional  # noqa: E402
-from emit_cost import machine  # noqa: E402
+if not __package__:  # run as a script (python bench/fuzz_daemon.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, str(ROOT))
+from bench._workload import STEP_EVENTS, positional  # noqa: E402
+from bench.emit_cost import machine  # noqa: E402
 
 from simic.schemas import SCHEMA_VERSION, DecodeError, decode_message  # noqa: E402
 from simic.schemas.codec import KINDS, KINDS_BY_CODE, MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, event_row  # noqa: E402

@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from consumer_throughput import mixed_messages  # noqa: E402
+if not __package__:  # run as a script (python bench/log_damage.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.consumer_throughput import mixed_messages  # noqa: E402
 
 from simic.schemas.eventlog import (  # noqa: E402
     FRAME_MESSAGE,

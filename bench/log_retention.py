@@ -28,9 +28,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import emit_step, step_values  # noqa: E402
-from emit_cost import machine  # noqa: E402
+if not __package__:  # run as a script (python bench/log_retention.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import emit_step, step_values  # noqa: E402
+from bench.emit_cost import machine  # noqa: E402
 
 from simic.consumer.retention import RETENTION_FILE  # noqa: E402
 from simic.producer import Emitter  # noqa: E402

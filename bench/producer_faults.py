@@ -47,9 +47,10 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import RUN_ID, STEP_EVENTS, VARIANTS  # noqa: E402
-from emit_cost import machine, percentile  # noqa: E402
+if not __package__:  # run as a script (python bench/producer_faults.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS  # noqa: E402
+from bench.emit_cost import machine, percentile  # noqa: E402
 
 EVENTS_PER_STEP = len(STEP_EVENTS[0])
 STATES = ("absent", "running", "stopped", "killed")

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import msgpack
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import emit_step, positional, step_values  # noqa: E402
-from consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
-from emit_cost import machine  # noqa: E402
+if not __package__:  # run as a script (python bench/replay_speed.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import emit_step, positional, step_values  # noqa: E402
+from bench.consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
+from bench.emit_cost import machine  # noqa: E402
 
 from simic.consumer import ConsumerConfig  # noqa: E402
 from simic.consumer.replay import replay  # noqa: E402

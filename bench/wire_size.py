@@ -28,8 +28,9 @@ from typing import Any
 
 import msgpack
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _workload import HEADS, RUN_ID, STEP_EVENTS, VARIANTS  # noqa: E402
+if not __package__:  # run as a script (python bench/wire_size.py): the repository root makes the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench._workload import HEADS, RUN_ID, STEP_EVENTS, VARIANTS  # noqa: E402
 
 from simic.schemas import KINDS, decode_message, encode_events, encode_message  # noqa: E402
 from simic.schemas.codec import event_row  # noqa: E402

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
 SCRIPTS = [("emit_cost.py", "| variant |"), ("wire_size.py", "| kind |"), ("consumer_throughput.py", "| variant | events/s |"),
            ("producer_faults.py", "| consumer | events | sent | dropped |"), ("decode_paths.py", "| candidate | µs/event (median) |")]
 
@@ -136,3 +137,28 @@ class TestExporterOverhead:
             assert f"| {variant} |" in result.stdout, variant
         handed = dict(re.findall(r"(?:^|; )(a|b|d0) [\d.]+ / [\d.]+ / (\d+)", result.stdout, re.MULTILINE))
         assert handed["a"] == "0" and int(handed["b"]) > 0 and int(handed["d0"]) > 0, handed
+
+
+class TestBenchPackage:
+    def test_the_modules_tests_import_leave_sys_path_alone(self) -> None:
+        """Importing bench.daemon_load, bench.producer_faults and bench.fuzz_daemon (and what they import)
+        changes no entry of sys.path: no test puts bench/ at the front of the path for the tests after it."""
+        code = ("import sys; before = list(sys.path); "
+                "import bench.daemon_load, bench.producer_faults, bench.fuzz_daemon; "
+                "print(sys.path == before, sorted(name for name in sys.modules if name.split('.')[0] in "
+                "('_workload', 'emit_cost', 'daemon_load', 'producer_faults', 'fuzz_daemon')))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["True", "[]"]
+
+
+class TestMachineLoad:
+    def test_runs_the_command_beside_the_load_and_returns_its_status(self) -> None:
+        """machine_load.py runs the command --repeat times beside busy processes and a disk writer, says how
+        each run ended, and exits with the command's status."""
+        command = [sys.executable, str(BENCH / "machine_load.py"), "--cpu", "1", "--disk-mib", "1", "--repeat", "2", "--",
+                   sys.executable, "-c", "import sys; sys.exit(3)"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "load: run 1/2: exit 3" in result.stdout and "load: run 2/2: exit 3" in result.stdout
+        assert "load: 1 busy process(es), disk writer 1 MiB per pass with fsync" in result.stdout

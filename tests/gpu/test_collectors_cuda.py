@@ -4,23 +4,25 @@ Each collector's values are compared with a straightforward synchronous computat
 and friends, in float64) on the same tensors. The hot-path calls (and ``flush()``) run under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing CUDA call: the
 collectors count failures instead of raising, so each test also asserts that nothing was counted.
-``torch.cuda._sleep`` keeps the GPU busy for a known time, to show that nothing waits for it and
-that a full ring drops (and counts) its oldest readouts.
+``torch.cuda._sleep`` keeps the GPU busy, to show that nothing waits for it and that a full ring
+drops (and counts) its oldest readouts. How long the host takes to queue the work is never assumed:
+:func:`behind_a_busy_gpu` checks, with an event the GPU has not reached yet, that it was still busy
+when the host had queued everything, and tries again with a longer sleep when it was not.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from simic.producer import CollectorSettings, CUDATimer, Emitter, EmitterSettings  # noqa: E402
+from simic.producer import CollectorSettings, Emitter, EmitterSettings  # noqa: E402
 from simic.schemas import Event  # noqa: E402
 from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
 from tests.receiver import Receiver, close_all, ipc_receiver  # noqa: E402
@@ -72,19 +74,68 @@ def close(a: float | None, b: float, rel: float = 1e-5) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
 
 
+AHEAD_MS = 200.0
+"""GPU sleep queued ahead of the work in :func:`behind_a_busy_gpu`'s first attempt (doubled on each retry)."""
+BUSY_ATTEMPTS = 5
+"""Attempts :func:`behind_a_busy_gpu` makes (the last sleeps 3.2 s): a hang guard for a host stalled throughout."""
+CALIBRATION_CYCLES = 10_000_000
+AHEAD_CYCLES = 100_000_000
+"""Sleep queued ahead of the calibration (some 50 ms; twice as many such kernels on each retry)."""
+
 _cycles_per_ms: list[float] = []
 
 
 def sleep_cycles(ms: float) -> int:
-    """GPU clock cycles that ``torch.cuda._sleep`` needs to keep the GPU busy for about ``ms``."""
+    """GPU clock cycles that ``torch.cuda._sleep`` needs to keep the GPU busy for about ``ms``: measured
+    once, with CUDA events around a sleep queued behind other sleeps that are checked to be still running
+    once the host has queued it all (a host stall must not add idle GPU time to the measurement)."""
     if not _cycles_per_ms:
-        for _ in range(2):  # the first call may include lazy initialisation
-            timer = CUDATimer(DEVICE)
-            timer.start()
-            torch.cuda._sleep(10_000_000)
-            elapsed = timer.stop()
-        _cycles_per_ms.append(10_000_000 / elapsed)
+        for attempt in range(BUSY_ATTEMPTS):
+            marker = torch.cuda.Event()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for _ in range(2**attempt):
+                torch.cuda._sleep(AHEAD_CYCLES)
+            marker.record()
+            start.record()
+            torch.cuda._sleep(CALIBRATION_CYCLES)
+            end.record()
+            busy = not marker.query()
+            torch.cuda.synchronize()
+            if busy:
+                _cycles_per_ms.append(CALIBRATION_CYCLES / start.elapsed_time(end))
+                break
+        else:
+            pytest.fail("the host never queued the calibration while the GPU was still busy")
     return int(_cycles_per_ms[0] * ms)
+
+
+def gpu_sleep(ms: float) -> None:
+    """Queue about ``ms`` of GPU sleep on the current stream, as kernels of 100 ms (calibrate first: :func:`sleep_cycles`)."""
+    cycles = sleep_cycles(100.0)
+    for _ in range(max(1, round(ms / 100.0))):
+        torch.cuda._sleep(cycles)
+
+
+def behind_a_busy_gpu(emitter: Emitter, queue_work: Callable[[int], None], stream: Any = None) -> int:
+    """Call ``queue_work(attempt)`` (under sync debug mode) with a GPU sleep and a marker event queued on
+    ``stream`` before it, and return the attempt in which the GPU was still in that sleep when
+    ``queue_work`` returned: then nothing it queued had started, so its kernels ran back to back and none
+    of its readouts could land during the calls, however slow the host was. An attempt in which the GPU
+    got there first (a host stalled longer than the sleep) is repeated with twice the sleep. Between
+    attempts and at the end, the GPU is synchronized and the emitter flushed (the readouts leave the ring)."""
+    sleep_cycles(100.0)  # calibrated here, outside sync debug mode (calibrating waits for the GPU)
+    for attempt in range(BUSY_ATTEMPTS):
+        marker = torch.cuda.Event()
+        with sync_forbidden(), torch.cuda.stream(stream):
+            gpu_sleep(AHEAD_MS * 2**attempt)
+            marker.record()
+            queue_work(attempt)
+        busy = not marker.query()  # an event query does not wait
+        torch.cuda.synchronize()
+        emitter.flush()
+        if busy:
+            return attempt
+    pytest.fail(f"the host never queued the work within {AHEAD_MS * 2 ** (BUSY_ATTEMPTS - 1):.0f} ms of GPU sleep")
 
 
 # -- gradient norms ----------------------------------------------------------------------------------
@@ -310,36 +361,46 @@ class TestPpoUpdateOnCuda:
 
 class TestTimerOnCuda:
     def test_gpu_time_of_a_known_sleep(self, consumer, emitter) -> None:
-        """A timer around a ~50 ms GPU sleep reports it (GPU clock), bounded generously; no sync."""
+        """A timer around a ~50 ms GPU sleep reports what a reference pair of CUDA events measures around
+        the same sleep, bounded generously; no sync. Both are queued behind a busy GPU
+        (:func:`behind_a_busy_gpu`), so a host stall between two calls adds no idle GPU time to either."""
         cycles = sleep_cycles(50)
-        reference = CUDATimer(DEVICE)
-        reference.start()
-        torch.cuda._sleep(cycles)
-        expected = reference.stop()
         timer = emitter.timer("sleep")
         assert timer.clock == "cuda_event"
-        with sync_forbidden():
+        reference = []
+
+        def queue_work(attempt: int) -> None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.cuda._sleep(cycles)
+            end.record()
             timer.start()
             torch.cuda._sleep(cycles)
-            timer.stop(3)
+            timer.stop(3 + attempt)
             emitter.flush()
-        torch.cuda.synchronize()
+            reference.append((start, end))
+
+        attempt = behind_a_busy_gpu(emitter, queue_work)
+        start, end = reference[-1]
+        expected = start.elapsed_time(end)
         assert emitter.collector_stats.errors == 0
-        [event] = received(consumer, emitter, "step_timing")
-        assert event.step == 3 and event.clock == "cuda_event"
+        [event] = [e for e in received(consumer, emitter, "step_timing") if e.step == 3 + attempt]
+        assert event.clock == "cuda_event"
         assert 0.5 * expected <= event.phases_ms["sleep"] <= 2.0 * expected
         assert 20.0 <= event.phases_ms["sleep"] <= 500.0
 
     def test_explicit_stream_and_context_manager(self, consumer, emitter) -> None:
-        """A timer made for a side stream measures the work queued on that stream."""
+        """A timer made for a side stream measures the work queued on that stream (queued behind a busy
+        side stream, so a host stall inside the block adds no idle time)."""
         cycles = sleep_cycles(20)
         side = torch.cuda.Stream()
-        with sync_forbidden():
-            with torch.cuda.stream(side):
-                with emitter.timer("side", step=1, stream=side):
-                    torch.cuda._sleep(cycles)
-        torch.cuda.synchronize()
-        [event] = received(consumer, emitter, "step_timing")
+
+        def queue_work(attempt: int) -> None:
+            with emitter.timer("side", step=1 + attempt, stream=side):
+                torch.cuda._sleep(cycles)
+
+        attempt = behind_a_busy_gpu(emitter, queue_work, stream=side)
+        [event] = [e for e in received(consumer, emitter, "step_timing") if e.step == 1 + attempt]
         assert 8.0 <= event.phases_ms["side"] <= 400.0
 
 
@@ -348,53 +409,63 @@ class TestTimerOnCuda:
 
 class TestReadoutRing:
     def test_flush_does_not_wait_for_a_busy_gpu(self, consumer, emitter) -> None:
-        """With the GPU busy for ~300 ms, flush() returns at once and the readout stays pending."""
+        """With the GPU busy, flush() returns and the readout stays pending: it never waits for the GPU
+        (nor syncs: sync debug mode). The GPU is checked to be still busy after flush() returned
+        (:func:`behind_a_busy_gpu`); no wall-clock time is asserted."""
         state = (torch.ones(1, 4, 8, device=DEVICE), torch.ones(1, 4, 8, device=DEVICE))
         emitter.lstm_state(0, state)  # warm-up
         emitter.flush()
         torch.cuda.synchronize()
         emitter.flush()
         assert emitter.collector_stats.pending == 0
-        with sync_forbidden():
-            torch.cuda._sleep(sleep_cycles(300))
-            emitter.lstm_state(1, state)
-            t0 = time.perf_counter()
+        pending = []
+
+        def queue_work(attempt: int) -> None:
+            emitter.lstm_state(1 + attempt, state)
             emitter.flush()
-            flush_ms = (time.perf_counter() - t0) * 1000
-        assert flush_ms < 50.0
-        assert emitter.collector_stats.pending == 1
-        torch.cuda.synchronize()
-        emitter.flush()
-        assert emitter.collector_stats.pending == 0
-        assert [e.step for e in received(consumer, emitter, "lstm_health")] == [0, 1]
+            pending.append(emitter.collector_stats.pending)
+
+        attempt = behind_a_busy_gpu(emitter, queue_work)
+        assert pending[-1] == 1
+        assert emitter.collector_stats.pending == 0  # once the GPU got there, the next flush() took it
+        assert [e.step for e in received(consumer, emitter, "lstm_health")] == list(range(attempt + 2))
 
     def test_full_ring_drops_and_counts_the_oldest(self, consumer) -> None:
-        """When the host outruns the GPU, the oldest pending readouts (and timings) are dropped and counted."""
+        """When the host outruns the GPU, the oldest pending readouts (and timings) are dropped and counted.
+        The GPU is checked to be still busy when all ten have been queued (:func:`behind_a_busy_gpu`), so
+        none can land early and change the counts."""
         emitter = make_emitter(consumer, readout_slots=4, max_pending_timers=3)
         states = [(torch.full((1, 4, 8), float(i + 1), device=DEVICE),) * 2 for i in range(10)]
         emitter.lstm_state(-1, states[0])  # warm-up: the buffers exist
         emitter.flush()
         torch.cuda.synchronize()
         emitter.flush()
-        with sync_forbidden():
-            torch.cuda._sleep(sleep_cycles(400))
+        counts = []
+
+        def queue_work(attempt: int) -> None:
+            base, stats = 100 * attempt, emitter.collector_stats
+            dropped, timers_dropped = stats.dropped, stats.timers_dropped
             for i, state in enumerate(states):
-                emitter.lstm_state(i, state)
+                emitter.lstm_state(base + i, state)
                 emitter.flush()  # one sealed ring row per step: the ring holds 4
             for i in range(5):
-                with emitter.timer("t", step=i):
+                with emitter.timer("t", step=base + i):
                     pass
             stats = emitter.collector_stats
-            assert (stats.dropped, stats.pending, stats.timers_dropped) == (6, 4, 2)
-        torch.cuda.synchronize()
+            counts.append((stats.dropped - dropped, stats.pending, stats.timers_dropped - timers_dropped))
+
+        attempt = behind_a_busy_gpu(emitter, queue_work)
+        assert counts[-1] == (6, 4, 2)
         emitter.close()
         got = consumer.until_run_end()
-        lstm = [e for e in got if e.kind == "lstm_health"]
-        assert [e.step for e in lstm] == [-1, 6, 7, 8, 9]
-        assert [e.h_max_abs for e in lstm[1:]] == [7.0, 8.0, 9.0, 10.0]  # each slot holds its own readout
-        assert sorted(e.step for e in got if e.kind == "step_timing") == [2, 3, 4]
+        base = 100 * attempt
+        assert [e.step for e in got if e.kind == "lstm_health"][0] == -1
+        lstm = [e for e in got if e.kind == "lstm_health" and e.step >= base]
+        assert [e.step for e in lstm] == [base + 6, base + 7, base + 8, base + 9]
+        assert [e.h_max_abs for e in lstm] == [7.0, 8.0, 9.0, 10.0]  # each slot holds its own readout
+        assert sorted(e.step for e in got if e.kind == "step_timing" and e.step >= base) == [base + 2, base + 3, base + 4]
         assert emitter.collector_stats.errors == 0
-        assert got[-1].kind == "run_end" and got[-1].readouts_dropped == 6 + 2  # the consumer learns of the loss
+        assert got[-1].kind == "run_end" and got[-1].readouts_dropped == sum(d + t for d, _, t in counts)  # the consumer learns of the loss
 
     def test_a_wide_readout_and_a_second_stream(self, consumer, emitter) -> None:
         """A readout wider than the first buffers gets wider ones; a side stream's readout is sealed apart."""

@@ -174,10 +174,12 @@ def pid_is_gone(pid: int) -> bool:
 def run_dying_trainer(mode: str, log_dir: Path, *, kill: bool = False) -> tuple[dict, dict, dict]:
     """Run dying_trainer.py MODE under its supervisor; SIGKILL the trainer once it has reported when ``kill``.
     Returns the trainer's report, the trainer's exit and the sidecar's exit as the supervisor saw them."""
+    # Unbuffered: readline() takes the first line and nothing after it. A buffered one could take the
+    # supervisor's next line too, when it came soon enough, and communicate() never sees what is buffered.
     supervisor = subprocess.Popen([sys.executable, str(DYING_TRAINER), "supervise", mode, str(log_dir)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
-        info = json.loads(supervisor.stdout.readline() or "{}")
+        info = json.loads(supervisor.stdout.readline() or b"{}")
         assert "sidecar_pid" in info, info
         if kill:
             os.kill(info["trainer_pid"], signal.SIGKILL)
@@ -186,8 +188,8 @@ def run_dying_trainer(mode: str, log_dir: Path, *, kill: bool = False) -> tuple[
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
-    assert supervisor.returncode == 0, err
-    trainer_exit, sidecar_exit = map(json.loads, out.splitlines())
+    assert supervisor.returncode == 0, err.decode()
+    trainer_exit, sidecar_exit = map(json.loads, out.decode().splitlines())
     return info, trainer_exit, sidecar_exit
 
 

@@ -18,7 +18,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,26 +26,11 @@ import pytest
 from simic.consumer import load_config, replay
 from simic.producer import Emitter, EmitterSettings
 from simic.schemas.eventlog import LogReader, segment_paths
+from bench.daemon_load import ProducerGroup, RssSampler, log_bytes, logged_events, rss_bound, write_config
 
-from .conftest import WAIT_S
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from daemon_load import ProducerGroup, RssSampler, log_bytes, logged_events, rss_bound, write_config  # noqa: E402
-
-STALL_S = 1.0
-"""How long the daemon stays frozen (SIGSTOP): the fault itself, long enough to overflow the producers' queues."""
-
+from .conftest import WAIT_S, wait_until
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def wait_until(predicate, what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll a condition on files (the standard library has no notification for them); fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def wait_lines(daemon, fragments) -> None:
@@ -59,6 +43,23 @@ def wait_lines(daemon, fragments) -> None:
             left = deadline - time.monotonic()
             assert left > 0, f"no {sorted(pending)} from the consumer; output so far:\n{''.join(daemon.output)}"
             daemon.wait_for("", timeout=left)  # the next line, whatever it says
+
+
+def overflow_target(log_dir: Path, idle: int, *, queue: int, producers: int) -> int:
+    """Events the producers must drop before the load exceeds what the daemon may hold: the memory its
+    queues allow over idle (:func:`rss_bound`), in events of the size logged so far, half as much again
+    for margin. The faults below last until the producers have dropped that many (their live count)."""
+    wait_until(lambda: logged_events(log_dir)[1] > 1000, "traffic in the log")
+    events, largest = logged_events(log_dir)[1:]
+    bound = rss_bound(idle, queue_messages=queue, receive_hwm=queue, producers=producers, message_bytes=largest)
+    return int(1.5 * (bound - idle) / (log_bytes(log_dir) / events))
+
+
+def drift_updates(state: Path) -> list[int]:
+    """Updates each producer's live ``gradient_drift`` EMA has taken in, as the daemon last checkpointed them."""
+    if not state.exists():
+        return []
+    return [run["total"]["update_count"] for run in json.loads(state.read_text())["stages"]["gradient_drift"]["extra"].values()]
 
 
 def sessions_of(summary: dict) -> dict:
@@ -150,7 +151,10 @@ class TestKillMidStream:
             group.go()
             for _ in range(kills):
                 wait_until(frames_after_checkpoint, "a checkpoint with frames logged after it")
+                dropped = group.dropped()
                 daemon.kill()  # SIGKILL, mid-stream: the producers keep emitting
+                # Down until the producers' queues have overflowed (their own count says so), however slow the machine.
+                wait_until(lambda: group.dropped() > dropped, "the producers dropping while the daemon is down")
                 name, offset = json.loads(state.read_text())["log_position"]
                 after_checkpoint = len(list(LogReader(log_dir / name, start_offset=offset)))
                 daemon = daemons(ipc_endpoint, log_dir, "--config", str(config))
@@ -158,6 +162,9 @@ class TestKillMidStream:
                 # It resumed from the checkpoint and re-read exactly the whole frames logged after it.
                 restored = f"restored state from consumer-state.json, caught up on {after_checkpoint} logged frames"
                 assert any(restored in line for line in daemon.output), daemon.output
+            # Emitting on until the checkpoint shows every producer's EMA well past its warm-up, however slow the machine.
+            wait_until(lambda: len(updates := drift_updates(state)) == len(group.identities) and min(updates) > 100,
+                       "a checkpoint with over 100 updates of every producer")
             group.stop()
             results = settle(daemon, group)
         finally:
@@ -234,18 +241,23 @@ class TestOverload:
     QUEUE = 100
     """daemon.queue_messages and receive_hwm for these tests: small, so the memory bound is tight."""
 
-    def run_overload(self, tmp_path, ipc_endpoint, daemons, cli, group_args: dict, fault=None):
+    def run_overload(self, tmp_path, ipc_endpoint, daemons, cli, identities, fault=None, **group_args):
+        """Producers far above the daemon's capacity: until they have dropped more than the daemon may hold
+        (:func:`overflow_target`; ``fault(daemon, group, target)`` meanwhile, if given), or for ``duration_s``."""
         log_dir = tmp_path / "logs"
         config = write_config(tmp_path / "simic.toml", queue_messages=self.QUEUE, receive_hwm=self.QUEUE)
         daemon = daemons(ipc_endpoint, log_dir, "--config", str(config))
-        identities = group_args.pop("identities")
         group = ProducerGroup(daemon.endpoint, identities, **group_args).start()
         try:
             with RssSampler(daemon.proc.pid, log_dir) as rss:
                 idle = rss.samples[0].rss
                 group.go()
-                if fault is not None:
-                    fault(daemon, log_dir)
+                if "duration_s" not in group_args:
+                    target = overflow_target(log_dir, idle, queue=self.QUEUE, producers=len(identities) + 1)
+                    if fault is not None:
+                        fault(daemon, group, target)
+                    else:
+                        wait_until(lambda: group.dropped() > target, f"the producers dropping {target} events")
                     group.stop()
                 results = settle(daemon, group)
                 fresh = fresh_producer_is_all_logged(daemon, "after")
@@ -267,31 +279,30 @@ class TestOverload:
         return results, summary
 
     def test_burst_far_above_capacity_bounded_memory_counted_drops_recovery(self, tmp_path, ipc_endpoint, daemons, cli):
-        """Four producers back to back for 3 s: the daemon's memory stays within what its queues
-        allow, every drop is counted where it happened, and a producer after the burst loses nothing."""
-        self.run_overload(tmp_path, ipc_endpoint, daemons, cli, {"identities": [("burst", r) for r in range(4)], "duration_s": 3.0})
+        """Four producers back to back until they have dropped more than the daemon may hold: its memory
+        stays within what its queues allow, every drop is counted where it happened, and a producer after
+        the burst loses nothing."""
+        self.run_overload(tmp_path, ipc_endpoint, daemons, cli, [("burst", r) for r in range(4)])
 
     def test_sigstop_stall_then_catch_up_without_growth(self, tmp_path, ipc_endpoint, daemons, cli):
-        """The whole daemon frozen (SIGSTOP) while two producers emit, then SIGCONT: producers drop and
-        count at their high-water mark, the daemon catches up within its memory bound and loses nothing itself."""
+        """The whole daemon frozen (SIGSTOP) while two producers emit, until they have dropped more than it
+        may hold, then SIGCONT: producers drop and count at their high-water mark, the daemon catches up
+        within its memory bound and loses nothing itself."""
 
-        def stall(daemon, log_dir):
-            wait_until(lambda: logged_events(log_dir)[1] > 1000, "traffic in the log")
+        def stall(daemon, group, target):
             os.kill(daemon.proc.pid, signal.SIGSTOP)
             try:
-                time.sleep(STALL_S)  # the stall itself
+                wait_until(lambda: group.dropped() > target, f"the producers dropping {target} events")  # the stall itself
             finally:
                 os.kill(daemon.proc.pid, signal.SIGCONT)
 
-        results, summary = self.run_overload(tmp_path, ipc_endpoint, daemons, cli,
-                                             {"identities": [("stall", 0), ("stall", 1)]}, fault=stall)
+        results, summary = self.run_overload(tmp_path, ipc_endpoint, daemons, cli, [("stall", 0), ("stall", 1)], fault=stall)
         assert all(s["lost_in_transit"] == 0 for s in sessions_of(summary).values())  # a stall loses nothing on the way
 
     @pytest.mark.slow
     def test_long_burst_of_sixteen_producers(self, tmp_path, ipc_endpoint, daemons, cli):
         """Sixteen producers back to back for 20 s: the same guarantees, and no creeping growth over time."""
-        self.run_overload(tmp_path, ipc_endpoint, daemons, cli,
-                          {"identities": [(f"long-{r // 8}", r % 8) for r in range(16)], "duration_s": 20.0})
+        self.run_overload(tmp_path, ipc_endpoint, daemons, cli, [(f"long-{r // 8}", r % 8) for r in range(16)], duration_s=20.0)
 
 
 # -- a full disk ------------------------------------------------------------------------------------

@@ -7,13 +7,9 @@ and in ``inspect``/``replay`` of its log), logs exactly the frames sent, and kee
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import fuzz_daemon  # noqa: E402
+from bench import fuzz_daemon
 
 
 def assert_clean(report: fuzz_daemon.Report) -> None:
