@@ -22,8 +22,9 @@ from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpd
 
 from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
 from ..analysis.updates import COMBINED_KINDS
+from ..build import analysis_stages
 from ..config import ConsumerConfig
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage
 from ..replay import replay
 
 __all__ = ["Series", "DriftTrace", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
@@ -140,7 +141,9 @@ class SeriesRecorder(Stage):
 
     name = "report_recorder"
 
-    def __init__(self) -> None:
+    def __init__(self, drift: GradientDrift | None = None) -> None:
+        """``drift``: the pipeline's ``gradient_drift`` rule, if on: the drift panel draws its judgements,
+        not a second computation of them."""
         self.groups: dict[GroupKey, RankSeries] = {}
         self.starts: list[RunStart] = []
         self.ends: list[RunEnd] = []
@@ -153,13 +156,9 @@ class SeriesRecorder(Stage):
             RunStart: self.starts.append,
             RunEnd: self.ends.append,
         }
-
-    def watch(self, pipeline: Pipeline) -> None:
-        """Follow the ``gradient_drift`` rule of the pipeline: the drift panel draws its judgements, not a
-        second computation of them."""
-        for rule in pipeline.find(GradientDrift):
-            rule.trace(self._judged)
-            self.drift_config = rule.config
+        if drift is not None:
+            drift.trace(self._judged)
+            self.drift_config = drift.config
 
     def _judged(self, judgement: HeadJudgement) -> None:
         key = (judgement.run_id, judgement.rank)
@@ -234,8 +233,10 @@ class SeriesRecorder(Stage):
 
 async def collect(targets: Sequence[str | os.PathLike[str]], config: ConsumerConfig) -> ReportData:
     """Replay logs through the real analysis (alerts from the real rules) while recording series."""
-    recorder = SeriesRecorder()
-    result = await replay(targets, config, extra_sinks=[recorder])
+    rules = analysis_stages(config)
+    drift = next((rule for rule in rules if isinstance(rule, GradientDrift)), None)
+    recorder = SeriesRecorder(drift)
+    result = await replay(targets, config, rules=rules, extra_sinks=[recorder])
     # A series whose values were all missing still says the field was sent: keep it, it draws as a gap.
     return ReportData(
         groups=dict(sorted(recorder.groups.items())),

@@ -27,7 +27,7 @@ from rich.text import Text
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd
 
 from ..accounting import Accounting
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage
 
 __all__ = ["DashboardSink", "RankView"]
 
@@ -95,6 +95,8 @@ class DashboardSink(Stage):
 
     Args:
         console: where to draw; default stdout. A console that is not a terminal gets plain lines.
+        accounting: the pipeline's accounting stage, whose totals (messages, lost, rejected) and
+            per-session losses it shows; None: not shown.
         refresh_per_second: most redraws per second of the live view.
         plain_interval_s: seconds between two rounds of plain status lines.
         silent_after_s: a rank with no message for this long shows as ``silent``.
@@ -102,11 +104,13 @@ class DashboardSink(Stage):
     """
 
     name = "dashboard"
+    quiet_while_catching_up = True
 
     def __init__(
         self,
         console: Console | None = None,
         *,
+        accounting: Accounting | None = None,
         refresh_per_second: float = 4.0,
         plain_interval_s: float = 10.0,
         silent_after_s: float = 30.0,
@@ -123,7 +127,7 @@ class DashboardSink(Stage):
         self.renders = 0
         self.live_mode = False
         self._live: Live | None = None
-        self._accounting: Accounting | None = None
+        self._accounting = accounting
         self._queue_depth: Callable[[], int] | None = None
         self._queue_capacity = 0
         self._last_render_ns: int | None = None
@@ -131,11 +135,6 @@ class DashboardSink(Stage):
         self._now_ns = 0
 
     # -- wiring and lifecycle --------------------------------------------------------------------------
-
-    def watch(self, pipeline: Pipeline) -> None:
-        """Read totals (messages, lost, rejected) from the pipeline's accounting."""
-        found = pipeline.find(Accounting)
-        self._accounting = found[0] if found else None
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self._queue_depth, self._queue_capacity = depth, capacity
@@ -154,8 +153,6 @@ class DashboardSink(Stage):
         self._now_ns = now
         if self._started_ns is None:
             self._started_ns = now
-        if batch.catching_up:
-            return
         if batch.events:
             self._account(batch.events, now)
         for alert in batch.alerts:

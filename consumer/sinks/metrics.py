@@ -4,6 +4,10 @@
 :class:`prometheus_client.CollectorRegistry` (never the global one, so two daemons in one process,
 as in tests, do not collide) and its HTTP server (started by :meth:`start`, stopped by
 :meth:`close`). Counters are updated in the pipeline, once per batch; the server thread only reads.
+What it reads besides the batches is given to it: the accounting (losses per producer) and the
+exporters when it is built, the daemon's queue (:meth:`MetricsSink.watch_queue`), the pipeline's
+per-stage counts (:meth:`MetricsSink.export_stages`) and the event log's maintenance
+(:meth:`MetricsSink.export_log`), read when scraped.
 
 Metrics (``_total`` counters count from this process's start, as Prometheus expects)::
 
@@ -18,7 +22,10 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_alerts_cleared_total{rule}                     alerts cleared
     simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
     simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
-    simic_log_frames_lost_total                          event-log frames that could not be written
+    simic_log_frames_lost_total                          event-log frames that could not be written (= the event_log stage's dropped)
+    simic_stage_accepted_batches_total{stage}            batches (messages and clock ticks) each stage consumed
+    simic_stage_refused_batches_total{stage}             batches on which a stage raised (counted, logged; the batch went on)
+    simic_stage_dropped_batches_total{stage}             accepted batches whose output a stage lost (log write failed, ...)
     simic_log_segments_removed_total{reason}             closed log segments removed by retention (max_total_bytes, max_age)
     simic_log_bytes_removed_total{reason}                bytes of those segments
     simic_log_segments_compressed_total                  closed log segments compressed (zstd)
@@ -43,30 +50,62 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
 
 from ..accounting import Accounting
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage, StageCounts
 from .event_log import EventLogSink
 from .export import ExportSink
 
 RETENTION_REASONS = ("max_total_bytes", "max_age")
 
-__all__ = ["MetricsSink"]
+__all__ = ["MetricsSink", "StageMetrics"]
+
+
+class StageMetrics(Collector):
+    """The pipeline's per-stage counts as Prometheus counters, read from ``counts`` when scraped.
+
+    Args:
+        counts: what :meth:`simic.consumer.pipeline.Pipeline.stage_counts` returns, when called.
+    """
+
+    def __init__(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        families = {
+            "accepted": CounterMetricFamily("simic_stage_accepted_batches", "Batches (messages and clock ticks) each stage consumed.",
+                                            labels=["stage"]),
+            "refused": CounterMetricFamily("simic_stage_refused_batches", "Batches on which a stage raised (counted and logged; the "
+                                           "batch went on to the next stage).", labels=["stage"]),
+            "dropped": CounterMetricFamily("simic_stage_dropped_batches", "Batches a stage accepted but whose output it lost "
+                                           "(an event-log write that failed, dead letters over their limit, alerts PUB full, an exporter "
+                                           "behind or failing).",
+                                           labels=["stage"]),
+        }
+        for stage, count in counts.items():
+            families["accepted"].add_metric([stage], count.accepted)
+            families["refused"].add_metric([stage], count.refused)
+            families["dropped"].add_metric([stage], count.dropped)
+        yield from families.values()
+        event_log = counts.get(EventLogSink.name)
+        yield CounterMetricFamily("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).",
+                                  value=event_log.dropped if event_log is not None else 0)
 
 
 class _ExportCollector(Collector):
     """The exporters' counts, read when scraped (each exporter counts in its own thread)."""
 
-    def __init__(self) -> None:
-        self.sinks: list[ExportSink] = []
+    def __init__(self, sinks: Sequence[ExportSink]) -> None:
+        self.sinks = list(sinks)
 
     def collect(self):
         written = CounterMetricFamily("simic_export_events", "Events (alerts included) an exporter wrote.", labels=["exporter"])
@@ -92,22 +131,26 @@ class MetricsSink(Stage):
     Args:
         port: TCP port to serve on; 0 lets the system choose (see :attr:`port` after ``start``).
         host: address to bind; loopback by default. Prometheus on another host needs ``0.0.0.0``.
+        accounting: the pipeline's accounting stage, whose per-producer losses and producer-side drops
+            are exported (``simic_events_lost_total``, ``simic_producer_dropped_events``); None: not exported.
+        exports: the daemon's exporters, whose counts and queues are exported (``simic_export_*``).
         serve: start the HTTP server (tests of the stage alone pass False and read :attr:`registry`).
     """
 
     name = "metrics"
+    quiet_while_catching_up = True  # counters count from this process's start
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, serve: bool = True) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, accounting: Accounting | None = None,
+                 exports: Sequence[ExportSink] = (), serve: bool = True) -> None:
         self.host = host
         self.port = port
         self.serve = serve
         self.registry = CollectorRegistry(auto_describe=True)
         self._server = None
         self._thread = None
-        self._accounting: Accounting | None = None
-        self._logs: list[EventLogSink] = []
+        self._accounting = accounting
+        self._log: EventLogSink | None = None
         self._lost_seen: dict[tuple[str, int, int], int] = {}
-        self._frames_lost_seen = 0
         self._last_recv_ns: dict[tuple[str, int], int] = {}
         self._last_batch_ns = time.time_ns()
         self._active: Counter[tuple[str, str, str]] = Counter()
@@ -126,7 +169,6 @@ class MetricsSink(Stage):
         self.alerts_active = Gauge("simic_alerts_active", "Alert conditions fired and not yet cleared.", ["rule", "run_id", "rank"], registry=r)
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
-        self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
         r.register(_LogMaintenanceCollector(self))  # read from the maintenance thread's counts when scraped
         self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
@@ -139,17 +181,19 @@ class MetricsSink(Stage):
         self.batch_age = Gauge("simic_pipeline_last_batch_age_seconds", "Seconds since the pipeline last processed a message or clock tick.", registry=r)
         self.batch_age.set_function(lambda: (time.time_ns() - self._last_batch_ns) / 1e9)
         ProcessCollector(registry=r)
-        self._exports = _ExportCollector()
-        r.register(self._exports)
+        r.register(_ExportCollector(exports))
 
     # -- wiring ----------------------------------------------------------------------------------------
 
-    def watch(self, pipeline: Pipeline) -> None:
-        """Read losses from the pipeline's accounting and event-log stages (call once it is built)."""
-        found = pipeline.find(Accounting)
-        self._accounting = found[0] if found else None
-        self._logs = pipeline.find(EventLogSink)
-        self._exports.sinks = pipeline.find(ExportSink)
+    def export_stages(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
+        """Export per-stage counts (and ``simic_log_frames_lost_total``), read from ``counts`` when scraped:
+        the pipeline's :meth:`~simic.consumer.pipeline.Pipeline.stage_counts`, once the pipeline is built."""
+        self.registry.register(StageMetrics(counts))
+
+    def export_log(self, log: EventLogSink) -> None:
+        """Export the event log's maintenance (``simic_log_segments_removed_total``, ...), read from its
+        thread's counts when scraped."""
+        self._log = log
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         """Export the daemon's queue depth (read when scraped) and capacity."""
@@ -168,16 +212,13 @@ class MetricsSink(Stage):
         # counted by an earlier process: counters start from here.
         if self._accounting is not None:
             self._lost_seen = {key: state.lost for key, state in self._accounting.producers.items()}
-        self._frames_lost_seen = sum(sink.frames_lost for sink in self._logs)
+        self._last_batch_ns = time.time_ns()
         if self.serve and self._server is None:
             self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
             self.port = self._server.server_port
 
     async def consume(self, batch: Batch) -> None:
         self._last_batch_ns = time.time_ns()
-        if batch.catching_up:
-            return
-        self._count_frames_lost()
         self._count_alerts(batch)  # a clock tick raises alerts too (silent_producer's scan of a lone quiet producer)
         if batch.tick:
             return
@@ -267,16 +308,9 @@ class MetricsSink(Stage):
         if event.stage is None:
             self._set(self.grad_norm_global, (run_id, rank, "total"), event.total)
 
-    def _count_frames_lost(self) -> None:
-        if not self._logs:
-            return
-        lost = sum(sink.frames_lost for sink in self._logs)
-        if lost > self._frames_lost_seen:
-            self.frames_lost.inc(lost - self._frames_lost_seen)
-            self._frames_lost_seen = lost
-
     def maintenance_counts(self) -> list:
-        return [sink.maintenance.counts for sink in self._logs if sink.maintenance is not None]
+        maintenance = self._log.maintenance if self._log is not None else None
+        return [maintenance.counts] if maintenance is not None else []
 
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:

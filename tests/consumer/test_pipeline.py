@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -12,6 +13,8 @@ from simic.consumer.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.config import ConfigError
 from simic.consumer.daemon import DaemonOptions, serve
+from simic.consumer.pipeline import StageCounts, Stateful
+from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
 from simic.schemas import encode_message
@@ -182,6 +185,134 @@ class TestPipeline:
         await pipeline.close()
         await pipeline.close()
         assert pipeline.stage_errors == {}
+
+
+class _Quiet(RecordingSink):
+    name = "quiet"
+    quiet_while_catching_up = True
+
+
+class TestStageContract:
+    async def test_a_catch_up_is_handed_only_to_stages_that_are_not_quiet(self):
+        """Batches re-processed while catching up reach accounting and analysis, not the output stages."""
+        analysis, output = RecordingSink(), _Quiet()
+        pipeline = Pipeline([analysis, output])
+        await pipeline.consume(message("r", 1, [timing(0, 0)]), 1, catching_up=True)
+        await pipeline.tick(2, catching_up=True)
+        await pipeline.consume(message("r", 1, [timing(1, 1)]), 3)
+        assert [b.recv_ns for b in analysis.batches] == [1, 2, 3]
+        assert [b.recv_ns for b in output.batches] == [3]
+
+    def test_every_output_sink_is_quiet_while_catching_up_and_no_analysis_stage_is(self, tmp_path):
+        """The event log, dead letters, alert sinks, exporters, metrics and the dashboard are quiet; accounting and
+        the rules are not."""
+        from simic.consumer.sinks.alert_pub import PubAlertSink
+        from simic.consumer.sinks.dashboard import DashboardSink
+        from simic.consumer.sinks.export import Exporter, ExportSink
+        from simic.consumer.sinks.metrics import MetricsSink
+
+        pipeline = build_pipeline(ConsumerConfig(), log_dir=tmp_path, dead_letter_dir=tmp_path / "dl", alerts_jsonl=tmp_path / "a.jsonl",
+                                  extra_sinks=[PubAlertSink("ipc://unused"), ExportSink(Exporter()), MetricsSink(serve=False), DashboardSink()])
+        quiet = [stage.name for stage in pipeline.stages if stage.quiet_while_catching_up]
+        assert quiet == ["event_log", "dead_letter", "alert_console", "alert_jsonl", "alert_pub", "export:exporter", "metrics", "dashboard"]
+
+    def test_the_stateful_stages_are_declared_by_the_protocol(self):
+        """Accounting, the alert clock, the update combiner and every rule are Stateful, in pipeline order; sinks are not."""
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[RecordingSink()])
+        assert list(pipeline.stateful) == ["accounting", "alert_clock", "updates", *RULES]
+        assert all(isinstance(stage, Stateful) for stage in pipeline.stateful.values())
+        assert not isinstance(RecordingSink(), Stateful)
+
+    def test_two_stateful_stages_of_one_name_are_refused_at_construction(self):
+        """Their checkpoints would overwrite each other: ValueError when the pipeline is built."""
+        with pytest.raises(ValueError, match="accounting"):
+            Pipeline([Accounting(), Accounting()])
+
+    async def test_each_stage_counts_what_it_accepted_refused_and_dropped(self, tmp_path):
+        """Accepted: batches consumed; refused: batches it raised on; dropped: accepted but its output lost.
+        A quiet stage is not counted for the catch-up it was not handed."""
+        from simic.consumer.sinks.dead_letter import DeadLetterSink
+
+        dead_letters = DeadLetterSink(tmp_path / "dl", max_bytes=0)  # full: every refused message is dropped
+        pipeline = Pipeline([_Broken(), Accounting(), dead_letters])
+        await pipeline.start()
+        await pipeline.consume(message("r", 1, [timing(0, 0)]), 1, catching_up=True)
+        await pipeline.consume(message("r", 1, [timing(1, 1)]), 2)
+        await pipeline.consume(b"\xc1 not msgpack", 3)
+        await pipeline.tick(4)
+        await pipeline.close()
+        assert pipeline.stage_counts() == {
+            "broken": StageCounts(accepted=0, refused=4, dropped=0),
+            "accounting": StageCounts(accepted=4, refused=0, dropped=0),
+            "dead_letter": StageCounts(accepted=3, refused=0, dropped=1),
+        }
+        assert (pipeline.batches, pipeline.caught_up) == (3, 1)
+
+
+class TestCheckpoint:
+    async def checkpointed(self, tmp_path) -> Pipeline:
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        await run_messages(pipeline, [message("r", 1, [lstm(i, i, float("nan") if i == 3 else 1.0)]) for i in range(6)])
+        save_checkpoint(tmp_path / STATE_FILE, pipeline, ("segment-000001.simlog", 1234))
+        return pipeline
+
+    async def test_a_loaded_checkpoint_says_what_it_restored(self, tmp_path):
+        """The result names the log position covered and the stages loaded; the state is the saved one."""
+        saved = await self.checkpointed(tmp_path)
+        fresh = build_pipeline(ConsumerConfig(), console=False)
+        restored = load_checkpoint(tmp_path / STATE_FILE, fresh)
+        assert restored.position == ("segment-000001.simlog", 1234)
+        assert restored.stages == tuple(saved.stateful)
+        assert restored.saved_ns is not None
+        assert {n: s.state_dict() for n, s in fresh.stateful.items()} == {n: s.state_dict() for n, s in saved.stateful.items()}
+
+    async def test_the_alert_numbering_continues_after_a_restore(self, tmp_path):
+        """The alert clock is stateful: the next alert after a restore is numbered after the saved ones."""
+        saved = await self.checkpointed(tmp_path)
+        made = saved.stateful["alert_clock"].maker.count
+        assert made == 2  # the NaN fired and cleared
+        sink = RecordingSink()
+        fresh = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        load_checkpoint(tmp_path / STATE_FILE, fresh)
+        await run_messages(fresh, [message("r", 1, [lstm(6, 6, float("nan"))])])
+        assert [a.seq for a in sink.alerts] == [made]
+
+    async def test_a_checkpoint_written_before_the_alert_clock_was_stateful_still_numbers_on(self, tmp_path):
+        """An older checkpoint keeps the count at top level (``alerts_made``): it is loaded into the alert clock."""
+        await self.checkpointed(tmp_path)
+        path = tmp_path / STATE_FILE
+        data = json.loads(path.read_text())
+        data["alerts_made"] = data["stages"].pop("alert_clock")["alerts_made"]
+        path.write_text(json.dumps(data))
+        fresh = build_pipeline(ConsumerConfig(), console=False)
+        assert "alert_clock" in load_checkpoint(path, fresh).stages
+        assert fresh.stateful["alert_clock"].maker.count == 2
+
+    def test_no_checkpoint_raises_file_not_found_and_touches_nothing(self, tmp_path):
+        """A first start: FileNotFoundError, the pipeline as it was built."""
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        before = {n: s.state_dict() for n, s in pipeline.stateful.items()}
+        with pytest.raises(FileNotFoundError):
+            load_checkpoint(tmp_path / STATE_FILE, pipeline)
+        assert {n: s.state_dict() for n, s in pipeline.stateful.items()} == before
+
+    @pytest.mark.parametrize("damage", ["torn", "format", "refused"])
+    async def test_an_unusable_checkpoint_raises_unusable(self, tmp_path, damage):
+        """Torn JSON, another format, or state a stage cannot load: UnusableCheckpoint naming the file."""
+        await self.checkpointed(tmp_path)
+        path = tmp_path / STATE_FILE
+        text = path.read_text()
+        if damage == "torn":
+            path.write_text(text[: len(text) // 2])
+        else:
+            data = json.loads(text)
+            if damage == "format":
+                data["format"] = 99
+            else:
+                data["stages"]["accounting"]["producers"] = [{"run_id": "r"}]  # no rank, no session
+            path.write_text(json.dumps(data))
+        with pytest.raises(UnusableCheckpoint, match=STATE_FILE):
+            load_checkpoint(path, build_pipeline(ConsumerConfig(), console=False))
 
 
 class TestReplay:
