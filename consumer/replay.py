@@ -18,9 +18,10 @@ from simic.schemas.models import Alert
 from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
-from .pipeline import Batch, Pipeline, Stage, SyncStage
+from .pipeline import Pipeline, Stage
 from .retention import first_kept_segments, retention_summary
 from .sources.log_files import LogFilesSource
+from .testing import RecordingSink
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -32,16 +33,6 @@ class ReplayResult:
     problems: list[LogProblem] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     """Final state of every stateful stage (what a daemon's checkpoint would hold)."""
-
-
-class _AlertCollector(SyncStage):
-    name = "alert_collector"
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def consume_now(self, batch: Batch) -> None:
-        self.alerts.extend(batch.alerts)
 
 
 async def run_source(source: LogFilesSource, pipeline: Pipeline, accounting: Accounting | None = None,
@@ -79,7 +70,7 @@ async def replay(
     after the alert collector (the report's series recorder rides along this way).
     """
     source = LogFilesSource(targets)
-    collector = _AlertCollector()
+    collector = RecordingSink(alerts_only=True)
     accounting = Accounting(log_interval_s=config.daemon.rejection_log_interval_s)
     if analysis:
         pipeline = build_pipeline(config, console=console, accounting=accounting, rules=rules, extra_sinks=[collector, *extra_sinks])

@@ -249,6 +249,22 @@ class TestStageContract:
         assert (pipeline.batches, pipeline.caught_up) == (3, 1)
 
 
+class TestRecordingSink:
+    async def test_keeps_every_batch_or_only_the_alerts(self):
+        """By default every batch (events and alerts) is kept; alerts_only keeps the same alerts and no batch; reset forgets."""
+        everything, alerts_only = RecordingSink(), RecordingSink(alerts_only=True)
+        await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[everything, alerts_only]),
+                           [message("r", 1, [lstm(i, i, float("nan") if i == 1 else 1.0)]) for i in range(3)])
+        assert len(everything.batches) == 3 and len(everything.events) == 3
+        assert [(a.rule, a.cleared) for a in alerts_only.alerts] == [("non_finite", False), ("non_finite", True)]
+        assert alerts_only.batches == []
+        assert alerts_only.alerts == everything.alerts
+        assert everything.closed and alerts_only.closed
+        alerts_only.reset()
+        everything.reset()
+        assert alerts_only.alerts == [] and everything.alerts == []
+
+
 class TestCheckpoint:
     async def checkpointed(self, tmp_path) -> Pipeline:
         pipeline = build_pipeline(ConsumerConfig(), console=False)
