@@ -54,6 +54,33 @@ class TestAccounting:
         assert (state.received, state.lost, state.duplicates, state.next_seq) == (4, 3, 1, 7)
         assert accounting.summary()["lost"] == 3
 
+    def test_a_sequence_tracker_tells_in_order_gaps_and_repeats_apart(self):
+        """continues() takes the usual message at once; advance() returns the numbers skipped, or -1 for a repeat."""
+        from simic.consumer.accounting import SequenceTracker
+
+        class Session(SequenceTracker):
+            __slots__ = ("next_seq",)
+
+            def __init__(self) -> None:
+                self.next_seq = 0
+
+        session = Session()
+        assert session.continues([0, 1, 2]) and session.next_seq == 3
+        assert not session.continues([3, 5]) and session.next_seq == 3  # a gap inside: nothing changes
+        assert [session.advance(seq) for seq in (3, 5, 4, 9)] == [0, 1, -1, 3]
+        assert session.next_seq == 10
+
+    async def test_accounting_and_the_event_loss_rule_count_the_same_gaps(self):
+        """One reading of sequence numbers: the events accounting counts as lost are the event_loss rule's gaps."""
+        accounting, sink = Accounting(), RecordingSink()
+        pipeline = build_pipeline(ConsumerConfig(), console=False, accounting=accounting, extra_sinks=[sink])
+        seqs = [0, 1, 2, 7, 7, 5, 8, 20, 21, 40]  # gaps 3-6, 9-19, 22-39; 7 repeated; 5 late
+        await run_messages(pipeline, [message("r", 1, [timing(0, 0)] + [timing(seq, seq) for seq in seqs[1:]])])
+        (state,) = accounting.producers.values()
+        (gaps,) = [saved["gaps"] for saved in pipeline.stateful["event_loss"].state_dict()["extra"].values()]
+        assert state.lost == sum(end - start for start, end in gaps) == 4 + 11 + 18
+        assert state.duplicates == 2  # the repeated 7 and the late 5
+
     async def test_each_producer_session_is_accounted_apart(self):
         """A new session id (a restarted trainer, another rank) has its own sequence from 0."""
         accounting = Accounting()
