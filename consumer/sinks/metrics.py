@@ -30,7 +30,7 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_log_bytes_removed_total{reason}                bytes of those segments
     simic_log_segments_compressed_total                  closed log segments compressed (zstd)
     simic_log_bytes                                      bytes the log's segments take on disk (after the last maintenance pass)
-    simic_last_step{run_id,rank}                         newest training step
+    simic_last_step{run_id,rank}                         largest training step received
     simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived; none once it ended its run
     simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
     simic_grad_norm_global{run_id,rank,stage}            newest total norm: pre_clip, post_clip, total
@@ -43,7 +43,9 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_export_failed_events_total{exporter}           events of batches whose writing raised
     simic_export_queue_depth_messages{exporter} / simic_export_queue_capacity_messages{exporter}
 
-A value the producer sent as missing removes its sample (no sample, not 0); NaN is exported as NaN.
+The per-rank values are the newest of each measurement as ``simic.consumer.ranks`` reads them (the
+dashboard shows the same). A value the producer sent as missing removes its sample (no sample, not 0);
+NaN is exported as NaN.
 """
 
 from __future__ import annotations
@@ -57,10 +59,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
-
 from ..accounting import Accounting
 from ..pipeline import Batch, Stage, StageCounts
+from ..ranks import LatestByRank, RankKey, RankLatest
 from .event_log import EventLogSink
 from .export import ExportSink
 
@@ -151,7 +152,8 @@ class MetricsSink(Stage):
         self._accounting = accounting
         self._log: EventLogSink | None = None
         self._lost_seen: dict[tuple[str, int, int], int] = {}
-        self._last_recv_ns: dict[tuple[str, int], int] = {}
+        self._ranks: LatestByRank[RankLatest] = LatestByRank()
+        self._aging: set[RankKey] = set()  # the ranks with a message age (heard from, not ended)
         self._last_batch_ns = time.time_ns()
         self._active: Counter[tuple[str, str, str]] = Counter()
         r = self.registry
@@ -229,24 +231,30 @@ class MetricsSink(Stage):
             self.rejected_events.labels(error.reason.value).inc()
         if not batch.events:
             return
-        kinds = Counter(event.kind for event in batch.events)
-        for kind, count in kinds.items():
-            self.events.labels(kind).inc(count)
-        head = batch.events[0]
-        run_id, rank = head.run_id, str(head.rank)
-        self._per_rank(head.run_id, head.rank, head.session, max(e.step for e in batch.events), batch.recv_ns)
-        for event in batch.events:
-            if isinstance(event, HeadGradNorms):
-                self._grads(run_id, rank, event)
-            elif isinstance(event, LstmHealth):
-                self._set(self.lstm_rms, (run_id, rank, "h"), event.h_rms)
-                self._set(self.lstm_rms, (run_id, rank, "c"), event.c_rms)
-            elif isinstance(event, PpoUpdate):
-                self._set(self.approx_kl, (run_id, rank), event.approx_kl)
-                for name, value in event.entropy.items():
-                    self.entropy.labels(run_id, rank, name).set(value)
-        if batch.of_kind("run_end"):
-            self._ended(head.run_id, head.rank)
+        kinds = batch.kind_index()
+        for kind, events in kinds.items():
+            self.events.labels(kind).inc(len(events))
+        latest = self._ranks.update(batch.events, batch.recv_ns)
+        run_id, rank = latest.run_id, str(latest.rank)
+        self.last_step.labels(run_id, rank).set(latest.last_step)
+        if (latest.run_id, latest.rank) not in self._aging:
+            self._age(latest)
+        self._losses(latest, batch.events[0].session)
+        # The gauges of what this message measured, from the newest values.
+        if "head_grad_norms" in kinds:
+            for name, norm in latest.grad_norms.items():
+                self._set(self.grad_norm, (run_id, rank, name), norm)
+            for stage, total in latest.grad_totals.items():
+                self._set(self.grad_norm_global, (run_id, rank, stage), total)
+        if "lstm_health" in kinds:
+            self._set(self.lstm_rms, (run_id, rank, "h"), latest.h_rms)
+            self._set(self.lstm_rms, (run_id, rank, "c"), latest.c_rms)
+        if "ppo_update" in kinds:
+            self._set(self.approx_kl, (run_id, rank), latest.approx_kl)
+            for name, value in latest.entropy.items():
+                self.entropy.labels(run_id, rank, name).set(value)
+        if "run_end" in kinds:
+            self._ended(latest)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -271,16 +279,19 @@ class MetricsSink(Stage):
                 self._active[labels] += 1
             self.alerts_active.labels(*labels).set(self._active[labels])
 
-    def _per_rank(self, run_id: str, rank: int, session: int, step: int, recv_ns: int) -> None:
-        labels = (run_id, str(rank))
-        self.last_step.labels(*labels).set(step)
-        if (run_id, rank) not in self._last_recv_ns:
-            key = (run_id, rank)
-            # .get: a scrape may read the age just after the rank ended (_ended): 0, not an error.
-            self.last_event_age.labels(*labels).set_function(lambda: (time.time_ns() - self._last_recv_ns.get(key, time.time_ns())) / 1e9)
-        self._last_recv_ns[(run_id, rank)] = recv_ns
-        state = self._accounting.producers.get((run_id, rank, session)) if self._accounting is not None else None
+    def _age(self, latest: RankLatest) -> None:
+        """A rank heard from (for the first time, or again after it ended its run): its message age is read
+        from its newest arrival when scraped."""
+        self._aging.add((latest.run_id, latest.rank))
+        self.last_event_age.labels(latest.run_id, str(latest.rank)).set_function(lambda: (time.time_ns() - latest.last_recv_ns) / 1e9)
+
+    def _losses(self, latest: RankLatest, session: int) -> None:
+        """Events lost (counted since start) and dropped by the producer session, from the accounting."""
+        if self._accounting is None:
+            return
+        state = self._accounting.producers.get((latest.run_id, latest.rank, session))
         if state is not None:
+            labels = (latest.run_id, str(latest.rank))
             seen = self._lost_seen.get(state.key, 0)
             if state.lost > seen:
                 self.lost.labels(*labels).inc(state.lost - seen)
@@ -289,24 +300,12 @@ class MetricsSink(Stage):
             self._lost_seen[state.key] = state.lost
             self.producer_dropped.labels(*labels).set(state.producer_dropped)
 
-    def _ended(self, run_id: str, rank: int) -> None:
+    def _ended(self, latest: RankLatest) -> None:
         """A rank that ended its run is not silent: its message age goes (until it sends again)."""
-        if (run_id, rank) in self._last_recv_ns:
-            self.last_event_age.remove(run_id, str(rank))
-            del self._last_recv_ns[(run_id, rank)]
-
-    def _grads(self, run_id: str, rank: str, event: HeadGradNorms) -> None:
-        if event.stage != "post_clip":
-            for name, norm in event.norms.items():
-                self._set(self.grad_norm, (run_id, rank, name), norm)
-        pre = event.pre_clip_total if event.pre_clip_total is not None else (event.total if event.stage == "pre_clip" else None)
-        post = event.post_clip_total if event.post_clip_total is not None else (event.total if event.stage == "post_clip" else None)
-        if pre is not None:
-            self.grad_norm_global.labels(run_id, rank, "pre_clip").set(pre)
-        if post is not None:
-            self.grad_norm_global.labels(run_id, rank, "post_clip").set(post)
-        if event.stage is None:
-            self._set(self.grad_norm_global, (run_id, rank, "total"), event.total)
+        key = (latest.run_id, latest.rank)
+        if key in self._aging:
+            self.last_event_age.remove(latest.run_id, str(latest.rank))
+            self._aging.discard(key)
 
     def maintenance_counts(self) -> list:
         maintenance = self._log.maintenance if self._log is not None else None
