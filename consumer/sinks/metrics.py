@@ -172,7 +172,7 @@ class MetricsSink(Stage):
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
         r.register(_LogMaintenanceCollector(self))  # read from the maintenance thread's counts when scraped
-        self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
+        self.last_step = Gauge("simic_last_step", "Largest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
         self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
         self.grad_norm_global = Gauge("simic_grad_norm_global", "Newest total gradient norm: pre_clip, post_clip or total (stage not given).",
