@@ -18,7 +18,7 @@ from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
 from simic.schemas import encode_message
-from simic.schemas.eventlog import LogWriter
+from simic.schemas.eventlog import LogReader, LogWriter
 
 
 def message(run: str, session: int, rows: list[list], rank: int = 0) -> bytes:
@@ -447,6 +447,30 @@ class TestServeInProcess:
         assert await task == 0
         result = await replay([tmp_path / "logs"], ConsumerConfig(), analysis=False)
         assert result.summary["events"] == emitter.stats.produced == 52
+
+
+    async def test_a_damaged_checkpoint_costs_a_catch_up_on_the_whole_log(self, tmp_path, caplog):
+        """An unusable consumer-state.json is named in a warning; the daemon rebuilds its state from every
+        logged frame (handed to the analysis, not re-logged) and writes a good checkpoint at shutdown."""
+        log_dir = tmp_path / "logs"
+        with LogWriter(log_dir) as writer:
+            for seq in range(5):
+                writer.write(message("old", 1, [timing(seq, seq)]), 1_700_000_000_000_000_000 + seq)
+        (log_dir / STATE_FILE).write_text('{"format": 1, "stages": {"accounting": ')  # torn
+        stop, sink = asyncio.Event(), RecordingSink()
+        config = ConsumerConfig.model_validate({"daemon": {"tick_interval_s": 0.05}})
+        options = DaemonOptions(endpoint="tcp://127.0.0.1:*", log_dir=log_dir, config=config, alerts_endpoint=None, extra_sinks=(sink,))
+        task = asyncio.create_task(serve(options, stop=stop))
+        while not any(b.tick and not b.catching_up for b in sink.batches):  # caught up, then a live tick (logged)
+            await asyncio.sleep(0.01)
+        stop.set()
+        assert await task == 0
+        assert any("ignoring unusable checkpoint" in r.getMessage() and STATE_FILE in r.getMessage() for r in caplog.records)
+        assert [b.catching_up for b in sink.batches if b.events] == [True] * 5
+        saved = json.loads((log_dir / STATE_FILE).read_text())
+        (producer,) = saved["stages"]["accounting"]["producers"]
+        assert producer["received"] == 5 and saved["log_position"] is not None
+        assert len(list(LogReader(log_dir))) == 5 + sum(1 for b in sink.batches if b.tick and not b.catching_up)  # nothing re-logged
 
 
 class TestNonFiniteScope:
