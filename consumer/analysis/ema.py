@@ -66,7 +66,7 @@ class Ema:
         self.value: float | None = None
         """The average; None until the warmup is over."""
         self.count = 0
-        """Samples folded in (all of them, the warm-up's included)."""
+        """Samples of the warm-up folded in (it stops counting once the warmup is over)."""
         self.mean = 0.0
         """The mean of the warm-up samples (``seed="mean"``), kept as it was once the warmup is over."""
         self.samples: list[float] = []
@@ -76,10 +76,10 @@ class Ema:
         """Fold in one sample. Returns the value before it (what ``x`` is judged against), or None
         while warming up (``x`` then only seeds the average)."""
         value = self.value
-        self.count += 1
         if value is not None:
             self.value = self.momentum * value + self.rest * x
             return value
+        self.count += 1
         if self.median:
             self.samples.append(x)
             if len(self.samples) >= self.warmup:
@@ -106,7 +106,7 @@ class Ema:
         samples counted up to the warmup]`` (mean seed)."""
         if self.median:
             return [self.value, list(self.samples)]
-        return [self.mean if self.value is None else self.value, min(self.count, self.warmup)]
+        return [self.mean if self.value is None else self.value, self.count]
 
     def load_state(self, state: list[Any]) -> None:
         """Restore what :meth:`state` returned (into an Ema of the same settings)."""
@@ -116,7 +116,7 @@ class Ema:
             self.samples = [float(x) for x in samples]
             self.count = len(self.samples) if self.value is None else self.warmup
             return
-        value, count = float(state[0]), int(state[1])
+        value, count = float(state[0]), min(int(state[1]), self.warmup)
         self.count = count
         if count >= self.warmup:
             self.value = value
@@ -154,6 +154,7 @@ class GradientEMATracker:
 
     _norm: Ema = field(init=False, repr=False)
     _health: Ema = field(init=False, repr=False)
+    _update_count: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._norm = Ema(self.momentum)  # seeded by the first update
@@ -180,6 +181,7 @@ class GradientEMATracker:
         for name, value in (("grad_norm", grad_norm), ("grad_health", grad_health)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} is {value}: a non-finite value would poison the EMA")
+        self._update_count += 1
         norm_before = self._norm.add(grad_norm)
         health_before = self._health.add(grad_health)
         if norm_before is None or health_before is None:  # the first update seeds both
@@ -196,11 +198,12 @@ class GradientEMATracker:
     def state_dict(self) -> dict[str, float | bool | int]:
         """The state for checkpointing."""
         return {"ema_norm": self.ema_norm, "ema_health": self.ema_health, "initialized": self._norm.value is not None,
-                "update_count": self._norm.count}
+                "update_count": self._update_count}
 
     def load_state_dict(self, state: dict[str, float | bool | int]) -> None:
         """Restore what :meth:`state_dict` returned."""
         initialized = bool(state["initialized"])
+        self._update_count = int(state["update_count"])
         for ema, value in ((self._norm, float(state["ema_norm"])), (self._health, float(state["ema_health"]))):
             ema.value = value if initialized else None
-            ema.count = int(state["update_count"]) if initialized else 0
+            ema.count = ema.warmup if initialized else 0

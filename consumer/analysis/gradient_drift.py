@@ -109,11 +109,12 @@ class HeadJudgement:
 
 
 class _Run:
-    __slots__ = ("norm", "health", "heads", "subject", "head_subjects", "recent")
+    __slots__ = ("norm", "health", "updates", "heads", "subject", "head_subjects", "recent")
 
     def __init__(self, norm: Ema, health: Ema, subject: str) -> None:
         self.norm = norm  # the total norm's EMA
         self.health = health  # grad health's EMA
+        self.updates = 0  # updates with a total folded into them (the seed tracker's update_count)
         self.heads: dict[str, Rise] = {}  # head -> its norm's recent history
         self.subject = subject
         self.head_subjects: dict[str, str] = {}
@@ -259,6 +260,7 @@ class GradientDrift(Rule):
     def _check_total(self, run: _Run, event: Event, total: float, health: float) -> Alert | None:
         """The total norm and grad health against their EMAs: ``fire_after`` drifting updates of the last
         ``fire_window`` fire."""
+        run.updates += 1
         norm_before = run.norm.add(total)
         health_before = run.health.add(health)
         if norm_before is None or health_before is None:
@@ -322,7 +324,7 @@ class GradientDrift(Rule):
         tracker = GradientEMATracker()
         if run.norm.value is not None:
             tracker.load_state_dict({"ema_norm": run.norm.value, "ema_health": run.health.value, "initialized": True,
-                                     "update_count": run.norm.count})
+                                     "update_count": run.updates})
         return tracker.state_dict()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -331,10 +333,11 @@ class GradientDrift(Rule):
             run = self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(self._ema(), self._ema(), subject)
             mean_norm, mean_health, counted = saved["warmup"]
             total = saved["total"]
+            run.updates = int(total["update_count"]) if total["initialized"] else int(counted)
             for ema, mean, value in ((run.norm, mean_norm, total["ema_norm"]), (run.health, mean_health, total["ema_health"])):
                 ema.mean = float(mean)
                 if total["initialized"]:
-                    ema.value, ema.count = float(value), int(total["update_count"])
+                    ema.value, ema.count = float(value), ema.warmup
                 else:
                     ema.count = int(counted)
             run.recent = int(saved.get("recent", 0))
