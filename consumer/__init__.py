@@ -13,7 +13,7 @@ from .analysis.anomaly import AnomalyDetector, AnomalyReport
 from .analysis.ema import GradientEMATracker
 from .build import build_pipeline
 from .config import ConsumerConfig, load_config
-from .pipeline import Batch, Pipeline, Stage
+from .pipeline import Batch, Pipeline, Stage, StageCounts, Stateful, SyncStage
 from .replay import ReplayResult, replay
 
 __all__ = [
@@ -33,6 +33,9 @@ __all__ = [
     "Batch",
     "Pipeline",
     "Stage",
+    "SyncStage",
+    "Stateful",
+    "StageCounts",
     "ReplayResult",
     "replay",
 ]

@@ -19,7 +19,7 @@ from simic.schemas.models import DeliveryReceipt, Event, Heartbeat, RunEnd, RunS
 
 from .pipeline import Batch, RateLimitedLog, SyncStage
 
-__all__ = ["ProducerKey", "ProducerState", "Accounting"]
+__all__ = ["ProducerKey", "SequenceTracker", "ProducerState", "Accounting"]
 
 log = logging.getLogger("simic.consumer")
 
@@ -35,8 +35,38 @@ ProducerKey = tuple[str, int, int]
 """``(run_id, rank, session)``"""
 
 
+class SequenceTracker:
+    """The one reading of a producer session's sequence numbers (accounting's and ``event_loss``'s).
+
+    ``next_seq`` is the number expected next. A number above it is a gap: the numbers in between are
+    events that never arrived. A number below it is a repeat (a duplicate, or an event arriving after
+    a later one), which leaves the expectation where it is. A subclass holds ``next_seq``.
+    """
+
+    __slots__ = ()
+    next_seq: int
+
+    def continues(self, seqs: list[int]) -> bool:
+        """True, having moved past them, when ``seqs`` are exactly the numbers expected next, in
+        order (the usual message); False, changing nothing, for anything else."""
+        first = self.next_seq
+        if seqs != list(range(first, first + len(seqs))):
+            return False
+        self.next_seq = first + len(seqs)
+        return True
+
+    def advance(self, seq: int) -> int:
+        """Move past ``seq``. Returns how many numbers it skipped (0: in order), or -1 when it was
+        already passed (a repeat: nothing changes)."""
+        expected = self.next_seq
+        if seq < expected:
+            return -1
+        self.next_seq = seq + 1
+        return seq - expected
+
+
 @dataclass
-class ProducerState:
+class ProducerState(SequenceTracker):
     """What is known about one producer session."""
 
     run_id: str
@@ -163,16 +193,12 @@ class Accounting(SyncStage):
         """The usual batch at once: every event of ``state``'s session, in sequence from the one
         expected, none a run_start, heartbeat or run_end. Returns False, having changed nothing, for
         any other batch (then each event is accounted on its own)."""
-        count = len(events)
-        first = state.next_seq
-        if list(map(_SEQ, events)) != list(range(first, first + count)):
-            return False
         if not one_session and any((event.run_id, event.rank, event.session) != state.key for event in events):
             return False
         kinds = list(map(_KIND, events))
-        if not _NOTED.isdisjoint(kinds):
+        if not _NOTED.isdisjoint(kinds) or not state.continues(list(map(_SEQ, events))):
             return False
-        state.next_seq = first + count
+        count = len(events)
         state.received += count
         self.events += count
         state.kinds.update(kinds)
@@ -203,24 +229,22 @@ class Accounting(SyncStage):
 
     def _account(self, state: ProducerState, event: Event, recv_ns: int) -> None:
         seq = event.seq
-        if seq < state.next_seq:
+        gap = state.advance(seq)
+        if gap < 0:
             state.duplicates += 1
             return
-        if seq > state.next_seq:
-            gap = seq - state.next_seq
-            if gap > MAX_GAP:
-                state.seq_jumps += 1
-                self._log.warning(
-                    "seq_jump", "sequence number of run %s rank %d jumped from %d to %d: not counted as lost",
-                    state.run_id, state.rank, state.next_seq, seq,
-                )
-            else:
-                state.lost += gap
-                self._log.warning(
-                    "gap", "lost %d events of run %s rank %d (seq %d..%d never arrived)",
-                    gap, state.run_id, state.rank, state.next_seq, seq - 1,
-                )
-        state.next_seq = seq + 1
+        if gap > MAX_GAP:
+            state.seq_jumps += 1
+            self._log.warning(
+                "seq_jump", "sequence number of run %s rank %d jumped from %d to %d: not counted as lost",
+                state.run_id, state.rank, seq - gap, seq,
+            )
+        elif gap:
+            state.lost += gap
+            self._log.warning(
+                "gap", "lost %d events of run %s rank %d (seq %d..%d never arrived)",
+                gap, state.run_id, state.rank, seq - gap, seq - 1,
+            )
         state.received += 1
         state.kinds[event.kind] += 1
         self.events += 1

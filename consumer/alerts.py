@@ -62,7 +62,9 @@ class AlertMaker:
 
 class AlertClock(SyncStage):
     """First of the analysis stages: tells the rules' :class:`AlertMaker` when the batch arrived
-    (live: the receive time; in replay: the one the log kept), the one place alerts get ``received_at``."""
+    (live: the receive time; in replay: the one the log kept), the one place alerts get ``received_at``.
+
+    Stateful: its checkpoint is the maker's count, so a restarted daemon numbers its alerts on."""
 
     name = "alert_clock"
 
@@ -71,6 +73,12 @@ class AlertClock(SyncStage):
 
     def consume_now(self, batch: Batch) -> None:
         self.maker.received_ns = batch.recv_ns
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alerts_made": self.maker.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.maker.count = int(state["alerts_made"])
 
 
 def json_safe(value: Any) -> Any:

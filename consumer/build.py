@@ -41,11 +41,15 @@ def build_pipeline(
     console: TextIO | None | bool = True,
     alerts_jsonl: Path | None = None,
     extra_sinks: list[Stage] | None = None,
+    accounting: Accounting | None = None,
+    rules: list[Stage] | None = None,
 ) -> Pipeline:
     """``[event log] -> [dead letters] -> accounting -> rules -> alert sinks``.
 
     The event log comes first so that what arrived is on disk before anything else can fail;
-    replay builds the same pipeline without it.
+    replay builds the same pipeline without it. ``accounting``: the accounting stage to use (made here
+    when None); pass one to give it to the sinks that show its counts (metrics, the dashboard). ``rules``:
+    the analysis stages (``analysis_stages(config)`` when None); pass them to give one to a sink that follows it.
     """
     stages: list[Stage] = []
     if log_dir is not None:
@@ -55,8 +59,8 @@ def build_pipeline(
                                    writer=writer, retention=retention))
     if dead_letter_dir is not None:
         stages.append(DeadLetterSink(dead_letter_dir))
-    stages.append(Accounting(log_interval_s=config.daemon.rejection_log_interval_s))
-    stages.extend(analysis_stages(config))
+    stages.append(accounting if accounting is not None else Accounting(log_interval_s=config.daemon.rejection_log_interval_s))
+    stages.extend(rules if rules is not None else analysis_stages(config))
     if console is not False:
         stages.append(ConsoleAlertSink(None if console is True else console))
     if alerts_jsonl is not None:

@@ -46,7 +46,7 @@ from .sinks.event_log import EventLogSink
 from .sinks.export import ExportSink, export_sinks
 from .sinks.metrics import MetricsSink
 from .sources.zmq_pull import ZmqPullSource
-from .state import STATE_FILE, frames_after, load_checkpoint, save_checkpoint
+from .state import STATE_FILE, UnusableCheckpoint, frames_after, load_checkpoint, save_checkpoint
 
 __all__ = ["DaemonOptions", "serve"]
 
@@ -105,53 +105,62 @@ class _Daemon:
         self.options = options
         self.config = options.config
         self.state_path = options.log_dir / STATE_FILE
-        # Built once: _build may run twice (a checkpoint that does not fit), these stages are reused.
-        self.metrics = MetricsSink(options.metrics_port, options.metrics_host) if options.metrics_port is not None else None
+        # Each exporter behind its own bounded queue and thread (a missing library raises MissingExtra here, at
+        # start). Built once: they hold no state, and a second _build (a checkpoint that does not fit) reuses them.
+        self.exports = export_sinks(self.config.export, log_dir=options.log_dir)
+        self.pipeline = self._build()
+
+    def _build(self) -> Pipeline:
+        """Every stage, new (a checkpoint that does not fit builds them all again, before any is started);
+        the sinks that show the accounting's counts are given it."""
+        options = self.options
+        self.accounting = Accounting(log_interval_s=self.config.daemon.rejection_log_interval_s)
+        self.metrics = None
+        if options.metrics_port is not None:
+            self.metrics = MetricsSink(options.metrics_port, options.metrics_host, accounting=self.accounting, exports=self.exports)
+            if options.curve is not None:
+                self.metrics.registry.register(options.curve.failures)  # simic_handshakes_failed_total
         self.dashboard = None
         if options.dashboard:
             from .sinks.dashboard import DashboardSink
 
-            self.dashboard = DashboardSink()
-        # Each exporter behind its own bounded queue and thread (a missing library raises MissingExtra here, at start).
-        self.exports = export_sinks(self.config.export, log_dir=options.log_dir)
-        if self.metrics is not None and options.curve is not None:
-            self.metrics.registry.register(options.curve.failures)  # simic_handshakes_failed_total
-        self.pipeline = self._build()
-
-    def _build(self) -> Pipeline:
-        options = self.options
+            self.dashboard = DashboardSink(accounting=self.accounting)
         extra: list[Stage] = []
         alerts_endpoint = _alerts_endpoint(options)
-        if alerts_endpoint:
-            extra.append(PubAlertSink(alerts_endpoint, curve=options.curve))
+        self.alert_pub = PubAlertSink(alerts_endpoint, curve=options.curve) if alerts_endpoint else None
+        if self.alert_pub is not None:
+            extra.append(self.alert_pub)
         extra.extend(self.exports)
         extra.extend(options.extra_sinks)
-        watchers = [stage for stage in (self.metrics, self.dashboard) if stage is not None]
+        extra.extend(stage for stage in (self.metrics, self.dashboard) if stage is not None)
         pipeline = build_pipeline(
             self.config,
             log_dir=options.log_dir,
             dead_letter_dir=options.log_dir / "dead-letter" if options.dead_letter else None,
             alerts_jsonl=options.log_dir / "alerts.jsonl",
-            extra_sinks=extra + watchers,
+            extra_sinks=extra,
+            accounting=self.accounting,
         )
-        for stage in watchers:
-            stage.watch(pipeline)
+        self.log_sink: EventLogSink = pipeline.find(EventLogSink)[0]
+        if self.metrics is not None:
+            self.metrics.export_stages(pipeline.stage_counts)
+            self.metrics.export_log(self.log_sink)
         return pipeline
-
-    @property
-    def log_sink(self) -> EventLogSink:
-        return self.pipeline.find(EventLogSink)[0]
 
     async def restore(self) -> None:
         """Load the checkpoint and catch up on the frames logged after it."""
-        position = load_checkpoint(self.state_path, self.pipeline)
-        if position is False:
-            self.pipeline = self._build()  # no usable checkpoint: fresh state, the whole log
+        try:
+            position = load_checkpoint(self.state_path, self.pipeline).position
+        except FileNotFoundError:
+            position = None  # the first start on this directory (or a log without a checkpoint: all of it)
+        except UnusableCheckpoint as error:
+            log.warning("ignoring unusable checkpoint %s; rebuilding state from the whole log", error)
+            self.pipeline = self._build()  # fresh state, the whole log
             position = None
         self.log_sink.checkpointed(position)  # until the next checkpoint, a restart reads from there
         frames = 0
         cut_heads = first_kept_segments([self.options.log_dir]) if position is None else set()
-        (accounting,) = self.pipeline.find(Accounting)
+        accounting = self.accounting
         for frame in frames_after(self.options.log_dir, position):
             if cut_heads:
                 accounting.after_cut = frame.path in cut_heads
@@ -277,8 +286,8 @@ async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: 
         if claim.reclaimed:
             _say(claim.reclaimed)
     _say(f"listening on {endpoint}")
-    for sink in pipeline.find(PubAlertSink):
-        _say(f"publishing alerts on {sink.endpoint}")
+    if daemon.alert_pub is not None:
+        _say(f"publishing alerts on {daemon.alert_pub.endpoint}")
     if daemon.metrics is not None:
         _say(f"serving metrics on {daemon.metrics.url}")
     for sink in daemon.exports:
@@ -322,7 +331,7 @@ async def _serve(options: DaemonOptions, loop: asyncio.AbstractEventLoop, stop: 
         except OSError as error:
             log.warning("final checkpoint failed: %s", error)
     await pipeline.close()
-    _report(pipeline, unprocessed)
+    _report(pipeline, daemon.accounting, daemon.log_sink, daemon.exports, unprocessed)
     return 0
 
 
@@ -334,11 +343,9 @@ async def _join(queue: asyncio.Queue, processing: asyncio.Task, timeout: float) 
     waiter.cancel()
 
 
-def _report(pipeline: Pipeline, unprocessed: int) -> None:
-    accounting = pipeline.find(Accounting)[0]
+def _report(pipeline: Pipeline, accounting: Accounting, log_sink: EventLogSink, exports: list[ExportSink], unprocessed: int) -> None:
     summary = accounting.summary()
-    logs = pipeline.find(EventLogSink)
-    frames_lost = sum(sink.frames_lost for sink in logs)
+    frames_lost = log_sink.frames_lost
     _say(
         f"stopped: {summary['messages']} messages, {summary['events']} events, lost {summary['lost']}, "
         f"rejected {sum(summary['rejected_messages'].values())} messages and "
@@ -346,7 +353,7 @@ def _report(pipeline: Pipeline, unprocessed: int) -> None:
         + (f", {frames_lost} log frames not written" if frames_lost else "")
         + (f", {unprocessed} messages left unprocessed at the shutdown deadline" if unprocessed else "")
     )
-    for sink in pipeline.find(ExportSink):
+    for sink in exports:
         _say(sink.summary_line())
     if pipeline.stage_errors:
         _say(f"stage errors: {json.dumps(dict(pipeline.stage_errors))}")

@@ -10,6 +10,18 @@ Stages share one small interface (OpenTelemetry-collector style): ``start()``, `
 A stage that raises does not stop the pipeline: the error is counted per stage and logged at a
 bounded rate, and the batch goes on to the next stage. A stage that never awaits (accounting, every
 rule) is a :class:`SyncStage`: the pipeline calls it directly, saving a coroutine per stage and batch.
+
+The rest of the contract, declared here and honoured by the pipeline (choices made at construction):
+
+- :class:`Stateful`: a stage with ``state_dict()``/``load_state_dict()`` is checkpointed by the daemon
+  and restored into a fresh pipeline (``simic.consumer.state``); :attr:`Pipeline.stateful` lists them.
+- :attr:`Stage.quiet_while_catching_up`: a stage whose work is output (the event log, alert sinks,
+  exporters, metrics, the dashboard) is not handed the batches a restarted daemon re-processes to
+  rebuild its state; the analysis is.
+- Counts: per stage, the batches it accepted, refused (it raised) and dropped (:attr:`Stage.dropped`:
+  accepted, but its output of them was lost), :meth:`Pipeline.stage_counts`, exported to Prometheus
+  by ``simic.consumer.sinks.metrics``. A dependency of a stage (the accounting whose counts a sink
+  shows, the queue whose depth it exports) is passed to it explicitly, never found in the pipeline.
 """
 
 from __future__ import annotations
@@ -18,14 +30,14 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 from simic.schemas.codec import DecodeError, decode_message
 from simic.schemas.models import Alert, DeliveryReceipt, Event
 
 from .lifecycle import parse_note
 
-__all__ = ["Batch", "Stage", "SyncStage", "Pipeline", "RateLimitedLog"]
+__all__ = ["Batch", "Stage", "SyncStage", "Stateful", "StageCounts", "Pipeline", "RateLimitedLog"]
 
 log = logging.getLogger("simic.consumer")
 
@@ -50,7 +62,8 @@ class Batch:
     """A clock tick, not a message: time passed (``recv_ns``) with or without traffic. Time-based
     rules (a silent producer) act on it; the event log records it so replay sees the same time."""
     catching_up: bool = False
-    """Re-processing logged messages after a restart to rebuild state: alert sinks stay quiet."""
+    """Re-processing logged messages after a restart to rebuild state: the pipeline hands the batch only
+    to the stages that are not :attr:`~Stage.quiet_while_catching_up` (accounting and analysis)."""
     one_session: bool = False
     """Every event is of one producer session (true of the events decoded from one message)."""
     exited: tuple[str, int] | None = None
@@ -101,6 +114,16 @@ class Stage:
 
     name = "stage"
 
+    quiet_while_catching_up: ClassVar[bool] = False
+    """True for a stage whose work is output, not state (the event log, the dead letters, the alert
+    sinks, the exporters, metrics, the dashboard): the pipeline does not hand it the batches of a catch-up
+    (:attr:`Batch.catching_up`), which were written, printed and published by the process that
+    first received them. Decided once per class; the pipeline reads it at construction."""
+
+    dropped: int = 0
+    """Batches this stage accepted but whose output it lost (a write that failed, a limit reached),
+    counted by the stage itself. Always 0 for a stage that cannot lose anything."""
+
     async def start(self) -> None:
         """Acquire resources (open files, sockets)."""
 
@@ -122,6 +145,34 @@ class SyncStage(Stage):
 
     async def consume(self, batch: Batch) -> None:
         self.consume_now(batch)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A stage whose state is checkpointed (accounting, the update combiner, every rule, the alert clock).
+
+    ``state_dict()`` returns the state as JSON data (strict JSON: no NaN or Inf, as ``json_safe``
+    leaves it) and ``load_state_dict(state)`` restores it into a freshly built stage of the same
+    configuration, which then continues exactly as the saved one would have. ``load_state_dict`` may
+    raise on state it cannot use; the stage may then hold part of it (build a fresh pipeline)."""
+
+    name: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StageCounts:
+    """What one stage did with the batches (messages and clock ticks) it was handed, since the pipeline was built."""
+
+    accepted: int
+    """Consumed without raising."""
+    refused: int
+    """The stage raised on them (a bug, a resource failing): counted and logged; the batch went on."""
+    dropped: int
+    """Of the accepted, those whose output the stage lost (:attr:`Stage.dropped`)."""
 
 
 def _direct(stage: Stage):
@@ -160,13 +211,31 @@ class RateLimitedLog:
 
 
 class Pipeline:
-    """Decodes batches and runs them through stages, counting stage failures."""
+    """Decodes batches and runs them through stages, counting what each stage accepted, refused and dropped.
+
+    Raises:
+        ValueError: two stateful stages share a name (their checkpoints would overwrite each other).
+    """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
         self._calls = [(stage, _direct(stage)) for stage in self.stages]
+        self._catch_up_calls = [(stage, direct) for stage, direct in self._calls if not stage.quiet_while_catching_up]
         self._flushing = [stage for stage in self.stages if type(stage).flush is not Stage.flush]  # the others do nothing
+        self.stateful: dict[str, Stateful] = {}
+        """The stages whose state is checkpointed, by name, in pipeline order."""
+        for stage in self.stages:
+            if isinstance(stage, Stateful):
+                if stage.name in self.stateful:
+                    raise ValueError(f"two stateful stages are named {stage.name!r}: their checkpoints would collide")
+                self.stateful[stage.name] = stage
         self.stage_errors: Counter[str] = Counter()
+        """Failures by stage name: of ``consume`` (the refused batches), ``flush`` and ``close``."""
+        self.batches = 0
+        """Batches run live (messages and clock ticks)."""
+        self.caught_up = 0
+        """Batches run while catching up (:attr:`Batch.catching_up`)."""
+        self._refused: Counter[Stage] = Counter()
         self._log = RateLimitedLog()
         self._started = False
 
@@ -197,13 +266,20 @@ class Pipeline:
         return await self._run(batch)
 
     async def _run(self, batch: Batch) -> Batch:
-        for stage, direct in self._calls:
+        if batch.catching_up:
+            self.caught_up += 1
+            calls = self._catch_up_calls
+        else:
+            self.batches += 1
+            calls = self._calls
+        for stage, direct in calls:
             try:
                 if direct is not None:
                     direct(batch)
                 else:
                     await stage.consume(batch)
             except Exception as error:  # one broken stage must not stop the others
+                self._refused[stage] += 1
                 self.stage_errors[stage.name] += 1
                 self._log.warning(f"stage:{stage.name}", "stage %s failed: %r", stage.name, error)
         return batch
@@ -225,7 +301,20 @@ class Pipeline:
                 self.stage_errors[stage.name] += 1
                 log.warning("closing stage %s failed: %r", stage.name, error)
 
-    def find(self, kind: type) -> list:
-        """The stages of a given type (e.g. the accounting stage, for its summary)."""
-        return [stage for stage in self.stages if isinstance(stage, kind)]
+    def stage_counts(self) -> dict[str, StageCounts]:
+        """Per stage name (stages sharing a name added up), in pipeline order: what it accepted,
+        refused and dropped. Safe to call from another thread (a metrics scrape): it only reads."""
+        counts: dict[str, StageCounts] = {}
+        for stage in self.stages:
+            handed = self.batches + (0 if stage.quiet_while_catching_up else self.caught_up)
+            refused = self._refused.get(stage, 0)
+            mine = StageCounts(handed - refused, refused, stage.dropped)
+            before = counts.get(stage.name)
+            if before is not None:
+                mine = StageCounts(before.accepted + mine.accepted, before.refused + mine.refused, before.dropped + mine.dropped)
+            counts[stage.name] = mine
+        return counts
 
+    def find(self, kind: type) -> list:
+        """The stages of a given type."""
+        return [stage for stage in self.stages if isinstance(stage, kind)]

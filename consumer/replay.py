@@ -18,9 +18,10 @@ from simic.schemas.models import Alert
 from .accounting import Accounting
 from .build import build_pipeline
 from .config import ConsumerConfig
-from .pipeline import Batch, Pipeline, Stage, SyncStage
+from .pipeline import Pipeline, Stage
 from .retention import first_kept_segments, retention_summary
 from .sources.log_files import LogFilesSource
+from .testing import RecordingSink
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -34,20 +35,11 @@ class ReplayResult:
     """Final state of every stateful stage (what a daemon's checkpoint would hold)."""
 
 
-class _AlertCollector(SyncStage):
-    name = "alert_collector"
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def consume_now(self, batch: Batch) -> None:
-        self.alerts.extend(batch.alerts)
-
-
-async def run_source(source: LogFilesSource, pipeline: Pipeline, cut_heads: frozenset[Path] = frozenset()) -> None:
+async def run_source(source: LogFilesSource, pipeline: Pipeline, accounting: Accounting | None = None,
+                     cut_heads: frozenset[Path] = frozenset()) -> None:
     """Every frame of ``source`` through ``pipeline``. ``cut_heads``: the oldest kept segment of each
-    log retention cut (``retention.first_kept_segments``), where sessions may have begun before the log."""
-    (accounting,) = pipeline.find(Accounting) or (None,)
+    log retention cut (``retention.first_kept_segments``), where sessions may have begun before the log;
+    the pipeline's ``accounting`` is told when a frame comes from one."""
     await pipeline.start()
     try:
         for frame in source:
@@ -67,31 +59,29 @@ async def replay(
     *,
     console: TextIO | bool = False,
     analysis: bool = True,
+    rules: list[Stage] | None = None,
     extra_sinks: Sequence[Stage] = (),
 ) -> ReplayResult:
     """Replay logs (files or directories; several are merged by arrival time).
 
-    With ``analysis=False`` only the accounting runs (what ``inspect`` needs). ``extra_sinks`` run
-    last, after the alert collector (the report's series recorder rides along this way); one with a
-    ``watch(pipeline)`` method is given the pipeline once it is built, as the daemon does for its
-    metrics (the report's recorder follows the drift rule's judgements so).
+    With ``analysis=False`` only the accounting runs (what ``inspect`` needs). ``rules``: the analysis
+    stages to run (``build.analysis_stages(config)`` when None); pass them to give one to a sink that
+    follows it (the report's recorder follows the drift rule's judgements). ``extra_sinks`` run last,
+    after the alert collector (the report's series recorder rides along this way).
     """
     source = LogFilesSource(targets)
-    collector = _AlertCollector()
+    collector = RecordingSink(alerts_only=True)
+    accounting = Accounting(log_interval_s=config.daemon.rejection_log_interval_s)
     if analysis:
-        pipeline = build_pipeline(config, console=console, extra_sinks=[collector, *extra_sinks])
+        pipeline = build_pipeline(config, console=console, accounting=accounting, rules=rules, extra_sinks=[collector, *extra_sinks])
     else:
-        pipeline = Pipeline([Accounting(log_interval_s=config.daemon.rejection_log_interval_s), collector, *extra_sinks])
-    for sink in extra_sinks:
-        watch = getattr(sink, "watch", None)
-        if watch is not None:
-            watch(pipeline)
-    await run_source(source, pipeline, frozenset(first_kept_segments(targets)))
-    summary = pipeline.find(Accounting)[0].summary()
+        pipeline = Pipeline([accounting, collector, *extra_sinks])
+    await run_source(source, pipeline, accounting, frozenset(first_kept_segments(targets)))
+    summary = accounting.summary()
     summary["retention"] = retention_summary(targets)
     summary["log_problems"] = [
         {"path": str(p.path), "offset": p.offset, "length": p.length, "kind": p.kind, "detail": p.detail} for p in source.problems
     ]
     summary["stage_errors"] = dict(pipeline.stage_errors)
-    state = {stage.name: stage.state_dict() for stage in pipeline.stages if hasattr(stage, "state_dict")}
+    state = {name: stage.state_dict() for name, stage in pipeline.stateful.items()}
     return ReplayResult(alerts=collector.alerts, summary=summary, problems=source.problems, state=state)

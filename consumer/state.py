@@ -1,56 +1,59 @@
 """Checkpoints of the consumer's state, so a restarted daemon continues where the last one was.
 
 ``<log dir>/consumer-state.json`` holds the state of every stateful stage (accounting, the rules'
-EMAs, baselines and open conditions) and the log position it covers. It is written atomically
-(temporary file, fsync, rename) every ``checkpoint_interval_s`` and at shutdown.
+EMAs, baselines and open conditions, the alert numbering: :class:`~simic.consumer.pipeline.Stateful`)
+and the log position it covers. It is written atomically (temporary file, fsync, rename) every
+``checkpoint_interval_s`` and at shutdown.
 
 A daemon that starts on a log directory loads the checkpoint and then *catches up*: it runs the
-frames logged after that position through the pipeline with its alert sinks quiet, so even after
+frames logged after that position through the pipeline with its output stages quiet, so even after
 a SIGKILL its EMAs and counters are exactly what they would have been without the restart.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from simic.schemas.eventlog import Frame, LogReader, segment_index, segment_paths
 
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline
 
-__all__ = ["STATE_FILE", "save_checkpoint", "load_checkpoint", "frames_after"]
-
-log = logging.getLogger("simic.consumer")
+__all__ = ["STATE_FILE", "Restored", "UnusableCheckpoint", "save_checkpoint", "load_checkpoint", "frames_after"]
 
 STATE_FILE = "consumer-state.json"
 STATE_FORMAT = 1
 
 
-def _stateful(pipeline: Pipeline) -> dict[str, Stage]:
-    return {stage.name: stage for stage in pipeline.stages if hasattr(stage, "state_dict")}
+@dataclass(frozen=True)
+class Restored:
+    """What :func:`load_checkpoint` restored."""
+
+    position: tuple[str, int] | None
+    """The log position the state covers: catch up on the frames after it (None: no log was written yet)."""
+    stages: tuple[str, ...]
+    """The stages whose state was loaded, in pipeline order (a stage the checkpoint does not know, a rule
+    enabled since, starts fresh)."""
+    saved_ns: int | None
+    """When the checkpoint was written (wall clock), if it says."""
 
 
-def _alert_maker(pipeline: Pipeline):
-    for stage in pipeline.stages:
-        maker = getattr(stage, "alerts", None)
-        if maker is not None and hasattr(maker, "count"):
-            return maker
-    return None
+class UnusableCheckpoint(Exception):
+    """The checkpoint could not be read or loaded. The pipeline may hold part of it: build a fresh one
+    and rebuild its state from the whole log."""
 
 
 def save_checkpoint(path: Path, pipeline: Pipeline, position: tuple[str, int] | None) -> None:
     """Write the pipeline's state and the log position it covers, atomically."""
-    maker = _alert_maker(pipeline)
     data: dict[str, Any] = {
         "format": STATE_FORMAT,
         "saved_ns": time.time_ns(),
         "log_position": list(position) if position else None,
-        "alerts_made": maker.count if maker else 0,
-        "stages": {name: stage.state_dict() for name, stage in _stateful(pipeline).items()},
+        "stages": {name: stage.state_dict() for name, stage in pipeline.stateful.items()},
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as file:
@@ -60,28 +63,34 @@ def save_checkpoint(path: Path, pipeline: Pipeline, position: tuple[str, int] | 
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, pipeline: Pipeline) -> tuple[str, int] | None | bool:
-    """Restore state from ``path`` into a freshly built pipeline. Returns the log position it
-    covers (None: no log yet), or False when there is no usable checkpoint; after False the
-    pipeline may hold part of a damaged checkpoint and must be built anew."""
+def load_checkpoint(path: Path, pipeline: Pipeline) -> Restored:
+    """Restore state from ``path`` into a freshly built pipeline.
+
+    Raises:
+        FileNotFoundError: there is no checkpoint at ``path`` (the pipeline is untouched).
+        UnusableCheckpoint: the file is damaged, of another format, or a stage refused its state; the
+            pipeline may hold part of it and must be built anew.
+    """
     if not path.exists():
-        return False
+        raise FileNotFoundError(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"format {data.get('format')!r}")
-        stages = _stateful(pipeline)
-        for name, state in data["stages"].items():
-            if name in stages:
-                stages[name].load_state_dict(state)
-        maker = _alert_maker(pipeline)
-        if maker is not None:
-            maker.count = int(data.get("alerts_made", 0))
+        saved = data["stages"]
+        if "alert_clock" not in saved and "alerts_made" in data:  # written before the alert clock was a stateful stage
+            saved = {**saved, "alert_clock": {"alerts_made": data["alerts_made"]}}
+        loaded = []
+        for name, stage in pipeline.stateful.items():
+            if name in saved:
+                stage.load_state_dict(saved[name])
+                loaded.append(name)
+        position = data.get("log_position")
+        position = (str(position[0]), int(position[1])) if position else None
+        saved_ns = data.get("saved_ns")
+        return Restored(position, tuple(loaded), int(saved_ns) if saved_ns is not None else None)
     except Exception as error:  # a damaged checkpoint costs a full catch-up, never the daemon
-        log.warning("ignoring unusable checkpoint %s: %r; rebuilding state from the whole log", path, error)
-        return False
-    position = data.get("log_position")
-    return (str(position[0]), int(position[1])) if position else None
+        raise UnusableCheckpoint(f"{path}: {error!r}") from error
 
 
 def frames_after(log_dir: Path, position: tuple[str, int] | None) -> Iterator[Frame]:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert
 
+from ..accounting import SequenceTracker
 from ..pipeline import Batch
 from ._rule import Capped, Rule, RuleConfig, register, subject_key
 
@@ -48,7 +49,7 @@ class EventLossConfig(RuleConfig):
         return self
 
 
-class _Session:
+class _Session(SequenceTracker):
     __slots__ = ("subject", "next_seq", "gaps", "last_gap_ns")
 
     def __init__(self, subject: str, next_seq: int, gaps: deque[list[int]] | None = None, last_gap_ns: int | None = None) -> None:
@@ -90,20 +91,15 @@ class EventLoss(Rule):
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = _Session(subject_key(first, first.session), first.seq)
-        expected = session.next_seq
         gaps = session.gaps
         seqs = list(map(_SEQ, events))
-        if seqs == list(range(expected, expected + len(seqs))):  # the usual batch: no gap, no repeat
-            expected += len(seqs)
-        else:
+        if not session.continues(seqs):  # not the usual batch (no gap, no repeat): look at each
             for seq in seqs:
-                if seq >= expected:
-                    if seq > expected:
-                        gaps.append([expected, seq])
-                        session.last_gap_ns = events[-1].clock_ns
-                    expected = seq + 1
+                gap = session.advance(seq)
+                if gap > 0:
+                    gaps.append([seq - gap, seq])
+                    session.last_gap_ns = events[-1].clock_ns
         ended = bool(batch.of_kind("run_end"))
-        session.next_seq = expected
         fired = None
         if gaps or session.subject in self._conditions:
             fired = self._judge(session, events[-1])

@@ -12,7 +12,7 @@ from simic.schemas.models import Alert, Event
 
 from ._rise import Rise, RiseLimits
 from ._rule import Capped, Rule, RuleConfig, register, subject_key
-from .ema import GradientEMATracker
+from .ema import Ema, GradientEMATracker, relative_drift
 
 _INF = math.inf
 
@@ -109,11 +109,12 @@ class HeadJudgement:
 
 
 class _Run:
-    __slots__ = ("tracker", "warm", "heads", "subject", "head_subjects", "recent")
+    __slots__ = ("norm", "health", "updates", "heads", "subject", "head_subjects", "recent")
 
-    def __init__(self, tracker: GradientEMATracker, subject: str) -> None:
-        self.tracker = tracker
-        self.warm = [0.0, 0.0, 0]  # running means of norm and health during the warmup, and their count
+    def __init__(self, norm: Ema, health: Ema, subject: str) -> None:
+        self.norm = norm  # the total norm's EMA
+        self.health = health  # grad health's EMA
+        self.updates = 0  # updates with a total folded into them (the seed tracker's update_count)
         self.heads: dict[str, Rise] = {}  # head -> its norm's recent history
         self.subject = subject
         self.head_subjects: dict[str, str] = {}
@@ -130,10 +131,11 @@ def _sustained(recent: int, bad: bool, window: int, count: int) -> tuple[int, bo
 class GradientDrift(Rule):
     """The gradient norm (or its health) moving away from its own recent average.
 
-    Per (run, rank), a :class:`GradientEMATracker` follows the total norm and the *grad health* of
-    every ``head_grad_norms`` update, and each head's norm is judged against its own recent history
-    (level, jitter and recent highest, ``head_*`` settings; a slow drift of one head shows there
-    long before it moves the total). Grad health is
+    Per (run, rank), an EMA (:class:`~simic.consumer.analysis.ema.Ema`) follows the total norm and
+    another the *grad health* of every ``head_grad_norms`` update, with the seed plan's formula (drift
+    ``|x - ema| / ema`` against the EMA before the update), and each head's norm is judged against its
+    own recent history (level, jitter and recent highest, ``head_*`` settings; a slow drift of one head
+    shows there long before it moves the total). Grad health is
     the share of the heads named in the event whose norm is finite and above ``vanishing_floor``
     (a head sent as None, without a gradient, counts as unhealthy): 1.0 when every head learns,
     0.8 when one of five died or went non-finite. An event without per-head norms leaves the health
@@ -166,84 +168,43 @@ class GradientDrift(Rule):
         None stops it. The report draws these, so what it marks is what the rule saw."""
         self._trace = listener
 
+    def _ema(self) -> Ema:
+        return Ema(self.config.momentum, self.config.warmup)
+
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
+        """The heads first (counting the healthy ones), then the total norm and grad health."""
         if event.kind != "head_grad_norms" or event.stage == "post_clip":
             return None
-        config = self.config
         run = self._runs.get((event.run_id, event.rank))
         if run is None:
-            run = self._runs[(event.run_id, event.rank)] = _Run(GradientEMATracker(momentum=config.momentum), subject_key(event, "total"))
-        norms = event.norms
-        floor = config.vanishing_floor
-        threshold = config.drift_threshold
-        health_threshold = config.health_drift_threshold
-        warmup = config.warmup
-        per_head = config.per_head
-        window, count_needed = config.fire_window, config.fire_after
-        head_alerts: list[Alert] | None = None
+            run = self._runs[(event.run_id, event.rank)] = _Run(self._ema(), self._ema(), subject_key(event, "total"))
+        healthy, head_alerts = self._check_heads(run, event)
+        total = event.total
+        if total is None or not 0.0 <= total < _INF:
+            return head_alerts
+        alert = self._check_total(run, event, total, self._health(run, event.norms, healthy))
+        if alert:
+            return [alert] + (head_alerts or [])
+        return head_alerts
 
-        # Per head (and the count of healthy heads on the way).
+    # -- per head -----------------------------------------------------------------------------------
+
+    def _check_heads(self, run: _Run, event: Event) -> tuple[int, list[Alert] | None]:
+        """Each healthy head's norm against its own history (``_judge_head``). Returns how many heads are
+        healthy (finite, above ``vanishing_floor``) and the heads' alerts; an unhealthy head is left out of
+        its own history."""
+        floor, per_head, limits = self.config.vanishing_floor, self.config.per_head, self._head_limits
         healthy = 0
-        limits = self._head_limits
-        for name, value in norms.items():
+        alerts: list[Alert] | None = None
+        for name, value in event.norms.items():
             if value is None or not floor < value < _INF:
                 continue  # unhealthy: lowers grad health, left out of the head's own history
             healthy += 1
             if per_head:
                 alert = self._judge_head(event, run, name, value, limits)
                 if alert:
-                    head_alerts = (head_alerts or []) + [alert]
-
-        # The total, and grad health.
-        total = event.total
-        if total is None or not 0.0 <= total < _INF:
-            return head_alerts
-        tracker = run.tracker
-        warm = run.warm
-        if norms:
-            health = healthy / len(norms)
-        else:  # no per-head norms: no news about health
-            health = tracker.ema_health if warm[2] >= warmup else (warm[1] if warm[2] else 1.0)
-        if warm[2] < warmup:
-            count = warm[2] + 1
-            warm[0] += (total - warm[0]) / count
-            warm[1] += (health - warm[1]) / count
-            warm[2] = count
-            if count == warmup:  # the EMAs start from the warmup's means, not from its first sample
-                tracker.load_state_dict({"ema_norm": warm[0], "ema_health": warm[1], "initialized": True, "update_count": count})
-            return head_alerts
-        growing = total > tracker.ema_norm  # the norm's drift counts when it grows (a fading one is gradient_scale's)
-        metrics = tracker.update(total, health)
-        norm_drift, health_drift = metrics["norm_drift"], metrics["health_drift"]
-        drifted = (growing and norm_drift > threshold) or health_drift > health_threshold
-        if not (drifted or run.recent or run.subject in self._conditions):
-            return head_alerts
-        run.recent, bad = _sustained(run.recent, drifted, window, count_needed)
-        if not (bad or run.subject in self._conditions):
-            return head_alerts
-        alert = self.observe(
-            event,
-            run.subject,
-            bad,
-            f"gradient drift at step {event.step}: total norm {total:.4g} vs EMA {metrics['ema_grad_norm']:.4g} "
-            f"(drift {norm_drift:.2f}), grad health {health:.2f} vs EMA {metrics['ema_grad_health']:.2f} "
-            f"(drift {health_drift:.2f}); thresholds {threshold} and {health_threshold}",
-            {
-                "total": total,
-                "ema_grad_norm": metrics["ema_grad_norm"],
-                "norm_drift": norm_drift,
-                "grad_health": health,
-                "ema_grad_health": metrics["ema_grad_health"],
-                "health_drift": health_drift,
-                "drift_threshold": threshold,
-                "health_drift_threshold": health_threshold,
-            },
-            clear_message=f"gradient drift over at step {event.step}: total norm {total:.4g}, grad health {health:.2f}",
-            fire_after=1,
-        )
-        if alert:
-            return [alert] + (head_alerts or [])
-        return head_alerts
+                    alerts = (alerts or []) + [alert]
+        return healthy, alerts
 
     def _judge_head(self, event: Event, run: _Run, name: str, value: float, limits: RiseLimits) -> Alert | None:
         """One head's norm against its own history (:mod:`._rise`); a rise for ``head_fire_after`` updates fires."""
@@ -285,27 +246,100 @@ class GradientDrift(Rule):
                                   None if level is None else math.exp(level), None if limit is None else math.exp(limit),
                                   drifted, firing))
 
+    # -- the total and grad health ------------------------------------------------------------------
+
+    @staticmethod
+    def _health(run: _Run, norms: dict[str, float | None], healthy: int) -> float:
+        """The share of healthy heads; without per-head norms (no news about health) the health EMA's
+        level (the warmup's mean while it lasts), 1.0 before any."""
+        if norms:
+            return healthy / len(norms)
+        level = run.health.level
+        return 1.0 if level is None else level
+
+    def _check_total(self, run: _Run, event: Event, total: float, health: float) -> Alert | None:
+        """The total norm and grad health against their EMAs: ``fire_after`` drifting updates of the last
+        ``fire_window`` fire."""
+        run.updates += 1
+        norm_before = run.norm.add(total)
+        health_before = run.health.add(health)
+        if norm_before is None or health_before is None:
+            return None  # warming up: the EMAs start from the warmup's means, not from its first sample
+        config = self.config
+        threshold, health_threshold = config.drift_threshold, config.health_drift_threshold
+        norm_drift = relative_drift(total, norm_before)
+        health_drift = relative_drift(health, health_before)
+        growing = total > norm_before  # the norm's drift counts when it grows (a fading one is gradient_scale's)
+        drifted = (growing and norm_drift > threshold) or health_drift > health_threshold
+        if not (drifted or run.recent or run.subject in self._conditions):
+            return None  # the healthy path
+        run.recent, bad = _sustained(run.recent, drifted, config.fire_window, config.fire_after)
+        if not (bad or run.subject in self._conditions):
+            return None
+        ema_norm, ema_health = run.norm.value, run.health.value
+        return self.observe(
+            event,
+            run.subject,
+            bad,
+            f"gradient drift at step {event.step}: total norm {total:.4g} vs EMA {ema_norm:.4g} "
+            f"(drift {norm_drift:.2f}), grad health {health:.2f} vs EMA {ema_health:.2f} "
+            f"(drift {health_drift:.2f}); thresholds {threshold} and {health_threshold}",
+            {
+                "total": total,
+                "ema_grad_norm": ema_norm,
+                "norm_drift": norm_drift,
+                "grad_health": health,
+                "ema_grad_health": ema_health,
+                "health_drift": health_drift,
+                "drift_threshold": threshold,
+                "health_drift_threshold": health_threshold,
+            },
+            clear_message=f"gradient drift over at step {event.step}: total norm {total:.4g}, grad health {health:.2f}",
+            fire_after=1,
+        )
+
+    # -- state (the format of the first checkpoints) -------------------------------------------------
+
     def extra_state(self) -> dict[str, Any]:
         return {
             run.subject: {
                 "run_id": run_id,
                 "rank": rank,
-                "warmup": list(run.warm),
-                "total": run.tracker.state_dict(),
+                "warmup": self._warmup_state(run),
+                "total": self._total_state(run),
                 "recent": run.recent,
                 "heads": {name: rise.state() for name, rise in run.heads.items()},
             }
             for (run_id, rank), run in self._runs.items()
         }
 
+    def _warmup_state(self, run: _Run) -> list[Any]:
+        """``[mean total, mean health, updates]`` of the warmup (kept as they were once it is over)."""
+        counted = min(run.norm.count, self.config.warmup)
+        return [run.norm.mean, run.health.mean, counted] if counted else [0.0, 0.0, 0]
+
+    @staticmethod
+    def _total_state(run: _Run) -> dict[str, Any]:
+        """The total's EMAs in the seed tracker's ``state_dict`` form."""
+        tracker = GradientEMATracker()
+        if run.norm.value is not None:
+            tracker.load_state_dict({"ema_norm": run.norm.value, "ema_health": run.health.value, "initialized": True,
+                                     "update_count": run.updates})
+        return tracker.state_dict()
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._runs = Capped()
         for subject, saved in state.items():
-            tracker = GradientEMATracker(momentum=self.config.momentum)
-            tracker.load_state_dict(saved["total"])
-            run = self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(tracker, subject)
-            norm, health, count = saved["warmup"]
-            run.warm = [float(norm), float(health), int(count)]
+            run = self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(self._ema(), self._ema(), subject)
+            mean_norm, mean_health, counted = saved["warmup"]
+            total = saved["total"]
+            run.updates = int(total["update_count"]) if total["initialized"] else int(counted)
+            for ema, mean, value in ((run.norm, mean_norm, total["ema_norm"]), (run.health, mean_health, total["ema_health"])):
+                ema.mean = float(mean)
+                if total["initialized"]:
+                    ema.value, ema.count = float(value), ema.warmup
+                else:
+                    ema.count = int(counted)
             run.recent = int(saved.get("recent", 0))
             # A head saved in the earlier form (an EMA: three numbers) starts anew.
             run.heads = {name: Rise.from_state(kept) for name, kept in saved["heads"].items()

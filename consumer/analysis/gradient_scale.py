@@ -10,7 +10,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
-from ._support import Baseline
+from .ema import Ema
 
 _INF = math.inf
 
@@ -45,7 +45,7 @@ class GradientScaleConfig(RuleConfig):
 class _Run:
     __slots__ = ("baseline", "prefix", "subjects")
 
-    def __init__(self, baseline: Baseline, prefix: str) -> None:
+    def __init__(self, baseline: Ema, prefix: str) -> None:
         self.baseline = baseline
         self.prefix = prefix
         self.subjects = {kind: f"{prefix}\x1f{kind}" for kind in ("explosion", "vanishing", "relative_explosion", "relative_vanishing")}
@@ -92,7 +92,7 @@ class GradientScale(Rule):
         config = self.config
         run = self._runs.get((event.run_id, event.rank))
         if run is None:
-            run = self._runs[(event.run_id, event.rank)] = _Run(Baseline(), subject_key(event))
+            run = self._runs[(event.run_id, event.rank)] = _Run(self._baseline(), subject_key(event))
         baseline = run.baseline.value
         too_large = norm > config.max_total_norm
         too_small = norm < config.min_total_norm
@@ -102,7 +102,7 @@ class GradientScale(Rule):
             high = norm > config.relative_explosion_factor * baseline
             low = norm * config.relative_vanishing_factor < baseline
         if not (high or low):
-            run.baseline.add(norm, config.momentum, config.warmup)
+            run.baseline.add(norm)
         if not (too_large or too_small or high or low or self._conditions):
             return None  # the healthy path
 
@@ -118,6 +118,10 @@ class GradientScale(Rule):
                     f"gradient norm fell to 1/{baseline / norm if norm else _INF:.0f} of its baseline at step {event.step}: "
                     f"{norm:.4g} vs {baseline:.4g}")
         return fired or None
+
+    def _baseline(self) -> Ema:
+        """The slow baseline: the median of the first ``warmup`` updates, then an EMA."""
+        return Ema(self.config.momentum, self.config.warmup, seed="median")
 
     def _observer(self, event: Event, run: _Run, norm: float, baseline: float | None, fired: list[Alert]):
         conditions = self._conditions
@@ -141,7 +145,8 @@ class GradientScale(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._runs = Capped({
-            (saved["run_id"], int(saved["rank"])): _Run(Baseline.from_state(saved["baseline"]), prefix)
-            for prefix, saved in state.items()
-        })
+        self._runs = Capped()
+        for prefix, saved in state.items():
+            baseline = self._baseline()
+            baseline.load_state(saved["baseline"])
+            self._runs[(saved["run_id"], int(saved["rank"]))] = _Run(baseline, prefix)

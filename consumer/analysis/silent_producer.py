@@ -11,6 +11,7 @@ from simic.schemas.models import Alert, Event
 from ..pipeline import Batch
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import about
+from .ema import Ema
 
 
 class SilentProducerConfig(RuleConfig):
@@ -36,12 +37,12 @@ class SilentProducerConfig(RuleConfig):
 
 
 class _Session:
-    __slots__ = ("run_id", "rank", "session", "subject", "last_ns", "step", "clock_ns", "gap_ns")
+    __slots__ = ("run_id", "rank", "session", "subject", "last_ns", "step", "clock_ns", "gap")
 
-    def __init__(self, run_id: str, rank: int, session: int, subject: str, last_ns: int, step: int, clock_ns: int,
-                 gap_ns: float | None = None) -> None:
+    def __init__(self, run_id: str, rank: int, session: int, subject: str, last_ns: int, step: int, clock_ns: int, gap: Ema) -> None:
         self.run_id, self.rank, self.session, self.subject = run_id, rank, session, subject
-        self.last_ns, self.step, self.clock_ns, self.gap_ns = last_ns, step, clock_ns, gap_ns
+        self.last_ns, self.step, self.clock_ns = last_ns, step, clock_ns
+        self.gap = gap  # the usual gap between its messages (ns): an EMA seeded by the first one
 
 
 @register
@@ -82,9 +83,16 @@ class SilentProducer(Rule):
         return fired or None
 
     def _threshold_ns(self, session: _Session) -> float:
-        if session.gap_ns is None:
+        gap_ns = session.gap.value
+        if gap_ns is None:
             return self._min_ns
-        return max(self._min_ns, self.config.silence_factor * session.gap_ns)
+        return max(self._min_ns, self.config.silence_factor * gap_ns)
+
+    def _gap(self, gap_ns: float | None = None) -> Ema:
+        gap = Ema(self.config.gap_momentum)
+        if gap_ns is not None:
+            gap.load_state([gap_ns, 1])
+        return gap
 
     def _heard(self, batch: Batch, now_ns: int, fired: list[Alert]) -> None:
         last = batch.events[-1]
@@ -94,7 +102,7 @@ class SilentProducer(Rule):
             previous = self._current.get(key[:2])
             if previous is not None and previous != last.session:
                 self._close((last.run_id, last.rank, previous), last, f"replaced by session {last.session} (the trainer restarted)", fired)
-            session = self._sessions[key] = _Session(*key, subject_key(last, last.session), now_ns, last.step, last.clock_ns)
+            session = self._sessions[key] = _Session(*key, subject_key(last, last.session), now_ns, last.step, last.clock_ns, self._gap())
             self._current[key[:2]] = last.session
         else:
             gap = now_ns - session.last_ns
@@ -108,8 +116,7 @@ class SilentProducer(Rule):
                 if alert:
                     fired.append(alert)
             elif 0 < gap <= self._threshold_ns(session):
-                m = self.config.gap_momentum
-                session.gap_ns = gap if session.gap_ns is None else m * session.gap_ns + (1 - m) * gap
+                session.gap.add(gap)
             session.last_ns, session.step, session.clock_ns = now_ns, last.step, last.clock_ns
         ends = batch.of_kind("run_end")
         if ends:
@@ -150,7 +157,7 @@ class SilentProducer(Rule):
             "last_scan_ns": self._last_scan_ns,
             "sessions": {
                 s.subject: {"run_id": s.run_id, "rank": s.rank, "session": s.session, "last_ns": s.last_ns, "step": s.step,
-                            "clock_ns": s.clock_ns, "gap_ns": s.gap_ns}
+                            "clock_ns": s.clock_ns, "gap_ns": s.gap.value}
                 for s in self._sessions.values()
             },
         }
@@ -160,5 +167,5 @@ class SilentProducer(Rule):
         self._sessions, self._current = Capped(), Capped()
         for subject, s in state.get("sessions", {}).items():
             key = (s["run_id"], int(s["rank"]), int(s["session"]))
-            self._sessions[key] = _Session(*key, subject, int(s["last_ns"]), int(s["step"]), int(s["clock_ns"]), s["gap_ns"])
+            self._sessions[key] = _Session(*key, subject, int(s["last_ns"]), int(s["step"]), int(s["clock_ns"]), self._gap(s["gap_ns"]))
             self._current[key[:2]] = key[2]

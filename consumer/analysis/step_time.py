@@ -11,7 +11,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
-from ._support import Baseline
+from .ema import Ema
 
 _INF = math.inf
 
@@ -71,7 +71,7 @@ class StepTimeConfig(RuleConfig):
 class _Phase:
     __slots__ = ("baseline", "subject", "recent")
 
-    def __init__(self, baseline: Baseline, subject: str, recent: list[float] | None = None) -> None:
+    def __init__(self, baseline: Ema, subject: str, recent: list[float] | None = None) -> None:
         self.baseline = baseline
         self.subject = subject
         self.recent: list[float] = recent if recent is not None else []  # log times of the last good steps
@@ -126,7 +126,7 @@ class StepTime(Rule):
             return None
         config = self.config
         conditions = self._conditions
-        momentum, warmup, min_baseline_ms, factor = config.momentum, config.warmup, config.min_baseline_ms, config.regression_factor
+        min_baseline_ms, factor = config.min_baseline_ms, config.regression_factor
         fired: list[Alert] | None = None
         run_id, rank = event.run_id, event.rank
         phases = self._by_run.get((run_id, rank))
@@ -138,10 +138,10 @@ class StepTime(Rule):
                 continue
             phase = phases.get(name)
             if phase is None:
-                phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(Baseline(), subject_key(event, name))
+                phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(self._baseline(), subject_key(event, name))
             baseline = phase.baseline.value
             if baseline is None or baseline < min_baseline_ms:
-                phase.baseline.add(ms, momentum, warmup)
+                phase.baseline.add(ms)
                 phase.remember(ms, config.spread_window)
                 continue
             judged.append((name, phase, ms, baseline))
@@ -180,14 +180,14 @@ class StepTime(Rule):
         keep = config.spread_window
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
             for _, phase, ms, _ in judged:
-                phase.baseline.value = momentum * phase.baseline.value + (1.0 - momentum) * ms
+                phase.baseline.add(ms)
                 phase.remember(ms, keep)
             return fired
         others = len(judged) - 1
         for name, phase, ms, baseline in judged:
             bad = is_slow(phase, ms, baseline)
             if not (bad or phase.subject in conditions):
-                phase.baseline.value = momentum * baseline + (1.0 - momentum) * ms  # Baseline.add once warm
+                phase.baseline.add(ms)
                 phase.remember(ms, keep)
                 continue
             alert = self.observe(
@@ -204,9 +204,13 @@ class StepTime(Rule):
             if alert:
                 fired = (fired or []) + [alert]
             if not bad and phase.subject not in conditions:
-                phase.baseline.add(ms, config.momentum, config.warmup)  # a good sample with nothing pending
+                phase.baseline.add(ms)  # a good sample with nothing pending
                 phase.remember(ms, keep)
         return fired
+
+    def _baseline(self) -> Ema:
+        """A phase's baseline: the median of its first ``warmup`` observations, then a slow EMA."""
+        return Ema(self.config.momentum, self.config.warmup, seed="median")
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -216,11 +220,12 @@ class StepTime(Rule):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._phases = Capped({
-            (saved["run_id"], int(saved["rank"]), saved["phase"]): _Phase(Baseline.from_state(saved["baseline"]), subject,
-                                                                  [float(x) for x in saved.get("recent", [])])
-            for subject, saved in state.items()
-        })
+        self._phases = Capped()
+        for subject, saved in state.items():
+            baseline = self._baseline()
+            baseline.load_state(saved["baseline"])
+            self._phases[(saved["run_id"], int(saved["rank"]), saved["phase"])] = _Phase(
+                baseline, subject, [float(x) for x in saved.get("recent", [])])
         self._by_run = Capped()
         for (run_id, rank, name), phase in self._phases.items():
             self._by_run.setdefault((run_id, rank), {})[name] = phase

@@ -3,7 +3,8 @@
 :class:`SeriesRecorder` is a pipeline stage: it rides along in the same replay that runs the real
 analysis rules, so the alerts in a report are the alerts the daemon raised (or would raise with
 the configuration given). It keeps, per ``(run_id, rank)``, one :class:`Series` per measured
-quantity, with the training step as x.
+quantity, with the training step as x: every point of what the metrics and the dashboard show the
+newest of, read the same way (``simic.consumer.ranks``).
 
 A value the producer sent as missing (``None``) is kept as ``None`` and drawn as a gap; NaN and
 Inf are kept as they are (the figures draw them as gaps too, and mark them). A step with no event
@@ -22,13 +23,15 @@ from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpd
 
 from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
 from ..analysis.updates import COMBINED_KINDS
+from ..build import analysis_stages
 from ..config import ConsumerConfig
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage
+from ..ranks import PerRank, RankKey, grad_totals
 from ..replay import replay
 
 __all__ = ["Series", "DriftTrace", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
 
-GroupKey = tuple[str, int]
+GroupKey = RankKey
 """``(run_id, rank)``"""
 
 LSTM_FIELDS = ("h_norm", "c_norm", "h_max_abs", "c_max_abs", "h_rms", "c_rms", "h_env_max_rms", "c_env_max_rms")
@@ -140,8 +143,10 @@ class SeriesRecorder(Stage):
 
     name = "report_recorder"
 
-    def __init__(self) -> None:
-        self.groups: dict[GroupKey, RankSeries] = {}
+    def __init__(self, drift: GradientDrift | None = None) -> None:
+        """``drift``: the pipeline's ``gradient_drift`` rule, if on: the drift panel draws its judgements,
+        not a second computation of them."""
+        self.groups: PerRank[RankSeries] = PerRank(lambda run_id, rank: RankSeries())
         self.starts: list[RunStart] = []
         self.ends: list[RunEnd] = []
         self.drift_config: GradientDriftConfig | None = None
@@ -153,20 +158,12 @@ class SeriesRecorder(Stage):
             RunStart: self.starts.append,
             RunEnd: self.ends.append,
         }
-
-    def watch(self, pipeline: Pipeline) -> None:
-        """Follow the ``gradient_drift`` rule of the pipeline: the drift panel draws its judgements, not a
-        second computation of them."""
-        for rule in pipeline.find(GradientDrift):
-            rule.trace(self._judged)
-            self.drift_config = rule.config
+        if drift is not None:
+            drift.trace(self._judged)
+            self.drift_config = drift.config
 
     def _judged(self, judgement: HeadJudgement) -> None:
-        key = (judgement.run_id, judgement.rank)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = RankSeries()
-        group.drift[judgement.head].judgements.append(judgement)
+        self.groups.of(judgement).drift[judgement.head].judgements.append(judgement)
 
     async def consume(self, batch: Batch) -> None:
         # The measurements as the rules judged them (one per update: an update's events combined), the rest as sent.
@@ -180,42 +177,29 @@ class SeriesRecorder(Stage):
                 if record is not None:
                     record(event)
 
-    def _group(self, event: Event) -> RankSeries:
-        key = (event.run_id, event.rank)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = RankSeries()
-        return group
-
     def _timing(self, event: StepTiming) -> None:
-        group = self._group(event)
+        group = self.groups.of(event)
         for phase, ms in event.phases_ms.items():
             group.timing_ms[phase].add(event.step, ms)
 
     def _grads(self, event: HeadGradNorms) -> None:
-        group, step = self._group(event), event.step
+        group, step = self.groups.of(event), event.step
         heads = group.head_norms_post_clip if event.stage == "post_clip" else group.head_norms
         for head, norm in event.norms.items():
             heads[head].add(step, norm)
-        # Explicit pre/post totals win; otherwise ``total`` goes where its stage says.
-        pre, post = event.pre_clip_total, event.post_clip_total
-        if event.total is not None or event.stage is not None:
-            if event.stage == "pre_clip" and pre is None:
-                pre = event.total
-            elif event.stage == "post_clip" and post is None:
-                post = event.total
-            elif event.stage is None and not (event.total is not None and event.total in (pre, post)):
-                group.clip["total"].add(step, event.total)  # unless it repeats an explicit pre/post total
-        if pre is not None or event.stage == "pre_clip":
-            group.clip["pre_clip"].add(step, pre)
-        if post is not None or event.stage == "post_clip":
-            group.clip["post_clip"].add(step, post)
+        totals = grad_totals(event)
+        pre, post, total = totals.get("pre_clip"), totals.get("post_clip"), totals.get("total")
+        if total is not None and total not in (pre, post):  # unless it repeats an explicit pre/post total
+            group.clip["total"].add(step, total)
+        for stage in ("pre_clip", "post_clip"):
+            if stage in totals:
+                group.clip[stage].add(step, totals[stage])
         if event.max_norm is not None:
             group.clip["max_norm"].add(step, event.max_norm)
         group.nonfinite_grads.extend((step, head, count) for head, count in event.nonfinite.items() if count)
 
     def _lstm(self, event: LstmHealth) -> None:
-        group = self._group(event)
+        group = self.groups.of(event)
         suffix = "" if event.name is None else f"@{event.name}"  # several recurrent cores: a series each
         for name in LSTM_FIELDS:
             group.lstm[name + suffix].add(event.step, getattr(event, name))
@@ -225,7 +209,7 @@ class SeriesRecorder(Stage):
             group.lstm_flags.append((event.step, "has_inf"))
 
     def _ppo(self, event: PpoUpdate) -> None:
-        group = self._group(event)
+        group = self.groups.of(event)
         for name in PPO_FIELDS:
             group.ppo[name].add(event.step, getattr(event, name))
         for head, value in event.entropy.items():
@@ -234,8 +218,10 @@ class SeriesRecorder(Stage):
 
 async def collect(targets: Sequence[str | os.PathLike[str]], config: ConsumerConfig) -> ReportData:
     """Replay logs through the real analysis (alerts from the real rules) while recording series."""
-    recorder = SeriesRecorder()
-    result = await replay(targets, config, extra_sinks=[recorder])
+    rules = analysis_stages(config)
+    drift = next((rule for rule in rules if isinstance(rule, GradientDrift)), None)
+    recorder = SeriesRecorder(drift)
+    result = await replay(targets, config, rules=rules, extra_sinks=[recorder])
     # A series whose values were all missing still says the field was sent: keep it, it draws as a gap.
     return ReportData(
         groups=dict(sorted(recorder.groups.items())),

@@ -26,12 +26,13 @@ class ConsoleAlertSink(Stage):
     """Prints one line per alert (``[CRITICAL] non_finite run=... step=...: ... (received ...)``)."""
 
     name = "alert_console"
+    quiet_while_catching_up = True
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
     async def consume(self, batch: Batch) -> None:
-        if batch.alerts and not batch.catching_up:
+        if batch.alerts:
             stream = self.stream or sys.stdout
             for alert in batch.alerts:
                 print(format_alert(alert), file=stream, flush=True)

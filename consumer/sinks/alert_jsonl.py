@@ -15,6 +15,7 @@ class JsonlAlertSink(Stage):
     """Appends one JSON object per alert to a file, flushed per batch so a reader sees it at once."""
 
     name = "alert_jsonl"
+    quiet_while_catching_up = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -25,7 +26,7 @@ class JsonlAlertSink(Stage):
         self._file = self.path.open("a", encoding="utf-8")
 
     async def consume(self, batch: Batch) -> None:
-        if batch.alerts and not batch.catching_up and self._file is not None:
+        if batch.alerts and self._file is not None:
             for alert in batch.alerts:
                 self._file.write(to_json_line(alert_record(alert)) + "\n")
             self._file.flush()

@@ -27,7 +27,13 @@ __all__ = ["PubAlertSink"]
 
 
 class PubAlertSink(Stage):
+    """Publishes each alert and delivery receipt (two frames: run id, encoded event) without blocking.
+
+    ``published``, ``receipts`` and ``unpublished`` count alerts and receipts; :attr:`dropped` counts the
+    batches of which at least one was not published (the subscribers' high-water mark was reached)."""
+
     name = "alert_pub"
+    quiet_while_catching_up = True
 
     def __init__(self, endpoint: str, *, hwm: int = 1000, curve: CurveServer | None = None) -> None:
         self.endpoint = endpoint
@@ -37,8 +43,10 @@ class PubAlertSink(Stage):
         """Alerts published."""
         self.receipts = 0
         """Delivery receipts published."""
-        self.dropped = 0
+        self.unpublished = 0
         """Alerts and receipts not published (a subscriber at its high-water mark)."""
+        self.dropped = 0
+        """Batches of which at least one alert or receipt was not published."""
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
 
@@ -60,20 +68,24 @@ class PubAlertSink(Stage):
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def consume(self, batch: Batch) -> None:
-        if not (batch.alerts or batch.receipts) or batch.catching_up or self._socket is None:
+        if not (batch.alerts or batch.receipts) or self._socket is None:
             return
+        lost = 0
         for alert in batch.alerts:
             try:
                 self._socket.send_multipart([alert.run_id.encode(), encode_events([alert])], zmq.NOBLOCK)
                 self.published += 1
             except zmq.ZMQError:
-                self.dropped += 1
+                lost += 1
         for receipt in batch.receipts:  # after the event log and the accounting: the run_end is on disk and counted
             try:
                 self._socket.send_multipart([receipt.run_id.encode(), encode_events([receipt])], zmq.NOBLOCK)
                 self.receipts += 1
             except zmq.ZMQError:
-                self.dropped += 1
+                lost += 1
+        if lost:
+            self.unpublished += lost
+            self.dropped += 1
 
     async def close(self) -> None:
         if self._socket is not None:

@@ -6,7 +6,8 @@ alerts), with the totals above it and the latest alerts below. Alert lines print
 sink scroll above the live view. When stdout is not a terminal (a log file, ``docker logs``) it
 prints one plain status line per run and rank every ``plain_interval_s`` instead.
 
-The stage only updates a few numbers per event; the table is rebuilt at most
+The stage only updates a few numbers per event (``simic.consumer.ranks``: the newest of every
+measurement per run and rank, read as the metrics read it); the table is rebuilt at most
 ``refresh_per_second`` times a second, in the pipeline's own task (no render thread reads the
 state while it changes). Clock ticks keep it fresh when no traffic arrives. Time is arrival time
 (``recv_ns``), so what it shows is reproducible from a log.
@@ -24,10 +25,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd
+from simic.schemas.models import Alert, Event
 
 from ..accounting import Accounting
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage
+from ..ranks import LatestByRank, RankLatest
 
 __all__ = ["DashboardSink", "RankView"]
 
@@ -39,22 +41,10 @@ SEVERITY_STYLES = {"critical": "bold red", "warning": "yellow", "info": "green"}
 
 
 @dataclass
-class RankView:
-    """What the dashboard knows about one ``(run_id, rank)``."""
+class RankView(RankLatest):
+    """What the dashboard knows about one ``(run_id, rank)``: the newest measurements (:class:`RankLatest`),
+    its active alerts, its recent arrivals and its losses."""
 
-    run_id: str
-    rank: int
-    last_step: int | None = None
-    events: int = 0
-    first_recv_ns: int = 0
-    last_recv_ns: int = 0
-    status: str = "running"
-    grad_norms: dict[str, float | None] = field(default_factory=dict)
-    grad_total: float | None = None
-    h_rms: float | None = None
-    c_rms: float | None = None
-    approx_kl: float | None = None
-    entropy: dict[str, float] = field(default_factory=dict)
     active_alerts: dict[str, int] = field(default_factory=dict)
     """Rule to the number of its conditions fired and not cleared."""
     arrivals: deque = field(default_factory=deque)
@@ -95,6 +85,8 @@ class DashboardSink(Stage):
 
     Args:
         console: where to draw; default stdout. A console that is not a terminal gets plain lines.
+        accounting: the pipeline's accounting stage, whose totals (messages, lost, rejected) and
+            per-session losses it shows; None: not shown.
         refresh_per_second: most redraws per second of the live view.
         plain_interval_s: seconds between two rounds of plain status lines.
         silent_after_s: a rank with no message for this long shows as ``silent``.
@@ -102,11 +94,13 @@ class DashboardSink(Stage):
     """
 
     name = "dashboard"
+    quiet_while_catching_up = True
 
     def __init__(
         self,
         console: Console | None = None,
         *,
+        accounting: Accounting | None = None,
         refresh_per_second: float = 4.0,
         plain_interval_s: float = 10.0,
         silent_after_s: float = 30.0,
@@ -118,12 +112,12 @@ class DashboardSink(Stage):
         self.refresh_ns = int(1e9 / refresh_per_second)
         self.plain_interval_ns = int(plain_interval_s * 1e9)
         self.silent_after_ns = int(silent_after_s * 1e9)
-        self.views: dict[tuple[str, int], RankView] = {}
+        self.views: LatestByRank[RankView] = LatestByRank(RankView)
         self.recent: deque[tuple[int, Alert]] = deque(maxlen=recent_alerts)
         self.renders = 0
         self.live_mode = False
         self._live: Live | None = None
-        self._accounting: Accounting | None = None
+        self._accounting = accounting
         self._queue_depth: Callable[[], int] | None = None
         self._queue_capacity = 0
         self._last_render_ns: int | None = None
@@ -131,11 +125,6 @@ class DashboardSink(Stage):
         self._now_ns = 0
 
     # -- wiring and lifecycle --------------------------------------------------------------------------
-
-    def watch(self, pipeline: Pipeline) -> None:
-        """Read totals (messages, lost, rejected) from the pipeline's accounting."""
-        found = pipeline.find(Accounting)
-        self._accounting = found[0] if found else None
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self._queue_depth, self._queue_capacity = depth, capacity
@@ -154,8 +143,6 @@ class DashboardSink(Stage):
         self._now_ns = now
         if self._started_ns is None:
             self._started_ns = now
-        if batch.catching_up:
-            return
         if batch.events:
             self._account(batch.events, now)
         for alert in batch.alerts:
@@ -172,39 +159,14 @@ class DashboardSink(Stage):
 
     # -- state -----------------------------------------------------------------------------------------
 
-    def _view(self, event: Event, now: int) -> RankView:
-        key = (event.run_id, event.rank)
-        view = self.views.get(key)
-        if view is None:
-            view = self.views[key] = RankView(event.run_id, event.rank, first_recv_ns=now)
-        return view
-
     def _account(self, events: list[Event], now: int) -> None:
-        view = self._view(events[0], now)
-        view.events += len(events)
+        view = self.views.update(events, now)
         view.arrivals.append((now, len(events)))
-        view.last_recv_ns = now
-        view.status = "running"
-        for event in events:
-            if event.run_id != view.run_id or event.rank != view.rank:
-                view = self._view(event, now)
-            view.last_step = event.step if view.last_step is None else max(view.last_step, event.step)
-            if isinstance(event, HeadGradNorms):
-                if event.stage != "post_clip":
-                    view.grad_norms.update(event.norms)
-                    view.grad_total = event.pre_clip_total if event.pre_clip_total is not None else event.total
-            elif isinstance(event, LstmHealth):
-                view.h_rms, view.c_rms = event.h_rms, event.c_rms
-            elif isinstance(event, PpoUpdate):
-                view.approx_kl = event.approx_kl
-                view.entropy.update(event.entropy)
-            elif isinstance(event, RunEnd):
-                view.status = event.status
         if self._accounting is not None:
             head = events[0]
             state = self._accounting.producers.get((head.run_id, head.rank, head.session))
             if state is not None:
-                self._view(head, now).lost_by_session[head.session] = state.lost
+                view.lost_by_session[head.session] = state.lost
 
     def _alert(self, alert: Alert, now: int) -> None:
         self.recent.append((now, alert))

@@ -39,6 +39,7 @@ class EventLogSink(Stage):
     """
 
     name = "event_log"
+    quiet_while_catching_up = True  # what it catches up on is already in the log
 
     def __init__(self, directory: Path, *, max_segment_bytes: int, sync_interval_s: float, writer: str,
                  retention: RetentionPolicy | None = None, maintenance_interval_s: float = 60.0) -> None:
@@ -104,7 +105,7 @@ class EventLogSink(Stage):
             log.warning("event log: %s; not read as data, new frames go to a new segment", problem)
 
     async def consume(self, batch: Batch) -> None:
-        if self.writer is None or batch.catching_up:
+        if self.writer is None:
             return
         pending = self.writer.buffered_frames
         try:
@@ -114,6 +115,11 @@ class EventLogSink(Stage):
         else:
             if self.failing and self.writer.buffered_frames == 0:  # this write reached the file
                 self._recovered()
+
+    @property
+    def dropped(self) -> int:
+        """The stage's lost output: :attr:`frames_lost` (one frame per batch)."""
+        return self.frames_lost
 
     @property
     def position(self) -> tuple[str, int] | None:

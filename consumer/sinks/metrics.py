@@ -4,6 +4,10 @@
 :class:`prometheus_client.CollectorRegistry` (never the global one, so two daemons in one process,
 as in tests, do not collide) and its HTTP server (started by :meth:`start`, stopped by
 :meth:`close`). Counters are updated in the pipeline, once per batch; the server thread only reads.
+What it reads besides the batches is given to it: the accounting (losses per producer) and the
+exporters when it is built, the daemon's queue (:meth:`MetricsSink.watch_queue`), the pipeline's
+per-stage counts (:meth:`MetricsSink.export_stages`) and the event log's maintenance
+(:meth:`MetricsSink.export_log`), read when scraped.
 
 Metrics (``_total`` counters count from this process's start, as Prometheus expects)::
 
@@ -18,12 +22,15 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_alerts_cleared_total{rule}                     alerts cleared
     simic_alerts_active{rule,run_id,rank}                conditions fired and not yet cleared
     simic_queue_depth_messages / simic_queue_capacity_messages   the daemon's bounded queue
-    simic_log_frames_lost_total                          event-log frames that could not be written
+    simic_log_frames_lost_total                          event-log frames that could not be written (= the event_log stage's dropped)
+    simic_stage_accepted_batches_total{stage}            batches (messages and clock ticks) each stage consumed
+    simic_stage_refused_batches_total{stage}             batches on which a stage raised (counted, logged; the batch went on)
+    simic_stage_dropped_batches_total{stage}             accepted batches whose output a stage lost (log write failed, ...)
     simic_log_segments_removed_total{reason}             closed log segments removed by retention (max_total_bytes, max_age)
     simic_log_bytes_removed_total{reason}                bytes of those segments
     simic_log_segments_compressed_total                  closed log segments compressed (zstd)
     simic_log_bytes                                      bytes the log's segments take on disk (after the last maintenance pass)
-    simic_last_step{run_id,rank}                         newest training step
+    simic_last_step{run_id,rank}                         largest training step received
     simic_last_event_age_seconds{run_id,rank}            seconds since the rank's last message arrived; none once it ended its run
     simic_grad_norm{run_id,rank,head}                    newest pre-clip gradient norm per head
     simic_grad_norm_global{run_id,rank,stage}            newest total norm: pre_clip, post_clip, total
@@ -36,37 +43,70 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_export_failed_events_total{exporter}           events of batches whose writing raised
     simic_export_queue_depth_messages{exporter} / simic_export_queue_capacity_messages{exporter}
 
-A value the producer sent as missing removes its sample (no sample, not 0); NaN is exported as NaN.
+The per-rank values are the newest of each measurement as ``simic.consumer.ranks`` reads them (the
+dashboard shows the same). A value the producer sent as missing removes its sample (no sample, not 0);
+NaN is exported as NaN.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from simic.schemas.models import HeadGradNorms, LstmHealth, PpoUpdate
-
 from ..accounting import Accounting
-from ..pipeline import Batch, Pipeline, Stage
+from ..pipeline import Batch, Stage, StageCounts
+from ..ranks import LatestByRank, RankKey, RankLatest
 from .event_log import EventLogSink
 from .export import ExportSink
 
 RETENTION_REASONS = ("max_total_bytes", "max_age")
 
-__all__ = ["MetricsSink"]
+__all__ = ["MetricsSink", "StageMetrics"]
+
+
+class StageMetrics(Collector):
+    """The pipeline's per-stage counts as Prometheus counters, read from ``counts`` when scraped.
+
+    Args:
+        counts: what :meth:`simic.consumer.pipeline.Pipeline.stage_counts` returns, when called.
+    """
+
+    def __init__(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        families = {
+            "accepted": CounterMetricFamily("simic_stage_accepted_batches", "Batches (messages and clock ticks) each stage consumed.",
+                                            labels=["stage"]),
+            "refused": CounterMetricFamily("simic_stage_refused_batches", "Batches on which a stage raised (counted and logged; the "
+                                           "batch went on to the next stage).", labels=["stage"]),
+            "dropped": CounterMetricFamily("simic_stage_dropped_batches", "Batches a stage accepted but whose output it lost "
+                                           "(an event-log write that failed, dead letters over their limit, alerts PUB full, an exporter "
+                                           "behind or failing).",
+                                           labels=["stage"]),
+        }
+        for stage, count in counts.items():
+            families["accepted"].add_metric([stage], count.accepted)
+            families["refused"].add_metric([stage], count.refused)
+            families["dropped"].add_metric([stage], count.dropped)
+        yield from families.values()
+        event_log = counts.get(EventLogSink.name)
+        yield CounterMetricFamily("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).",
+                                  value=event_log.dropped if event_log is not None else 0)
 
 
 class _ExportCollector(Collector):
     """The exporters' counts, read when scraped (each exporter counts in its own thread)."""
 
-    def __init__(self) -> None:
-        self.sinks: list[ExportSink] = []
+    def __init__(self, sinks: Sequence[ExportSink]) -> None:
+        self.sinks = list(sinks)
 
     def collect(self):
         written = CounterMetricFamily("simic_export_events", "Events (alerts included) an exporter wrote.", labels=["exporter"])
@@ -92,23 +132,28 @@ class MetricsSink(Stage):
     Args:
         port: TCP port to serve on; 0 lets the system choose (see :attr:`port` after ``start``).
         host: address to bind; loopback by default. Prometheus on another host needs ``0.0.0.0``.
+        accounting: the pipeline's accounting stage, whose per-producer losses and producer-side drops
+            are exported (``simic_events_lost_total``, ``simic_producer_dropped_events``); None: not exported.
+        exports: the daemon's exporters, whose counts and queues are exported (``simic_export_*``).
         serve: start the HTTP server (tests of the stage alone pass False and read :attr:`registry`).
     """
 
     name = "metrics"
+    quiet_while_catching_up = True  # counters count from this process's start
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, serve: bool = True) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, accounting: Accounting | None = None,
+                 exports: Sequence[ExportSink] = (), serve: bool = True) -> None:
         self.host = host
         self.port = port
         self.serve = serve
         self.registry = CollectorRegistry(auto_describe=True)
         self._server = None
         self._thread = None
-        self._accounting: Accounting | None = None
-        self._logs: list[EventLogSink] = []
+        self._accounting = accounting
+        self._log: EventLogSink | None = None
         self._lost_seen: dict[tuple[str, int, int], int] = {}
-        self._frames_lost_seen = 0
-        self._last_recv_ns: dict[tuple[str, int], int] = {}
+        self._ranks: LatestByRank[RankLatest] = LatestByRank()
+        self._aging: set[RankKey] = set()  # the ranks with a message age (heard from, not ended)
         self._last_batch_ns = time.time_ns()
         self._active: Counter[tuple[str, str, str]] = Counter()
         r = self.registry
@@ -126,9 +171,8 @@ class MetricsSink(Stage):
         self.alerts_active = Gauge("simic_alerts_active", "Alert conditions fired and not yet cleared.", ["rule", "run_id", "rank"], registry=r)
         self.queue_depth = Gauge("simic_queue_depth_messages", "Messages waiting between the receiver and the pipeline.", registry=r)
         self.queue_capacity = Gauge("simic_queue_capacity_messages", "Size of the bounded queue (daemon.queue_messages).", registry=r)
-        self.frames_lost = PromCounter("simic_log_frames_lost", "Event-log frames that could not be written (disk full, I/O error).", registry=r)
         r.register(_LogMaintenanceCollector(self))  # read from the maintenance thread's counts when scraped
-        self.last_step = Gauge("simic_last_step", "Newest training step received.", ["run_id", "rank"], registry=r)
+        self.last_step = Gauge("simic_last_step", "Largest training step received.", ["run_id", "rank"], registry=r)
         self.last_event_age = Gauge("simic_last_event_age_seconds", "Seconds since the rank's last message arrived.", ["run_id", "rank"], registry=r)
         self.grad_norm = Gauge("simic_grad_norm", "Newest gradient L2 norm per head (pre-clip or unstaged).", ["run_id", "rank", "head"], registry=r)
         self.grad_norm_global = Gauge("simic_grad_norm_global", "Newest total gradient norm: pre_clip, post_clip or total (stage not given).",
@@ -139,17 +183,19 @@ class MetricsSink(Stage):
         self.batch_age = Gauge("simic_pipeline_last_batch_age_seconds", "Seconds since the pipeline last processed a message or clock tick.", registry=r)
         self.batch_age.set_function(lambda: (time.time_ns() - self._last_batch_ns) / 1e9)
         ProcessCollector(registry=r)
-        self._exports = _ExportCollector()
-        r.register(self._exports)
+        r.register(_ExportCollector(exports))
 
     # -- wiring ----------------------------------------------------------------------------------------
 
-    def watch(self, pipeline: Pipeline) -> None:
-        """Read losses from the pipeline's accounting and event-log stages (call once it is built)."""
-        found = pipeline.find(Accounting)
-        self._accounting = found[0] if found else None
-        self._logs = pipeline.find(EventLogSink)
-        self._exports.sinks = pipeline.find(ExportSink)
+    def export_stages(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
+        """Export per-stage counts (and ``simic_log_frames_lost_total``), read from ``counts`` when scraped:
+        the pipeline's :meth:`~simic.consumer.pipeline.Pipeline.stage_counts`, once the pipeline is built."""
+        self.registry.register(StageMetrics(counts))
+
+    def export_log(self, log: EventLogSink) -> None:
+        """Export the event log's maintenance (``simic_log_segments_removed_total``, ...), read from its
+        thread's counts when scraped."""
+        self._log = log
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         """Export the daemon's queue depth (read when scraped) and capacity."""
@@ -168,16 +214,13 @@ class MetricsSink(Stage):
         # counted by an earlier process: counters start from here.
         if self._accounting is not None:
             self._lost_seen = {key: state.lost for key, state in self._accounting.producers.items()}
-        self._frames_lost_seen = sum(sink.frames_lost for sink in self._logs)
+        self._last_batch_ns = time.time_ns()
         if self.serve and self._server is None:
             self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
             self.port = self._server.server_port
 
     async def consume(self, batch: Batch) -> None:
         self._last_batch_ns = time.time_ns()
-        if batch.catching_up:
-            return
-        self._count_frames_lost()
         self._count_alerts(batch)  # a clock tick raises alerts too (silent_producer's scan of a lone quiet producer)
         if batch.tick:
             return
@@ -188,24 +231,30 @@ class MetricsSink(Stage):
             self.rejected_events.labels(error.reason.value).inc()
         if not batch.events:
             return
-        kinds = Counter(event.kind for event in batch.events)
-        for kind, count in kinds.items():
-            self.events.labels(kind).inc(count)
-        head = batch.events[0]
-        run_id, rank = head.run_id, str(head.rank)
-        self._per_rank(head.run_id, head.rank, head.session, max(e.step for e in batch.events), batch.recv_ns)
-        for event in batch.events:
-            if isinstance(event, HeadGradNorms):
-                self._grads(run_id, rank, event)
-            elif isinstance(event, LstmHealth):
-                self._set(self.lstm_rms, (run_id, rank, "h"), event.h_rms)
-                self._set(self.lstm_rms, (run_id, rank, "c"), event.c_rms)
-            elif isinstance(event, PpoUpdate):
-                self._set(self.approx_kl, (run_id, rank), event.approx_kl)
-                for name, value in event.entropy.items():
-                    self.entropy.labels(run_id, rank, name).set(value)
-        if batch.of_kind("run_end"):
-            self._ended(head.run_id, head.rank)
+        kinds = batch.kind_index()
+        for kind, events in kinds.items():
+            self.events.labels(kind).inc(len(events))
+        latest = self._ranks.update(batch.events, batch.recv_ns)
+        run_id, rank = latest.run_id, str(latest.rank)
+        self.last_step.labels(run_id, rank).set(latest.last_step)
+        if (latest.run_id, latest.rank) not in self._aging:
+            self._age(latest)
+        self._losses(latest, batch.events[0].session)
+        # The gauges of what this message measured, from the newest values.
+        if "head_grad_norms" in kinds:
+            for name, norm in latest.grad_norms.items():
+                self._set(self.grad_norm, (run_id, rank, name), norm)
+            for stage, total in latest.grad_totals.items():
+                self._set(self.grad_norm_global, (run_id, rank, stage), total)
+        if "lstm_health" in kinds:
+            self._set(self.lstm_rms, (run_id, rank, "h"), latest.h_rms)
+            self._set(self.lstm_rms, (run_id, rank, "c"), latest.c_rms)
+        if "ppo_update" in kinds:
+            self._set(self.approx_kl, (run_id, rank), latest.approx_kl)
+            for name, value in latest.entropy.items():
+                self.entropy.labels(run_id, rank, name).set(value)
+        if "run_end" in kinds:
+            self._ended(latest)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -230,16 +279,19 @@ class MetricsSink(Stage):
                 self._active[labels] += 1
             self.alerts_active.labels(*labels).set(self._active[labels])
 
-    def _per_rank(self, run_id: str, rank: int, session: int, step: int, recv_ns: int) -> None:
-        labels = (run_id, str(rank))
-        self.last_step.labels(*labels).set(step)
-        if (run_id, rank) not in self._last_recv_ns:
-            key = (run_id, rank)
-            # .get: a scrape may read the age just after the rank ended (_ended): 0, not an error.
-            self.last_event_age.labels(*labels).set_function(lambda: (time.time_ns() - self._last_recv_ns.get(key, time.time_ns())) / 1e9)
-        self._last_recv_ns[(run_id, rank)] = recv_ns
-        state = self._accounting.producers.get((run_id, rank, session)) if self._accounting is not None else None
+    def _age(self, latest: RankLatest) -> None:
+        """A rank heard from (for the first time, or again after it ended its run): its message age is read
+        from its newest arrival when scraped."""
+        self._aging.add((latest.run_id, latest.rank))
+        self.last_event_age.labels(latest.run_id, str(latest.rank)).set_function(lambda: (time.time_ns() - latest.last_recv_ns) / 1e9)
+
+    def _losses(self, latest: RankLatest, session: int) -> None:
+        """Events lost (counted since start) and dropped by the producer session, from the accounting."""
+        if self._accounting is None:
+            return
+        state = self._accounting.producers.get((latest.run_id, latest.rank, session))
         if state is not None:
+            labels = (latest.run_id, str(latest.rank))
             seen = self._lost_seen.get(state.key, 0)
             if state.lost > seen:
                 self.lost.labels(*labels).inc(state.lost - seen)
@@ -248,35 +300,16 @@ class MetricsSink(Stage):
             self._lost_seen[state.key] = state.lost
             self.producer_dropped.labels(*labels).set(state.producer_dropped)
 
-    def _ended(self, run_id: str, rank: int) -> None:
+    def _ended(self, latest: RankLatest) -> None:
         """A rank that ended its run is not silent: its message age goes (until it sends again)."""
-        if (run_id, rank) in self._last_recv_ns:
-            self.last_event_age.remove(run_id, str(rank))
-            del self._last_recv_ns[(run_id, rank)]
-
-    def _grads(self, run_id: str, rank: str, event: HeadGradNorms) -> None:
-        if event.stage != "post_clip":
-            for name, norm in event.norms.items():
-                self._set(self.grad_norm, (run_id, rank, name), norm)
-        pre = event.pre_clip_total if event.pre_clip_total is not None else (event.total if event.stage == "pre_clip" else None)
-        post = event.post_clip_total if event.post_clip_total is not None else (event.total if event.stage == "post_clip" else None)
-        if pre is not None:
-            self.grad_norm_global.labels(run_id, rank, "pre_clip").set(pre)
-        if post is not None:
-            self.grad_norm_global.labels(run_id, rank, "post_clip").set(post)
-        if event.stage is None:
-            self._set(self.grad_norm_global, (run_id, rank, "total"), event.total)
-
-    def _count_frames_lost(self) -> None:
-        if not self._logs:
-            return
-        lost = sum(sink.frames_lost for sink in self._logs)
-        if lost > self._frames_lost_seen:
-            self.frames_lost.inc(lost - self._frames_lost_seen)
-            self._frames_lost_seen = lost
+        key = (latest.run_id, latest.rank)
+        if key in self._aging:
+            self.last_event_age.remove(latest.run_id, str(latest.rank))
+            self._aging.discard(key)
 
     def maintenance_counts(self) -> list:
-        return [sink.maintenance.counts for sink in self._logs if sink.maintenance is not None]
+        maintenance = self._log.maintenance if self._log is not None else None
+        return [maintenance.counts] if maintenance is not None else []
 
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:

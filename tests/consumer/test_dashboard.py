@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from simic.consumer import ConsumerConfig, build_pipeline
+from simic.consumer import Accounting, ConsumerConfig, build_pipeline
 from simic.consumer.sinks.dashboard import DashboardSink
 from simic.schemas.codec import KINDS, encode_message
 
@@ -26,9 +26,15 @@ def message(run_id: str, rank: int, seq: int, step: int, *, nan: bool = False) -
     return encode_message(run_id, rank, 11 + rank, rows)
 
 
-async def feed(sink: DashboardSink, steps: int, *, every_ns: int = S // 10, gap_at: int | None = None, nan_at: int | None = None) -> None:
-    pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
-    sink.watch(pipeline)
+def dashboard(**options) -> tuple[DashboardSink, Accounting]:
+    """A dashboard given the accounting stage of the pipeline it will be in (as the daemon builds it)."""
+    accounting = Accounting()
+    return DashboardSink(accounting=accounting, **options), accounting
+
+
+async def feed(sink: DashboardSink, accounting: Accounting, steps: int, *, every_ns: int = S // 10, gap_at: int | None = None,
+               nan_at: int | None = None) -> None:
+    pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink], accounting=accounting)
     await pipeline.start()
     seq = 0
     for step in range(steps):
@@ -48,8 +54,8 @@ def text_of(sink: DashboardSink) -> str:
 class TestDashboardSink:
     async def test_shows_each_rank_with_its_latest_numbers_and_alerts(self):
         """The table shows step, events/s, lost, per-head norms (missing as a dash), totals, LSTM RMS, KL, entropy and the alert."""
-        sink = DashboardSink(console=Console(file=io.StringIO(), force_terminal=True, width=240), recent_alerts=100)  # other rules fire too
-        await feed(sink, 30, gap_at=12, nan_at=20)
+        sink, accounting = dashboard(console=Console(file=io.StringIO(), force_terminal=True, width=240), recent_alerts=100)  # other rules fire too
+        await feed(sink, accounting, 30, gap_at=12, nan_at=20)
         text = text_of(sink)
         row = next(line for line in text.splitlines() if line.lstrip().startswith("dash"))
         assert "running" in row and " 29 " in row
@@ -64,8 +70,8 @@ class TestDashboardSink:
     async def test_a_terminal_gets_a_live_view_redrawn_a_few_times_a_second(self):
         """On a terminal the view is redrawn at most refresh_per_second times per second of arrivals."""
         out = io.StringIO()
-        sink = DashboardSink(console=Console(file=out, force_terminal=True, width=240), refresh_per_second=4)
-        await feed(sink, 50, every_ns=S // 20)  # 50 messages over 2.45 s
+        sink, accounting = dashboard(console=Console(file=out, force_terminal=True, width=240), refresh_per_second=4)
+        await feed(sink, accounting, 50, every_ns=S // 20)  # 50 messages over 2.45 s
         assert sink.live_mode
         assert sink.renders <= 2.45 * 4 + 2  # throttled (+ the first and the final redraw), not one per message
         assert "∇ slot" in out.getvalue() and "dash" in out.getvalue()
@@ -73,8 +79,8 @@ class TestDashboardSink:
     async def test_no_terminal_gets_plain_status_lines(self):
         """When stdout is not a terminal, one plain status line per rank every plain_interval_s (and at close)."""
         out = io.StringIO()
-        sink = DashboardSink(console=Console(file=out, width=240), plain_interval_s=1.0)
-        await feed(sink, 30, every_ns=S // 10)  # 2.9 s of arrivals: lines at 0 s, 1 s, 2 s and at close
+        sink, accounting = dashboard(console=Console(file=out, width=240), plain_interval_s=1.0)
+        await feed(sink, accounting, 30, every_ns=S // 10)  # 2.9 s of arrivals: lines at 0 s, 1 s, 2 s and at close
         lines = out.getvalue().splitlines()
         assert not sink.live_mode
         assert len(lines) == 4

@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from simic.consumer import ConsumerConfig, build_pipeline
+from simic.consumer.pipeline import StageCounts
 from simic.consumer.sinks.export import Exporter, ExportSink, export_sinks
 from simic.consumer.sinks.export.tensorboard import run_directory
 from simic.consumer.testing import RecordingSink
@@ -257,15 +258,18 @@ class TestExportSink:
         assert gate.steps == [0, 1, 2] and gate.closed
         assert (sink.stats.written, sink.stats.dropped, sink.stats.failed) == (6, 14, 0)
         assert "6 events written, 14 dropped (queue full), 0 failed" in sink.summary_line()
+        assert pipeline.stage_counts()["export:gate"] == StageCounts(accepted=10, refused=0, dropped=7)  # batches 3..9
 
     async def test_a_failing_exporter_loses_that_batch_only(self):
-        """A write that raises counts its events as failed; the batches before and after are written."""
+        """A write that raises counts its events as failed (and the batch as the stage's dropped); the batches
+        before and after are written."""
         gate = _Gate(fail_on_step=2)
         gate.release.set()
         sink = ExportSink(gate, queue_batches=100)
         recorder = await push([sink], step_messages(5))
         assert gate.steps == [0, 1, 3, 4]
         assert (sink.stats.written, sink.stats.failed, sink.stats.dropped) == (8, 2, 0)
+        assert sink.dropped == 1
         assert len(recorder.batches) == 5
 
     async def test_an_exporter_that_never_finishes_does_not_hold_the_close(self):

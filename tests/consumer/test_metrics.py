@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ import urllib.request
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from simic.consumer import ConsumerConfig, build_pipeline
+from simic.consumer import ConsumerConfig, Stage, build_pipeline
 from simic.consumer.sinks.metrics import MetricsSink
 from simic.producer import Emitter
 from simic.schemas.codec import KINDS, encode_message
@@ -104,6 +105,11 @@ class TestMetricsEndpoint:
         assert value(samples, "simic_queue_depth_messages") is not None
         assert value(samples, "simic_log_frames_lost_total") == 0
         assert value(samples, "simic_producer_dropped_events", run_id="metrics", rank="0") == 0
+        # Per stage: every stage of the live pipeline took every batch (messages and clock ticks) and lost nothing.
+        stages = {dict(labels)["stage"]: v for (name, labels), v in samples.items() if name == "simic_stage_accepted_batches_total"}
+        assert {"event_log", "accounting", "alert_clock", "updates", "non_finite", "alert_jsonl", "alert_pub", "metrics"} <= set(stages)
+        assert min(stages.values()) >= value(samples, "simic_messages_received_total") >= 3
+        assert all(v == 0 for (name, _), v in samples.items() if name in ("simic_stage_refused_batches_total", "simic_stage_dropped_batches_total"))
         assert daemon.stop() == 0
 
     def test_an_alert_raised_on_a_clock_tick_is_counted(self, tmp_path, ipc_endpoint, daemons):
@@ -162,7 +168,6 @@ class TestMetricsSink:
         """A head sent as None has no sample afterwards (missing, not 0); NaN is exported as NaN."""
         sink = MetricsSink(serve=False)
         pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
-        sink.watch(pipeline)
         await pipeline.start()
         grads = KINDS["head_grad_norms"].code
         await pipeline.consume(encode_message("r", 0, 1, [[grads, 0, 1, 0, {"slot": 1.0, "op": 2.0}]]), 1)
@@ -172,3 +177,42 @@ class TestMetricsSink:
         op = sink.registry.get_sample_value("simic_grad_norm", {"run_id": "r", "rank": "0", "head": "op"})
         assert op != op  # NaN
         assert sink.registry.get_sample_value("simic_events_received_total", {"kind": "head_grad_norms"}) == 2
+
+    async def test_stage_counts_are_scraped_from_the_endpoint(self, tmp_path):
+        """simic_stage_{accepted,refused,dropped}_batches_total per stage, read from the pipeline when scraped:
+        a stage that raises refuses, a full dead-letter store drops, a quiet stage skips the catch-up."""
+        from simic.consumer.sinks.dead_letter import DeadLetterSink
+
+        class Broken(Stage):
+            name = "broken"
+
+            async def consume(self, batch):
+                if batch.events:
+                    raise RuntimeError("a bug in a stage")
+
+        sink = MetricsSink()  # serves on a free loopback port
+        pipeline = build_pipeline(ConsumerConfig(), console=False, log_dir=tmp_path / "log",
+                                  dead_letter_dir=tmp_path / "dl", extra_sinks=[Broken(), sink])
+        pipeline.find(DeadLetterSink)[0].max_bytes = 0  # the dead letters are full: what they would keep is dropped
+        sink.export_stages(pipeline.stage_counts)
+        await pipeline.start()
+        try:
+            grads = KINDS["head_grad_norms"].code
+            await pipeline.consume(encode_message("r", 0, 1, [[grads, 0, 1, 0, {"slot": 1.0}]]), 1, catching_up=True)
+            await pipeline.consume(encode_message("r", 0, 1, [[grads, 1, 2, 1, {"slot": 1.0}]]), 2)
+            await pipeline.consume(b"\xc1 not msgpack", 3)
+            await pipeline.tick(4)
+            samples = await asyncio.to_thread(scrape, sink.url)
+        finally:
+            await pipeline.close()
+
+        def counts(stage: str) -> tuple:
+            return tuple(value(samples, f"simic_stage_{what}_batches_total", stage=stage) for what in ("accepted", "refused", "dropped"))
+
+        assert counts("accounting") == (4, 0, 0)  # the catch-up too
+        assert counts("gradient_drift") == (4, 0, 0)
+        assert counts("event_log") == (3, 0, 0)  # quiet while catching up
+        assert counts("dead_letter") == (3, 0, 1)  # the malformed message it could not keep
+        assert counts("broken") == (2, 2, 0)  # raised on the two messages with events (one the catch-up), took the rest
+        assert counts("metrics") == (3, 0, 0)
+        assert value(samples, "simic_log_frames_lost_total") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -12,10 +13,12 @@ from simic.consumer.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.config import ConfigError
 from simic.consumer.daemon import DaemonOptions, serve
+from simic.consumer.pipeline import StageCounts, Stateful
+from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
 from simic.schemas import encode_message
-from simic.schemas.eventlog import LogWriter
+from simic.schemas.eventlog import LogReader, LogWriter
 
 
 def message(run: str, session: int, rows: list[list], rank: int = 0) -> bytes:
@@ -50,6 +53,33 @@ class TestAccounting:
         (state,) = accounting.producers.values()
         assert (state.received, state.lost, state.duplicates, state.next_seq) == (4, 3, 1, 7)
         assert accounting.summary()["lost"] == 3
+
+    def test_a_sequence_tracker_tells_in_order_gaps_and_repeats_apart(self):
+        """continues() takes the usual message at once; advance() returns the numbers skipped, or -1 for a repeat."""
+        from simic.consumer.accounting import SequenceTracker
+
+        class Session(SequenceTracker):
+            __slots__ = ("next_seq",)
+
+            def __init__(self) -> None:
+                self.next_seq = 0
+
+        session = Session()
+        assert session.continues([0, 1, 2]) and session.next_seq == 3
+        assert not session.continues([3, 5]) and session.next_seq == 3  # a gap inside: nothing changes
+        assert [session.advance(seq) for seq in (3, 5, 4, 9)] == [0, 1, -1, 3]
+        assert session.next_seq == 10
+
+    async def test_accounting_and_the_event_loss_rule_count_the_same_gaps(self):
+        """One reading of sequence numbers: the events accounting counts as lost are the event_loss rule's gaps."""
+        accounting, sink = Accounting(), RecordingSink()
+        pipeline = build_pipeline(ConsumerConfig(), console=False, accounting=accounting, extra_sinks=[sink])
+        seqs = [0, 1, 2, 7, 7, 5, 8, 20, 21, 40]  # gaps 3-6, 9-19, 22-39; 7 repeated; 5 late
+        await run_messages(pipeline, [message("r", 1, [timing(0, 0)] + [timing(seq, seq) for seq in seqs[1:]])])
+        (state,) = accounting.producers.values()
+        (gaps,) = [saved["gaps"] for saved in pipeline.stateful["event_loss"].state_dict()["extra"].values()]
+        assert state.lost == sum(end - start for start, end in gaps) == 4 + 11 + 18
+        assert state.duplicates == 2  # the repeated 7 and the late 5
 
     async def test_each_producer_session_is_accounted_apart(self):
         """A new session id (a restarted trainer, another rank) has its own sequence from 0."""
@@ -184,6 +214,150 @@ class TestPipeline:
         assert pipeline.stage_errors == {}
 
 
+class _Quiet(RecordingSink):
+    name = "quiet"
+    quiet_while_catching_up = True
+
+
+class TestStageContract:
+    async def test_a_catch_up_is_handed_only_to_stages_that_are_not_quiet(self):
+        """Batches re-processed while catching up reach accounting and analysis, not the output stages."""
+        analysis, output = RecordingSink(), _Quiet()
+        pipeline = Pipeline([analysis, output])
+        await pipeline.consume(message("r", 1, [timing(0, 0)]), 1, catching_up=True)
+        await pipeline.tick(2, catching_up=True)
+        await pipeline.consume(message("r", 1, [timing(1, 1)]), 3)
+        assert [b.recv_ns for b in analysis.batches] == [1, 2, 3]
+        assert [b.recv_ns for b in output.batches] == [3]
+
+    def test_every_output_sink_is_quiet_while_catching_up_and_no_analysis_stage_is(self, tmp_path):
+        """The event log, dead letters, alert sinks, exporters, metrics and the dashboard are quiet; accounting and
+        the rules are not."""
+        from simic.consumer.sinks.alert_pub import PubAlertSink
+        from simic.consumer.sinks.dashboard import DashboardSink
+        from simic.consumer.sinks.export import Exporter, ExportSink
+        from simic.consumer.sinks.metrics import MetricsSink
+
+        pipeline = build_pipeline(ConsumerConfig(), log_dir=tmp_path, dead_letter_dir=tmp_path / "dl", alerts_jsonl=tmp_path / "a.jsonl",
+                                  extra_sinks=[PubAlertSink("ipc://unused"), ExportSink(Exporter()), MetricsSink(serve=False), DashboardSink()])
+        quiet = [stage.name for stage in pipeline.stages if stage.quiet_while_catching_up]
+        assert quiet == ["event_log", "dead_letter", "alert_console", "alert_jsonl", "alert_pub", "export:exporter", "metrics", "dashboard"]
+
+    def test_the_stateful_stages_are_declared_by_the_protocol(self):
+        """Accounting, the alert clock, the update combiner and every rule are Stateful, in pipeline order; sinks are not."""
+        pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[RecordingSink()])
+        assert list(pipeline.stateful) == ["accounting", "alert_clock", "updates", *RULES]
+        assert all(isinstance(stage, Stateful) for stage in pipeline.stateful.values())
+        assert not isinstance(RecordingSink(), Stateful)
+
+    def test_two_stateful_stages_of_one_name_are_refused_at_construction(self):
+        """Their checkpoints would overwrite each other: ValueError when the pipeline is built."""
+        with pytest.raises(ValueError, match="accounting"):
+            Pipeline([Accounting(), Accounting()])
+
+    async def test_each_stage_counts_what_it_accepted_refused_and_dropped(self, tmp_path):
+        """Accepted: batches consumed; refused: batches it raised on; dropped: accepted but its output lost.
+        A quiet stage is not counted for the catch-up it was not handed."""
+        from simic.consumer.sinks.dead_letter import DeadLetterSink
+
+        dead_letters = DeadLetterSink(tmp_path / "dl", max_bytes=0)  # full: every refused message is dropped
+        pipeline = Pipeline([_Broken(), Accounting(), dead_letters])
+        await pipeline.start()
+        await pipeline.consume(message("r", 1, [timing(0, 0)]), 1, catching_up=True)
+        await pipeline.consume(message("r", 1, [timing(1, 1)]), 2)
+        await pipeline.consume(b"\xc1 not msgpack", 3)
+        await pipeline.tick(4)
+        await pipeline.close()
+        assert pipeline.stage_counts() == {
+            "broken": StageCounts(accepted=0, refused=4, dropped=0),
+            "accounting": StageCounts(accepted=4, refused=0, dropped=0),
+            "dead_letter": StageCounts(accepted=3, refused=0, dropped=1),
+        }
+        assert (pipeline.batches, pipeline.caught_up) == (3, 1)
+
+
+class TestRecordingSink:
+    async def test_keeps_every_batch_or_only_the_alerts(self):
+        """By default every batch (events and alerts) is kept; alerts_only keeps the same alerts and no batch; reset forgets."""
+        everything, alerts_only = RecordingSink(), RecordingSink(alerts_only=True)
+        await run_messages(build_pipeline(ConsumerConfig(), console=False, extra_sinks=[everything, alerts_only]),
+                           [message("r", 1, [lstm(i, i, float("nan") if i == 1 else 1.0)]) for i in range(3)])
+        assert len(everything.batches) == 3 and len(everything.events) == 3
+        assert [(a.rule, a.cleared) for a in alerts_only.alerts] == [("non_finite", False), ("non_finite", True)]
+        assert alerts_only.batches == []
+        assert alerts_only.alerts == everything.alerts
+        assert everything.closed and alerts_only.closed
+        alerts_only.reset()
+        everything.reset()
+        assert alerts_only.alerts == [] and everything.alerts == []
+
+
+class TestCheckpoint:
+    async def checkpointed(self, tmp_path) -> Pipeline:
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        await run_messages(pipeline, [message("r", 1, [lstm(i, i, float("nan") if i == 3 else 1.0)]) for i in range(6)])
+        save_checkpoint(tmp_path / STATE_FILE, pipeline, ("segment-000001.simlog", 1234))
+        return pipeline
+
+    async def test_a_loaded_checkpoint_says_what_it_restored(self, tmp_path):
+        """The result names the log position covered and the stages loaded; the state is the saved one."""
+        saved = await self.checkpointed(tmp_path)
+        fresh = build_pipeline(ConsumerConfig(), console=False)
+        restored = load_checkpoint(tmp_path / STATE_FILE, fresh)
+        assert restored.position == ("segment-000001.simlog", 1234)
+        assert restored.stages == tuple(saved.stateful)
+        assert restored.saved_ns is not None
+        assert {n: s.state_dict() for n, s in fresh.stateful.items()} == {n: s.state_dict() for n, s in saved.stateful.items()}
+
+    async def test_the_alert_numbering_continues_after_a_restore(self, tmp_path):
+        """The alert clock is stateful: the next alert after a restore is numbered after the saved ones."""
+        saved = await self.checkpointed(tmp_path)
+        made = saved.stateful["alert_clock"].maker.count
+        assert made == 2  # the NaN fired and cleared
+        sink = RecordingSink()
+        fresh = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[sink])
+        load_checkpoint(tmp_path / STATE_FILE, fresh)
+        await run_messages(fresh, [message("r", 1, [lstm(6, 6, float("nan"))])])
+        assert [a.seq for a in sink.alerts] == [made]
+
+    async def test_a_checkpoint_written_before_the_alert_clock_was_stateful_still_numbers_on(self, tmp_path):
+        """An older checkpoint keeps the count at top level (``alerts_made``): it is loaded into the alert clock."""
+        await self.checkpointed(tmp_path)
+        path = tmp_path / STATE_FILE
+        data = json.loads(path.read_text())
+        data["alerts_made"] = data["stages"].pop("alert_clock")["alerts_made"]
+        path.write_text(json.dumps(data))
+        fresh = build_pipeline(ConsumerConfig(), console=False)
+        assert "alert_clock" in load_checkpoint(path, fresh).stages
+        assert fresh.stateful["alert_clock"].maker.count == 2
+
+    def test_no_checkpoint_raises_file_not_found_and_touches_nothing(self, tmp_path):
+        """A first start: FileNotFoundError, the pipeline as it was built."""
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        before = {n: s.state_dict() for n, s in pipeline.stateful.items()}
+        with pytest.raises(FileNotFoundError):
+            load_checkpoint(tmp_path / STATE_FILE, pipeline)
+        assert {n: s.state_dict() for n, s in pipeline.stateful.items()} == before
+
+    @pytest.mark.parametrize("damage", ["torn", "format", "refused"])
+    async def test_an_unusable_checkpoint_raises_unusable(self, tmp_path, damage):
+        """Torn JSON, another format, or state a stage cannot load: UnusableCheckpoint naming the file."""
+        await self.checkpointed(tmp_path)
+        path = tmp_path / STATE_FILE
+        text = path.read_text()
+        if damage == "torn":
+            path.write_text(text[: len(text) // 2])
+        else:
+            data = json.loads(text)
+            if damage == "format":
+                data["format"] = 99
+            else:
+                data["stages"]["accounting"]["producers"] = [{"run_id": "r"}]  # no rank, no session
+            path.write_text(json.dumps(data))
+        with pytest.raises(UnusableCheckpoint, match=STATE_FILE):
+            load_checkpoint(path, build_pipeline(ConsumerConfig(), console=False))
+
+
 class TestReplay:
     async def test_replay_of_a_written_log_gives_the_live_alerts(self, tmp_path):
         """The pipeline over a log file raises exactly the alerts it raised on the live messages, each
@@ -273,6 +447,30 @@ class TestServeInProcess:
         assert await task == 0
         result = await replay([tmp_path / "logs"], ConsumerConfig(), analysis=False)
         assert result.summary["events"] == emitter.stats.produced == 52
+
+
+    async def test_a_damaged_checkpoint_costs_a_catch_up_on_the_whole_log(self, tmp_path, caplog):
+        """An unusable consumer-state.json is named in a warning; the daemon rebuilds its state from every
+        logged frame (handed to the analysis, not re-logged) and writes a good checkpoint at shutdown."""
+        log_dir = tmp_path / "logs"
+        with LogWriter(log_dir) as writer:
+            for seq in range(5):
+                writer.write(message("old", 1, [timing(seq, seq)]), 1_700_000_000_000_000_000 + seq)
+        (log_dir / STATE_FILE).write_text('{"format": 1, "stages": {"accounting": ')  # torn
+        stop, sink = asyncio.Event(), RecordingSink()
+        config = ConsumerConfig.model_validate({"daemon": {"tick_interval_s": 0.05}})
+        options = DaemonOptions(endpoint="tcp://127.0.0.1:*", log_dir=log_dir, config=config, alerts_endpoint=None, extra_sinks=(sink,))
+        task = asyncio.create_task(serve(options, stop=stop))
+        while not any(b.tick and not b.catching_up for b in sink.batches):  # caught up, then a live tick (logged)
+            await asyncio.sleep(0.01)
+        stop.set()
+        assert await task == 0
+        assert any("ignoring unusable checkpoint" in r.getMessage() and STATE_FILE in r.getMessage() for r in caplog.records)
+        assert [b.catching_up for b in sink.batches if b.events] == [True] * 5
+        saved = json.loads((log_dir / STATE_FILE).read_text())
+        (producer,) = saved["stages"]["accounting"]["producers"]
+        assert producer["received"] == 5 and saved["log_position"] is not None
+        assert len(list(LogReader(log_dir))) == 5 + sum(1 for b in sink.batches if b.tick and not b.catching_up)  # nothing re-logged
 
 
 class TestNonFiniteScope:

@@ -1,13 +1,16 @@
-"""The seed plan's public analysis API, kept exactly: GradientEMATracker and AnomalyDetector."""
+"""The seed plan's public analysis API, kept exactly: GradientEMATracker and AnomalyDetector; and Ema, the moving average
+every rule shares, which the tracker is built on."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 
 from simic.consumer import AnomalyDetector, AnomalyReport, GradientEMATracker
+from simic.consumer.analysis.ema import Ema
 
 
 class TestGradientEMATracker:
@@ -114,3 +117,71 @@ class TestAnomalyDetector:
             assert not detector.check_gradient_drift(metrics["norm_drift"], metrics["health_drift"]).has_anomaly
         metrics = tracker.update(3.0, 1.0)
         assert detector.check_gradient_drift(metrics["norm_drift"], metrics["health_drift"]).anomaly_types == ["gradient_norm_drift"]
+
+
+class TestEma:
+    def test_the_mean_of_the_warmup_seeds_it_then_each_sample_moves_it_by_one_minus_momentum(self):
+        """None while warming up; then the warm-up mean; then momentum * value + (1 - momentum) * x, judged against the value before."""
+        ema = Ema(0.9, warmup=3)
+        assert [ema.add(x) for x in (1.0, 2.0, 6.0)] == [None, None, None]
+        assert ema.value == 3.0 and ema.count == 3
+        assert ema.add(13.0) == 3.0  # the value the sample is judged against
+        assert ema.value == pytest.approx(0.9 * 3.0 + 0.1 * 13.0)
+
+    def test_a_median_seed_ignores_a_warmup_outlier(self):
+        """One huge first sample does not set a median-seeded baseline; it would set a mean-seeded one."""
+        samples = [1000.0, 1.0, 1.2, 0.9, 1.1]
+        median_seeded, mean_seeded = Ema(0.99, 5, seed="median"), Ema(0.99, 5)
+        for x in samples:
+            median_seeded.add(x)
+            mean_seeded.add(x)
+        assert median_seeded.value == 1.1
+        assert mean_seeded.value == pytest.approx(sum(samples) / 5)
+
+    def test_a_warmup_of_zero_or_one_is_the_first_sample(self):
+        """The first sample seeds it as it is (the seed plan's tracker), and the second is judged."""
+        for warmup in (0, 1):
+            ema = Ema(0.5, warmup)
+            assert ema.add(7) is None and ema.value == 7
+            assert ema.add(9.0) == 7 and ema.value == 8.0
+
+    def test_level_is_the_warmup_so_far_then_the_value(self):
+        """Before any sample None; while warming up the mean (or median) so far; then the value."""
+        mean, median = Ema(0.9, 4), Ema(0.9, 4, seed="median")
+        assert mean.level is None and median.level is None
+        for x in (1.0, 5.0, 3.0):
+            mean.add(x)
+            median.add(x)
+        assert (mean.level, median.level) == (3.0, 3.0) and mean.value is None
+        mean.add(3.0)
+        assert mean.level == mean.value == 3.0
+
+    @pytest.mark.parametrize("seed", ["mean", "median"])
+    def test_state_is_json_and_a_loaded_ema_continues_identically(self, seed):
+        """state() survives JSON, mid-warmup and after; the restored average then moves exactly as the original."""
+        rng = random.Random(3)
+        samples = [rng.uniform(0.5, 2.0) for _ in range(40)]
+        for split in (3, 25):
+            ema = Ema(0.95, 10, seed=seed)
+            for x in samples[:split]:
+                ema.add(x)
+            restored = Ema(0.95, 10, seed=seed)
+            restored.load_state(json.loads(json.dumps(ema.state())))
+            for x in samples[split:]:
+                assert restored.add(x) == ema.add(x)
+            assert restored.value == ema.value
+
+    def test_bad_settings_fail_at_construction(self):
+        """A momentum outside [0, 1], a negative warmup or an unknown seed raise ValueError."""
+        for kwargs in ({"momentum": 1.5}, {"momentum": 0.9, "warmup": -1}, {"momentum": 0.9, "seed": "first"}):
+            with pytest.raises(ValueError):
+                Ema(**kwargs)
+
+    def test_the_seed_tracker_is_two_emas_seeded_by_the_first_update(self):
+        """GradientEMATracker's EMAs are Ema's: the same values after the same updates."""
+        tracker, norm, health = GradientEMATracker(momentum=0.9), Ema(0.9), Ema(0.9)
+        for x, h in ((2.0, 1.0), (3.0, 0.8), (10.0, 0.6)):
+            tracker.update(x, h)
+            norm.add(x)
+            health.add(h)
+        assert (tracker.ema_norm, tracker.ema_health) == (norm.value, health.value)

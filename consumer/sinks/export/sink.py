@@ -17,7 +17,9 @@ alerts go on at their pace. An exporter that raises loses the batch it was writi
 failed, logged at a bounded rate) and is handed the next one. Replaying logs into an exporter
 (``simic-consumer export``) waits for room instead of dropping: nothing is in a hurry there.
 
-Batches the daemon re-reads after a restart (``catching_up``) are not exported again.
+Batches the daemon re-reads after a restart (``catching_up``) are not exported again: the stage is
+``quiet_while_catching_up``. A batch dropped at a full queue or lost to a failing write counts in the
+stage's :attr:`~ExportSink.dropped` (``simic_stage_dropped_batches_total{stage="export:<name>"}``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class ExportSink(SyncStage):
             None waits as long as it takes.
     """
 
+    quiet_while_catching_up = True  # what a restart re-reads was exported by the process that received it
+
     def __init__(self, exporter: Exporter, *, queue_batches: int = 1000, when_full: Literal["drop", "wait"] = "drop",
                  close_timeout_s: float | None = 10.0) -> None:
         if queue_batches < 1:
@@ -132,11 +136,18 @@ class ExportSink(SyncStage):
         self.capacity = queue_batches
         self.close_timeout_s = close_timeout_s
         self.stats = ExportStats()
+        self._batches_dropped = 0  # counted on the pipeline's side
+        self._batches_failed = 0  # counted in the export thread
         self._queue: queue.Queue = queue.Queue(queue_batches)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._log = RateLimitedLog(log, interval_s=10.0)
         self._put = self._put_or_drop if when_full == "drop" else self._queue.put
+
+    @property
+    def dropped(self) -> int:
+        """Batches accepted but not written: dropped at a full queue, or lost to a write that raised."""
+        return self._batches_dropped + self._batches_failed
 
     @property
     def queued(self) -> int:
@@ -149,7 +160,7 @@ class ExportSink(SyncStage):
             self._thread.start()
 
     def consume_now(self, batch: Batch) -> None:
-        if batch.catching_up or self._closed or not (batch.events or batch.updates or batch.alerts):
+        if self._closed or not (batch.events or batch.updates or batch.alerts):
             return
         self._put((batch.events, batch.updates, batch.alerts, len(batch.events) + len(batch.alerts)))
 
@@ -157,6 +168,7 @@ class ExportSink(SyncStage):
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            self._batches_dropped += 1
             self.stats.dropped += item[3]
             self._log.warning(f"{self.name}:full", "%s: queue full (%d batches), dropping events (%d so far)",
                               self.name, self.capacity, self.stats.dropped)
@@ -174,6 +186,7 @@ class ExportSink(SyncStage):
                 if runs:
                     write(runs)
             except Exception as error:  # a failing exporter loses this batch, never the daemon
+                self._batches_failed += 1
                 stats.failed += count
                 self._log.warning(f"{self.name}:write", "%s: writing failed (%d events lost so far): %r", self.name, stats.failed, error)
             else:
