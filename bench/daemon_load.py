@@ -224,8 +224,12 @@ class ProducerGroup:
         """Let settled producers close (``run_end`` with their counts)."""
         self._events[2].set()
 
-    def results(self, timeout_s: float = START_TIMEOUT_S) -> list[ProducerResult]:
-        """Each producer's result once it has closed (in order of arrival); joins the processes."""
+    def results(self, timeout_s: float | None = None) -> list[ProducerResult]:
+        """Each producer's result once it has closed (in order of arrival); joins the processes. The hang
+        guard (default) is ``linger_ms`` more than :data:`START_TIMEOUT_S`: ``close()`` may wait that long
+        for the consumer's delivery receipt, and says ``unknown`` if none comes."""
+        if timeout_s is None:
+            timeout_s = START_TIMEOUT_S + self.settings["linger_ms"] / 1000
         results = [self._next(timeout_s) for _ in self.processes]
         for process in self.processes:
             process.join(timeout_s)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
+import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -136,16 +139,30 @@ class TestMetricsEndpoint:
         assert daemon.stop() == 0
 
     def test_healthcheck_says_healthy_then_unhealthy(self, tmp_path, ipc_endpoint, daemons):
-        """The image's health check exits 0 against a running daemon and 1, with a reason, once it stopped."""
-        daemon = daemons(ipc_endpoint, tmp_path / "logs", "--metrics-port", "0")
-        url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
-        check = [sys.executable, "-m", "simic.consumer", "healthcheck", "--url", url]
-        healthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
-        assert healthy.returncode == 0, healthy.stderr
-        assert daemon.stop() == 0
-        unhealthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
-        assert unhealthy.returncode == 1
-        assert "does not answer" in unhealthy.stderr
+        """The image's health check exits 0 against a running daemon and 1, with a reason, once it stopped.
+
+        The stopped daemon's port is held by the test (bound, not listening) while it checks: a port freed
+        on a busy machine can be handed at once to another process's server, whose answer is not the
+        daemon's. If one took it first, the test starts again with a new daemon."""
+        for attempt in range(3):
+            daemon = daemons(ipc_endpoint, tmp_path / f"logs-{attempt}", "--metrics-port", "0")
+            url = daemon.wait_for("serving metrics on").rsplit(" ", 1)[1].strip()
+            check = [sys.executable, "-m", "simic.consumer", "healthcheck", "--url", url]
+            healthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
+            assert healthy.returncode == 0, healthy.stderr
+            assert daemon.stop() == 0
+            address = urllib.parse.urlsplit(url)
+            with socket.socket() as holder:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, never past a listener
+                try:
+                    holder.bind((address.hostname, address.port))
+                except OSError:
+                    continue  # another process listens there now
+                unhealthy = subprocess.run(check, capture_output=True, text=True, timeout=WAIT_S)
+            assert unhealthy.returncode == 1
+            assert "does not answer" in unhealthy.stderr
+            return
+        pytest.fail("every port the daemon freed was taken by another process at once")
 
     def test_a_taken_port_is_one_clear_error(self, tmp_path, ipc_endpoint, daemons):
         """A metrics port already in use stops the daemon at start with one line naming the problem."""
