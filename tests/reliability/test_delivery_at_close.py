@@ -102,10 +102,13 @@ class TestDeliveryAtClose:
         undelivered (lost on the way), the rest delivered."""
         context = zmq.Context()
         try:
-            pull, pub = context.socket(zmq.PULL), context.socket(zmq.PUB)
+            pull, pub = context.socket(zmq.PULL), context.socket(zmq.XPUB)
             pull.bind(f"ipc://{tmp_path}/c.ipc")
             pub.bind(alerts_endpoint_for(f"ipc://{tmp_path}/c.ipc"))
             emitter = Emitter(f"ipc://{tmp_path}/c.ipc", run_id="short", settings=EmitterSettings(exit_hooks=False, linger_ms=int(WAIT_S * 1000)))
+            # The emitter's subscription has reached the publisher (an XPUB says so): the receipt cannot be
+            # published to nobody, and the emitter's alerts socket has its handshake, however slow the machine.
+            assert pub.poll(int(WAIT_S * 1000)) and pub.recv() == b"\x01short"
             emit_metrics(emitter, 100)
             # The stand-in consumer answers run_end, as simic-consumer does, but says 3 events never came.
             def answer() -> None:
