@@ -10,7 +10,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Capped, Rule, RuleConfig, register, subject_key
+from ._rule import Capped, Rule, RuleConfig, register
 
 _INF = math.inf
 

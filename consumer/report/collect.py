@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
+from simic.schemas.models import Alert, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
 
 from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
 from ..analysis.updates import COMBINED_KINDS

@@ -268,8 +268,9 @@ def drift_note(config: GradientDriftConfig | None) -> str:
             f"update (the median of its last 10 usual updates); the limit is the lowest norm that drifts: above "
             f"{config.head_rise:g} × the baseline, {config.head_noise_z:g} times the head's jitter above it and "
             f"{config.head_new_high:g} × its highest of the last 24 usual updates (none during the warmup); a diamond marks an "
-            f"update the rule judged drifting, filled once its alert is active ({config.head_fire_after} drifting updates in a "
-            f"row fire it, {config.clear_after} usual ones clear it).")
+            f"update the rule judged drifting, filled once its alert is active ({config.head_jump_after} drifting updates in a row at "
+            f"{config.head_jump:g} × the baseline or more, or {config.head_fire_after} in a row still growing, the last the highest "
+            f"and {config.head_growth:g} × the first, fire it; {config.clear_after} usual ones clear it).")
 
 
 def _drift(b: _Builder, fig: go.Figure, row: int, key: GroupKey, trace: DriftTrace, colour: str, legend) -> None:

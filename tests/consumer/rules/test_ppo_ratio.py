@@ -15,26 +15,28 @@ class TestPpoRatio:
         alerts, _ = await play(ppo_run([{}] * 100).items)
         assert alerts == []
 
-    async def test_an_exploding_ratio_fires_on_the_second_update_and_clears_after_three(self):
-        """ratio_max 8 from step 10 fires at 11; back in range from 14, clears at 16."""
+    async def test_an_exploding_ratio_fires_on_the_third_update_and_clears_after_three(self):
+        """ratio_max 8 from step 10 fires at 12; back in range from 14, clears at 16."""
         alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_max": 8.0}] * 4 + [{}] * 5).items)
         fired = [a for a in alerts if a.rule == "ppo_ratio"]
-        assert [(a.cleared, a.step, a.values["condition"]) for a in fired] == [(False, 11, "explosion"), (True, 16, "explosion")]
+        assert [(a.cleared, a.step, a.values["condition"]) for a in fired] == [(False, 12, "explosion"), (True, 16, "explosion")]
 
-    async def test_a_collapsing_ratio_fires(self):
-        """ratio_min 0.05 twice fires the collapse subject."""
-        alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_min": 0.05}] * 2).items)
-        assert [(a.step, a.values["condition"]) for a in alerts if a.rule == "ppo_ratio"] == [(11, "collapse")]
+    async def test_a_collapsing_ratio_fires_on_the_third_update_not_the_second(self):
+        """ratio_min 0.05 twice raises nothing (a fast-moving healthy policy does that); three times fires the collapse subject."""
+        alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_min": 0.05}] * 2 + [{}] * 5).items)
+        assert of(alerts, "ppo_ratio") == []
+        alerts, _ = await play(ppo_run([{}] * 10 + [{"ratio_min": 0.05}] * 3).items)
+        assert [(a.step, a.values["condition"]) for a in alerts if a.rule == "ppo_ratio"] == [(12, "collapse")]
 
     @pytest.mark.parametrize("seed", SEEDS)
     async def test_one_extreme_minibatch_now_and_then_does_not_flap(self, seed):
-        """Isolated ratio_max spikes above 5 (never twice in a row) raise nothing."""
+        """Spikes of ratio_max above 5 and of ratio_min below 0.1, never three in a row, raise nothing."""
         rng = random.Random(seed)
-        values, last = [], False
+        values, run = [], 0
         for _ in range(300):
-            spike = not last and rng.random() < 0.1
-            values.append({"ratio_max": 6.0 if spike else rng.uniform(1.1, 2.0), "ratio_min": rng.uniform(0.3, 0.9)})
-            last = spike
+            spike = run < 2 and rng.random() < 0.3
+            values.append({"ratio_max": 6.0 if spike else rng.uniform(1.1, 2.0), "ratio_min": 0.01 if spike else rng.uniform(0.3, 0.9)})
+            run = run + 1 if spike else 0
         alerts, _ = await play(ppo_run(values).items)
         assert of(alerts, "ppo_ratio") == []
 
@@ -43,5 +45,5 @@ class TestPpoRatio:
         await assert_resumes_identically(ppo_run([{}] * 10 + [{"ratio_max": 8.0}] * 4 + [{}] * 5), split=11, rule="ppo_ratio")
 
     def test_defaults_are_the_documented_ones(self):
-        """Ratio 5.0 and 0.1, fire after 2, clear after 3."""
-        assert_documented_defaults("ppo_ratio", max_ratio=5.0, min_ratio=0.1, fire_after=2, clear_after=3)
+        """Ratio 5.0 and 0.1, fire after 3, clear after 3."""
+        assert_documented_defaults("ppo_ratio", max_ratio=5.0, min_ratio=0.1, fire_after=3, clear_after=3)

@@ -55,14 +55,15 @@ class TestUpdateRatio:
     async def test_an_optimizer_rate_above_the_logged_one_fires_on_the_second_update(self):
         """The optimizer's own rate (param_updates.learning_rate) grows 1.15x per update from update 40 while the
         logged rate stays: the rate fires at step 42 (1.52x, the second update beyond 1.2x its usual share of the
-        logged rate), before the step size it makes (43); both say the rate is not the one the trainer reports."""
+        logged rate), before the step size it makes, judged against ``step_rise`` (2x) while the rate is judged (45:
+        1.15^6); both say the rate is not the one the trainer reports. Without the rate judge the step size fires at 43."""
         rng = random.Random(2)
         ratios = [1e-3 * math.exp(rng.gauss(0, 0.05)) * self.ramp(step) for step in range(60)]
         for rate_first in (False, True):
             alerts, _ = await play(self.run(ratios, optimizer_lr=[3e-4 * self.ramp(step) for step in range(60)],
                                             rate_first=rate_first).items)
             fired = [a for a in alerts if a.rule == "update_ratio" and not a.cleared]
-            assert [(a.step, "optimizer_learning_rate" in a.values) for a in fired] == [(42, True), (43, False)]
+            assert [(a.step, "optimizer_learning_rate" in a.values) for a in fired] == [(42, True), (45, False)]
             assert fired[0].values["factor"] == pytest.approx(1.15 ** 3)
             assert all("not the one the trainer reports" in a.message for a in fired)
         alerts, _ = await play(self.run(ratios, optimizer_lr=[3e-4 * self.ramp(step) for step in range(60)]).items,
@@ -87,5 +88,5 @@ class TestUpdateRatio:
         await assert_resumes_identically(self.run([1e-3] * 55, optimizer_lr=used), split=42, rule="update_ratio")
 
     def test_defaults_are_the_documented_ones(self):
-        assert_documented_defaults("update_ratio", rise=1.2, noise_z=3.5, new_high=1.05, min_spread=0.03, baseline_updates=10, spread_updates=24,
+        assert_documented_defaults("update_ratio", rise=1.2, step_rise=2.0, noise_z=3.5, new_high=1.05, min_spread=0.03, baseline_updates=10, spread_updates=24,
                                    warmup=10, fire_after=2, clear_after=3, optimizer_rate=True)
