@@ -70,6 +70,16 @@ class TestConsumerBenches:
         assert "| events | bytes/event plain | bytes/event zstd |" in result.stdout and "| fresh values every step |" in result.stdout
         assert "every event written was replayed and counted: yes" in result.stdout
 
+    def test_drift_shape_runs_the_rule_with_the_settings_given(self) -> None:
+        """drift_shape.py --quick prints one row per noise level; --config reaches the rule (a bad key is refused)."""
+        result = quick("drift_shape.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| noise (log) | slow drift found within 5 updates |" in result.stdout and "| 0.1 | " in result.stdout
+        changed = quick("drift_shape.py", "--config", "head_jump=1.01")
+        assert changed.returncode == 0 and "head_jump=1.01" in changed.stdout
+        refused = quick("drift_shape.py", "--config", "head_jump=0.5")
+        assert refused.returncode != 0 and "head_jump" in refused.stderr
+
     def test_log_damage_finds_nothing_invented_and_nothing_forged(self) -> None:
         """log_damage.py --quick damages a format-2 log every way it knows: no exception, no invented or forged frame served."""
         result = quick("log_damage.py")
