@@ -101,17 +101,23 @@ def emit_step_timing(
     step: int,
     phases_ms: dict[str, float] | None = None,
     clock: Literal["cuda_event", "cpu"] | None = None,
+    wait_ms: dict[str, float] | None = None,
     **unknown: Never,
 ) -> None:
     """Emit a ``step_timing`` event (see :class:`simic.schemas.StepTiming`). Fields:
 
     - ``phases_ms``: Phase name (rollout, update, ...) to elapsed milliseconds.
     - ``clock``: What measured it: CUDA events (GPU time) or ``time.perf_counter`` (host time).
+    - ``wait_ms``: Phase name to the milliseconds of it that the measuring thread spent ready to run but
+      waiting for a CPU (host-timed phases, where the kernel says: Linux's per-thread scheduler statistics):
+      time other processes took from the phase. Phases left out: not known. (version 4)
     """
     if unknown or type(step) is not int or self._closed:
-        return self.emit("step_timing", step=step, phases_ms=phases_ms, clock=clock, **unknown)
+        return self.emit(
+            "step_timing", step=step, phases_ms=phases_ms, clock=clock, wait_ms=wait_ms, **unknown,
+        )
     now = _monotonic_ns()
-    row = [2, self._seq, now, step, phases_ms, clock]
+    row = [2, self._seq, now, step, phases_ms, clock, wait_ms]
     while row[-1] is None:
         row.pop()
     self._append(row, step, now)
@@ -511,6 +517,7 @@ def null_emit_step_timing(
     step: int,
     phases_ms: dict[str, float] | None = None,
     clock: Literal["cuda_event", "cpu"] | None = None,
+    wait_ms: dict[str, float] | None = None,
     **unknown: Never,
 ) -> None:
     """Telemetry off: does nothing (see :meth:`Emitter.emit_step_timing`)."""

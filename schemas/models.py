@@ -65,12 +65,12 @@ __all__ = [
     "iter_numbers",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version this code writes. It reads every version from 1 up to this one.
 
 Version 2 added ``HeadGradNorms.samples``, ``LstmHealth.name``, ``PpoUpdate.clip_range`` and ``loss``,
 ``Alert.received_at``, and the kinds ``metrics``, ``episodes`` and ``param_updates``. Version 3 added
-the kind ``delivery_receipt``."""
+the kind ``delivery_receipt``. Version 4 added ``StepTiming.wait_ms``."""
 
 # Bounds that keep a decoded event small no matter what arrives.
 MAX_NAME = 128
@@ -179,6 +179,10 @@ class StepTiming(Event):
     """Phase name (rollout, update, ...) to elapsed milliseconds."""
     clock: Literal["cuda_event", "cpu"] = "cpu"
     """What measured it: CUDA events (GPU time) or ``time.perf_counter`` (host time)."""
+    wait_ms: Annotated[dict[Name, float], Field(max_length=MAX_ITEMS)] = Field(default_factory=dict)
+    """Phase name to the milliseconds of it that the measuring thread spent ready to run but waiting
+    for a CPU (host-timed phases, where the kernel says: Linux's per-thread scheduler statistics):
+    time other processes took from the phase. Phases left out: not known. (version 4)"""
 
 
 class HeadGradNorms(Event):

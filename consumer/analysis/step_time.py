@@ -89,6 +89,17 @@ class _Phase:
             del self.recent[:-keep]
 
 
+def _own(ms: float, wait: float | None) -> float:
+    """A phase's time without its thread's wait for a CPU (the whole time when the wait is not known)."""
+    if wait is None or not 0.0 <= wait < _INF:
+        return ms
+    return max(ms - wait, 0.0)
+
+
+def _waited(wait: float | None) -> str:
+    return f", {wait:.4g} ms of it waiting for a CPU" if wait is not None and 0.0 <= wait < _INF else ""
+
+
 @register
 class StepTime(Rule):
     """A phase of the training step (``step_timing.phases_ms``) getting slower than its own baseline.
@@ -96,8 +107,11 @@ class StepTime(Rule):
     Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
     slow EMA. A phase is slow above ``regression_factor`` x baseline *and* ``noise_z`` times its own
     jitter (the robust spread of its recent log times). One observation per step: the ``step_timing`` events of a step are combined first,
-    their phases added up (one event per phase, or a phase timed twice, is one step). When every
-    phase of a step (two or more) is slow together, no phase is blamed: it is the machine, reported
+    their phases added up (one event per phase, or a phase timed twice, is one step). A phase whose
+    thread waited for a CPU (``wait_ms``, sent for host-timed phases where the kernel says) is blamed
+    only when its own time, without that wait, is slow too: time other processes took from it is
+    the machine's. When every phase of a step (two or more) is slow together, or every slow phase is
+    slow only by waiting for a CPU, no phase is blamed: it is the machine, reported
     only beyond ``machine_factor`` for ``machine_fire_after`` steps in a row (as the machine's, phase
     ``"*"``, a ``machine_severity`` notice: the run is slower, nothing in it is wrong), and the
     baselines follow it (below ``machine_factor``) or wait (beyond it). Another job slowing the
@@ -133,6 +147,7 @@ class StepTime(Rule):
         if phases is None:
             phases = self._by_run[(run_id, rank)] = {}
         judged: list[tuple[str, _Phase, float, float]] = []  # (name, phase, ms, baseline) of the warm phases
+        waits = event.wait_ms
         for name, ms in event.phases_ms.items():
             if not 0.0 <= ms < _INF:
                 continue
@@ -153,10 +168,14 @@ class StepTime(Rule):
             return ms > factor * baseline and math.log(ms / baseline) > z * phase.jitter(floor)
 
         slow = [is_slow(phase, ms, baseline) for _, phase, ms, baseline in judged]
+        # Its own time: what is left of a phase once the time its thread waited for a CPU (other processes'
+        # doing, where the producer measured it) is taken out. A phase slow only by waiting is not slow itself.
+        own_slow = [bad and is_slow(phase, _own(ms, waits.get(name)), baseline) for bad, (name, phase, ms, baseline) in zip(slow, judged)]
         # The machine: a phase is slow and every other one is slower too (contention slows host-bound phases
-        # most, so they need not all be slow); one phase slow while the others keep their pace is the trainer.
-        every_phase_slow = len(judged) >= 2 and any(slow) and all(
-            ms > config.machine_share * baseline for _, _, ms, baseline in judged)
+        # most, so they need not all be slow), or every slow phase is slow only by waiting for a CPU; one
+        # phase slow by its own time while the others keep their pace is the trainer.
+        every_phase_slow = any(slow) and (not any(own_slow) or len(judged) >= 2 and all(
+            ms > config.machine_share * baseline for _, _, ms, baseline in judged))
         machine = subject_key(event, "machine") if (every_phase_slow or conditions) else None
         if machine is not None and (every_phase_slow or machine in conditions):
             slowdown = min(ms / baseline for _, _, ms, baseline in judged)
@@ -184,8 +203,7 @@ class StepTime(Rule):
                 phase.remember(ms, keep)
             return fired
         others = len(judged) - 1
-        for name, phase, ms, baseline in judged:
-            bad = is_slow(phase, ms, baseline)
+        for bad, (name, phase, ms, baseline) in zip(own_slow, judged):
             if not (bad or phase.subject in conditions):
                 phase.baseline.add(ms)
                 phase.remember(ms, keep)
@@ -195,9 +213,10 @@ class StepTime(Rule):
                 phase.subject,
                 bad,
                 lambda: f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
-                f"{baseline:.4g} ms ({event.clock} clock) for {config.fire_after} steps"
+                f"{baseline:.4g} ms ({event.clock} clock{_waited(waits.get(name))}) for {config.fire_after} steps"
                 + (" while the other phases kept their pace: this part of the trainer, not the machine" if others else ""),
-                lambda: {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock},
+                lambda: {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock,
+                         **({"wait_ms": waits[name]} if name in waits else {})},
                 clear_message=lambda: f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
                 f"(baseline {baseline:.4g} ms, {event.clock} clock)",
             )

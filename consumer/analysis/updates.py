@@ -16,7 +16,8 @@ How each kind combines (documented again on the rules that read it):
   (a NaN or Inf in any of them stays; a head None in every event stays None); ``samples`` adds up
   (an event without it counts 1); ``nonfinite`` counts add up; ``stage`` and ``max_norm`` of the last.
 - ``lstm_health``: the worst of the samples (largest norm, RMS and max-abs; NaN/Inf if any had them).
-- ``step_timing``: the phases of the step added up (one event per phase, or a phase timed twice).
+- ``step_timing``: the phases of the step added up (one event per phase, or a phase timed twice), and
+  their waits for a CPU likewise (a phase's wait is kept only when every part of it carried one).
 - ``ppo_update``: the mean of each metric over the events (``ratio_min`` the smallest, ``ratio_max``
   the largest; entropy per head the mean).
 - ``param_updates``: each ratio and norm as the root mean square; ``samples`` adds up.
@@ -116,10 +117,18 @@ def _lstm_health(events: Sequence[Event]) -> dict[str, Any]:
 
 def _step_timing(events: Sequence[Event]) -> dict[str, Any]:
     phases: dict[str, float] = {}
+    waits: dict[str, float] = {}
+    unknown: set[str] = set()  # a phase whose wait one of its parts did not carry: not known
     for e in events:
         for phase, ms in e.phases_ms.items():
             phases[phase] = phases.get(phase, 0.0) + ms
-    return dict(phases_ms=phases, clock=events[0].clock)
+            wait = e.wait_ms.get(phase)
+            if wait is None or phase in unknown:
+                unknown.add(phase)
+                waits.pop(phase, None)
+            else:
+                waits[phase] = waits.get(phase, 0.0) + wait
+    return dict(phases_ms=phases, clock=events[0].clock, wait_ms=waits)
 
 
 def _ppo_update(events: Sequence[Event]) -> dict[str, Any]:

@@ -115,8 +115,11 @@ class _State:
             if self.param_updates and step is not None:
                 self.end_param_updates(step)
             done = self.timings.poll()
-            for s, clock, phases in group_by_step(done) if done else ():
-                emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock)
+            for s, clock, phases, waits in group_by_step(done) if done else ():
+                if waits:
+                    emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock, wait_ms=waits)
+                else:
+                    emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock)
             self.readouts.poll()
         finally:
             if step is not None:

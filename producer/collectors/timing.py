@@ -11,7 +11,9 @@
 The time measured is GPU time between the two records on the timer's stream, which is fixed when the
 timer is made (the caller's current stream unless one is given). Without CUDA, or for a timer made
 with ``device="cpu"``, ``time.perf_counter_ns`` measures host time and the event says
-``clock="cpu"``. Phases with the same name at the same step add up.
+``clock="cpu"``; such a phase also carries how much of it the thread spent waiting for a CPU
+(:class:`RunQueueWait`, ``step_timing.wait_ms``), which tells other processes' load from the
+trainer's own slowness. Phases with the same name at the same step add up.
 
 Imports: ``readout`` (the counters); torch only as handed in by the caller. A :class:`Timer` reads and
 sets its emitter's current step (``_step``) and reports failures through the callable it is given.
@@ -19,16 +21,67 @@ sets its emitter's current step (``_step``) and reports failures through the cal
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
 from .readout import CollectorStats
 
-__all__ = ["Timer", "NullTimer", "Timings"]
+__all__ = ["Timer", "NullTimer", "Timings", "RunQueueWait"]
 
 _perf_ns = time.perf_counter_ns
+
+
+class RunQueueWait:
+    """Nanoseconds the calling thread has spent runnable but waiting for a CPU, from Linux's per-thread
+    scheduler statistics (the second number of ``/proc/thread-self/schedstat``); -1 where the kernel does
+    not say (another system, statistics off).
+
+    One read is one ``pread`` of a file kept open per thread (about 2 us). A thread's file is opened on
+    its first read; after a fork the child's threads open their own.
+    """
+
+    PATH = "/proc/thread-self/schedstat"
+    __slots__ = ("available", "_fds", "_pid")
+
+    def __init__(self) -> None:
+        self.available = os.path.exists(self.PATH)
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def read(self) -> int:
+        if not self.available:
+            return -1
+        if os.getpid() != self._pid:  # a forked child: the files it inherited are its parent's threads'
+            for fd in self._fds.values():
+                _close(fd)
+            self._fds, self._pid = {}, os.getpid()
+        ident = threading.get_ident()
+        fd = self._fds.get(ident)
+        for _ in range(2):  # a thread ident reused by a new thread: its file is gone, open it again once
+            try:
+                if fd is None:
+                    fd = self._fds[ident] = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
+                return int(os.pread(fd, 128, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                if fd is not None:
+                    _close(self._fds.pop(ident, fd))
+                fd = None
+        self.available = False
+        return -1
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+_run_queue = RunQueueWait()
 
 
 class Timings:
@@ -46,7 +99,7 @@ class Timings:
         self.stats = stats
         self._pool: list[tuple[Any, Any]] = []
         self._pending: deque[tuple[tuple[Any, Any], str, int]] = deque()
-        self._done: list[tuple[str, int, float, str]] = []  # (name, step, ms, clock)
+        self._done: list[tuple[str, int, float, str, float | None]] = []  # (name, step, ms, clock, ms waiting for a CPU)
 
     # -- CUDA ---------------------------------------------------------------------------------
 
@@ -69,8 +122,8 @@ class Timings:
 
     # -- CPU ----------------------------------------------------------------------------------
 
-    def cpu_done(self, name: str, step: int, ms: float) -> None:
-        self._done.append((name, step, ms, "cpu"))
+    def cpu_done(self, name: str, step: int, ms: float, wait_ms: float | None) -> None:
+        self._done.append((name, step, ms, "cpu", wait_ms))
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -85,8 +138,8 @@ class Timings:
         except Exception:
             return True
 
-    def poll(self) -> list[tuple[str, int, float, str]]:
-        """Finished measurements (name, step, ms, clock), oldest first. Never waits."""
+    def poll(self) -> list[tuple[str, int, float, str, float | None]]:
+        """Finished measurements (name, step, ms, clock, ms waiting for a CPU or None), oldest first. Never waits."""
         pending = self._pending
         for _ in range(len(pending)):
             item = pending.popleft()
@@ -101,7 +154,7 @@ class Timings:
                 self._pool.append(item[0])
                 continue
             self._pool.append(item[0])
-            self._done.append((item[1], item[2], float(ms), "cuda_event"))
+            self._done.append((item[1], item[2], float(ms), "cuda_event", None))
         done, self._done = self._done, []
         return done
 
@@ -112,15 +165,22 @@ class Timings:
         return kept
 
 
-def group_by_step(done: list[tuple[str, int, float, str]]) -> list[tuple[int, str, dict[str, float]]]:
-    """``[(step, clock, {phase: ms})]`` in order of first appearance; equal phases of a step add up."""
-    groups: dict[tuple[int, str], dict[str, float]] = {}
-    for name, step, ms, clock in done:
-        phases = groups.get((step, clock))
-        if phases is None:
-            phases = groups[(step, clock)] = {}
+def group_by_step(done: list[tuple[str, int, float, str, float | None]]) -> list[tuple[int, str, dict[str, float], dict[str, float]]]:
+    """``[(step, clock, {phase: ms}, {phase: ms waiting for a CPU})]`` in order of first appearance; equal
+    phases of a step add up (a phase's wait is known only when it is known for every part of it)."""
+    groups: dict[tuple[int, str], tuple[dict[str, float], dict[str, float], set[str]]] = {}
+    for name, step, ms, clock, wait in done:
+        group = groups.get((step, clock))
+        if group is None:
+            group = groups[(step, clock)] = ({}, {}, set())
+        phases, waits, unknown = group
         phases[name] = phases.get(name, 0.0) + ms
-    return [(step, clock, phases) for (step, clock), phases in groups.items()]
+        if wait is None or name in unknown:
+            unknown.add(name)
+            waits.pop(name, None)
+        else:
+            waits[name] = waits.get(name, 0.0) + wait
+    return [(step, clock, phases, waits) for (step, clock), (phases, waits, _) in groups.items()]
 
 
 class Timer:
@@ -130,7 +190,7 @@ class Timer:
     the measurement becomes a ``step_timing`` event at a later ``flush()``.
     """
 
-    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_marked", "_emitter",
+    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_w0", "_w1", "_marked", "_emitter",
                  "_failed")
 
     def __init__(self, name: str, timings: Timings, emitter: Any, failed: Callable[[str, BaseException], None], *,
@@ -147,12 +207,15 @@ class Timer:
         self._pair: tuple[Any, Any] | None = None
         self._t0 = 0
         self._t1 = 0
+        self._w0 = -1  # the thread's run-queue wait (ns) at start; -1: not known
+        self._w1 = -1
         self._marked = False
 
     def start(self) -> "Timer":
         """Mark the start (records a CUDA event on the timer's stream, or reads the host clock)."""
         try:
             if self.stream is None:
+                self._w0 = _run_queue.read()
                 self._t0 = _perf_ns()
                 return self
             pair = self._pair
@@ -174,7 +237,8 @@ class Timer:
                 self._emitter._step = step  # the trainer named its step: it is the current one
             if self.stream is None:
                 if self._t0:
-                    self._timings.cpu_done(self.name, step, (_perf_ns() - self._t0) / 1e6)
+                    t1 = _perf_ns()
+                    self._timings.cpu_done(self.name, step, (t1 - self._t0) / 1e6, _waited(self._w0, _run_queue.read()))
                     self._t0 = 0
                 return
             pair = self._pair
@@ -194,6 +258,7 @@ class Timer:
             if self.stream is None:
                 if self._t0:
                     self._t1 = _perf_ns()
+                    self._w1 = _run_queue.read()
                     self._marked = True
                 return
             if self._pair is not None:
@@ -208,7 +273,7 @@ class Timer:
         try:
             if self.stream is None:
                 if marked and self._t0:
-                    self._timings.cpu_done(self.name, step, (self._t1 - self._t0) / 1e6)
+                    self._timings.cpu_done(self.name, step, (self._t1 - self._t0) / 1e6, _waited(self._w0, self._w1))
                 self._t0 = 0
                 return
             pair = self._pair
@@ -226,6 +291,13 @@ class Timer:
 
     def _fail(self, exc: BaseException) -> None:
         self._failed(f"timer:{self.name}", exc)
+
+
+def _waited(start_ns: int, end_ns: int) -> float | None:
+    """Milliseconds of run-queue wait between two reads; None when either is unknown (or they went backwards)."""
+    if start_ns < 0 or end_ns < start_ns:
+        return None
+    return (end_ns - start_ns) / 1e6
 
 
 class NullTimer:

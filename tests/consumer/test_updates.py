@@ -85,6 +85,12 @@ class TestCombine:
         event = combine([p.make(StepTiming, 1, phases_ms={"rollout": 10.0}), p.make(StepTiming, 1, phases_ms={"update": 5.0, "rollout": 1.0})])
         assert event.phases_ms == {"rollout": 11.0, "update": 5.0}
 
+    def test_waits_for_a_cpu_add_up_and_a_part_without_one_leaves_the_phase_unknown(self):
+        p = Producer()
+        event = combine([p.make(StepTiming, 1, phases_ms={"rollout": 10.0, "update": 4.0}, wait_ms={"rollout": 3.0, "update": 1.0}),
+                         p.make(StepTiming, 1, phases_ms={"rollout": 5.0, "update": 1.0}, wait_ms={"rollout": 2.0})])
+        assert event.phases_ms == {"rollout": 15.0, "update": 5.0} and event.wait_ms == {"rollout": 5.0}
+
 
 class TestTheStage:
     @staticmethod

@@ -32,6 +32,7 @@ from simic.producer import (  # noqa: E402
     training_profiler,
 )
 from simic.producer.collectors import NullTimer, Timer  # noqa: E402
+from simic.producer.collectors.timing import RunQueueWait  # noqa: E402
 from simic.schemas import Event  # noqa: E402
 from tests.collector_reference import assert_matches, lstm_reference  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
@@ -150,6 +151,45 @@ class TestTimerOnCpu:
         assert [e.step for e in events] == [3, 4]
         assert set(events[0].phases_ms) == {"update", "rollout"}
         assert events[0].phases_ms["update"] >= 18.0
+
+    @pytest.mark.skipif(not RunQueueWait().available, reason="needs Linux's per-thread scheduler statistics")
+    def test_a_phase_sharing_its_cpu_says_how_long_it_waited_and_a_sleeping_one_does_not(self, consumer, emitter) -> None:
+        """This process and a busy child pinned to one CPU: a phase of 0.2 s of computing spends much of its time
+        waiting for that CPU (the kernel's own count, sent as wait_ms), where a phase that sleeps 0.2 s alone does not."""
+        cpu = min(os.sched_getaffinity(0))
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        rival = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}}); print('busy', flush=True)\nwhile True: pass"],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert rival.stdout.readline().strip() == "busy"  # the rival is on the CPU and spinning
+            with emitter.timer("shared", step=1, device="cpu"):
+                spin_until = time.thread_time() + 0.2  # 0.2 s of this thread's own CPU time
+                while time.thread_time() < spin_until:
+                    pass
+        finally:
+            rival.kill()
+            rival.wait()
+            os.sched_setaffinity(0, before)
+        with emitter.timer("asleep", step=2, device="cpu"):
+            time.sleep(0.2)
+        emitter.flush()
+        shared, asleep = received(consumer, emitter, "step_timing")
+        assert shared.wait_ms["shared"] >= 0.3 * shared.phases_ms["shared"]  # two busy processes on one CPU: about half each
+        assert shared.phases_ms["shared"] - shared.wait_ms["shared"] >= 150.0  # what remains is about its own 0.2 s
+        assert asleep.wait_ms["asleep"] < 0.5 * asleep.phases_ms["asleep"]
+
+    def test_without_scheduler_statistics_no_wait_is_sent(self, consumer, emitter, monkeypatch) -> None:
+        """Where the kernel does not say (another system), the event carries the phase and no wait_ms."""
+        from simic.producer.collectors import timing
+
+        monkeypatch.setattr(timing, "_run_queue", RunQueueWait())
+        monkeypatch.setattr(timing._run_queue, "available", False)
+        with emitter.timer("rollout", step=1, device="cpu"):
+            pass
+        emitter.flush()
+        [event] = received(consumer, emitter, "step_timing")
+        assert set(event.phases_ms) == {"rollout"} and event.wait_ms == {}
 
     @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where CUDA is absent")
     def test_default_device_without_cuda_is_the_host_clock(self, emitter) -> None:

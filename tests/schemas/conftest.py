@@ -23,7 +23,7 @@ def rich_payloads() -> dict[str, dict[str, Any]]:
             config={"lr": 3e-4, "clip": 0.2, "envs": 64, "anneal": True, "tag": None, "nested": {"gamma": [0.99, 0.95]}},
             producer_version="0.1.0",
         ),
-        "step_timing": dict(phases_ms={"rollout": 12.5, "update": 30.25}, clock="cuda_event"),
+        "step_timing": dict(phases_ms={"rollout": 12.5, "update": 30.25}, clock="cpu", wait_ms={"rollout": 2.0}),
         "head_grad_norms": dict(
             norms={"slot": 0.8, "blueprint": 1.5, "op": None}, total=2.0, pre_clip_total=2.5, post_clip_total=0.5,
             nonfinite={"slot": 0, "blend": 3}, stage="pre_clip", max_norm=0.5, samples=4,

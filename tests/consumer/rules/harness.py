@@ -69,8 +69,8 @@ class Producer:
         values.update(fields)
         return self.make(PpoUpdate, step, **values)
 
-    def timing(self, step: int, phases: dict[str, float], clock: str = "cuda_event") -> StepTiming:
-        return self.make(StepTiming, step, phases_ms=phases, clock=clock)
+    def timing(self, step: int, phases: dict[str, float], clock: str = "cuda_event", wait: dict[str, float] | None = None) -> StepTiming:
+        return self.make(StepTiming, step, phases_ms=phases, clock=clock, **({"wait_ms": wait} if wait is not None else {}))
 
 
 def noisy(rng: random.Random, typical: dict[str, float], sigma: float) -> dict[str, float]:

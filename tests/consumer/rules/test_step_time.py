@@ -33,6 +33,31 @@ class TestStepTime:
         alerts, _ = await play(self.both([1.0] * 30 + [1.5] * 60).items)
         assert of(alerts, "step_time") == []
 
+    async def test_one_phase_slower_only_by_waiting_for_a_cpu_is_the_machine_and_not_an_alert(self):
+        """The rollout 2.5x from step 30 on, the update at its pace, as other processes on the machine do to a
+        host-bound rollout: where the producer says the extra time was its thread waiting for a CPU, no phase is
+        blamed; the same slowdown spent in the rollout's own work is the trainer's, at its fifth step, with the
+        wait in the message."""
+        for waiting, expected in ((30.0, []), (1.0, [34])):
+            p, tl = Producer(), Timeline()
+            for step in range(60):
+                rollout = 50.0 if step >= 30 else 20.0
+                tl.send(p.timing(step, {"rollout": rollout, "update": 8.0}, clock="cpu",
+                                 wait={"rollout": waiting if step >= 30 else 0.5, "update": 0.1}))
+            alerts, _ = await play(tl.items)
+            fired = [a for a in alerts if a.rule == "step_time" and not a.cleared]
+            assert [a.step for a in fired] == expected, waiting
+            if fired:
+                assert fired[0].values["wait_ms"] == 1.0 and "1 ms of it waiting for a CPU" in fired[0].message
+
+    async def test_a_phase_whose_wait_is_not_known_is_judged_by_its_whole_time(self):
+        """The same 2.5x rollout with the wait sent for the update only: the rollout is the trainer's, at its fifth step."""
+        p, tl = Producer(), Timeline()
+        for step in range(60):
+            tl.send(p.timing(step, {"rollout": 50.0 if step >= 30 else 20.0, "update": 8.0}, clock="cpu", wait={"update": 0.1}))
+        alerts, _ = await play(tl.items)
+        assert [a.step for a in alerts if a.rule == "step_time" and not a.cleared] == [34]
+
     async def test_a_lasting_machine_slowdown_is_one_notice_about_the_machine(self):
         """Both phases 3x from step 30 to 69: one info notice about the machine (phase "*") at step 49, its
         20th step, none per phase; it clears three steps after the phases are back."""
