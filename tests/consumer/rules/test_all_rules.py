@@ -33,7 +33,7 @@ def mixed_faults() -> Timeline:
             p.timing(step, {"rollout": 20.0, "update": 16.0 if 80 <= step < 90 else 8.0}),
             p.grads(step, norms=norms),
             p.lstm(step, c_rms=25.0 if 95 <= step < 100 else 0.8),
-            p.ppo(step, approx_kl=0.3 if step in (29, 30) else 0.01),
+            p.ppo(step, approx_kl=0.3 if step in (28, 29, 30) else 0.01),
         )
         if step % 10 == 9:
             tl.tick(0.0)
