@@ -96,8 +96,8 @@ def _own(ms: float, wait: float | None) -> float:
     return max(ms - wait, 0.0)
 
 
-def _waited(wait: float | None) -> str:
-    return f", {wait:.4g} ms of it waiting for a CPU" if wait is not None and 0.0 <= wait < _INF else ""
+def _waited(ms: float, own: float) -> str:
+    return f"; its own time: {ms:.4g} ms in all, {ms - own:.4g} ms of it waiting for a CPU" if own != ms else ""
 
 
 @register
@@ -146,7 +146,7 @@ class StepTime(Rule):
         phases = self._by_run.get((run_id, rank))
         if phases is None:
             phases = self._by_run[(run_id, rank)] = {}
-        judged: list[tuple[str, _Phase, float, float]] = []  # (name, phase, ms, baseline) of the warm phases
+        judged: list[tuple[str, _Phase, float, float, float]] = []  # (name, phase, ms, own ms, baseline) of the warm phases
         waits = event.wait_ms
         for name, ms in event.phases_ms.items():
             if not 0.0 <= ms < _INF:
@@ -156,10 +156,11 @@ class StepTime(Rule):
                 phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(self._baseline(), subject_key(event, name))
             baseline = phase.baseline.value
             if baseline is None or baseline < min_baseline_ms:
-                phase.baseline.add(ms)
-                phase.remember(ms, config.spread_window)
+                own = _own(ms, waits.get(name))
+                phase.baseline.add(own)
+                phase.remember(own, config.spread_window)
                 continue
-            judged.append((name, phase, ms, baseline))
+            judged.append((name, phase, ms, _own(ms, waits.get(name)), baseline))
         if not judged:
             return None
         floor, z = config.min_spread, config.noise_z
@@ -167,19 +168,20 @@ class StepTime(Rule):
         def is_slow(phase: _Phase, ms: float, baseline: float) -> bool:
             return ms > factor * baseline and math.log(ms / baseline) > z * phase.jitter(floor)
 
-        slow = [is_slow(phase, ms, baseline) for _, phase, ms, baseline in judged]
+        slow = [is_slow(phase, ms, baseline) for _, phase, ms, _, baseline in judged]
         # Its own time: what is left of a phase once the time its thread waited for a CPU (other processes'
-        # doing, where the producer measured it) is taken out. A phase slow only by waiting is not slow itself.
-        own_slow = [bad and is_slow(phase, _own(ms, waits.get(name)), baseline) for bad, (name, phase, ms, baseline) in zip(slow, judged)]
-        # The machine: a phase is slow and every other one is slower too (contention slows host-bound phases
-        # most, so they need not all be slow), or every slow phase is slow only by waiting for a CPU; one
-        # phase slow by its own time while the others keep their pace is the trainer.
+        # doing, where the producer measured it) is taken out; baselines and jitter are of own times. A phase
+        # slow only by waiting is not slow itself.
+        own_slow = [bad and is_slow(phase, own, baseline) for bad, (_, phase, _, own, baseline) in zip(slow, judged)]
+        # The machine: a phase is slow and every other one is slower too by its own time (contention slows
+        # host-bound phases most, so they need not all be slow), or every slow phase is slow only by waiting
+        # for a CPU; one phase slow by its own time while the others keep their own pace is the trainer.
         every_phase_slow = any(slow) and (not any(own_slow) or len(judged) >= 2 and all(
-            ms > config.machine_share * baseline for _, _, ms, baseline in judged))
+            own > config.machine_share * baseline for _, _, _, own, baseline in judged))
         machine = subject_key(event, "machine") if (every_phase_slow or conditions) else None
         if machine is not None and (every_phase_slow or machine in conditions):
-            slowdown = min(ms / baseline for _, _, ms, baseline in judged)
-            shown = ", ".join(f"{name} {ms / baseline:.2f}x" for name, _, ms, baseline in judged)
+            slowdown = min(ms / baseline for _, _, ms, _, baseline in judged)
+            shown = ", ".join(f"{name} {ms / baseline:.2f}x" for name, _, ms, _, baseline in judged)
             alert = self.observe(
                 event,
                 machine,
@@ -198,33 +200,33 @@ class StepTime(Rule):
                 return fired
         keep = config.spread_window
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
-            for _, phase, ms, _ in judged:
-                phase.baseline.add(ms)
-                phase.remember(ms, keep)
+            for _, phase, _, own, _ in judged:
+                phase.baseline.add(own)
+                phase.remember(own, keep)
             return fired
         others = len(judged) - 1
-        for bad, (name, phase, ms, baseline) in zip(own_slow, judged):
+        for bad, (name, phase, ms, own, baseline) in zip(own_slow, judged):
             if not (bad or phase.subject in conditions):
-                phase.baseline.add(ms)
-                phase.remember(ms, keep)
+                phase.baseline.add(own)
+                phase.remember(own, keep)
                 continue
             alert = self.observe(
                 event,
                 phase.subject,
                 bad,
-                lambda: f"phase {name!r} slowed to {ms:.4g} ms at step {event.step}: {ms / baseline:.2f}x its baseline "
-                f"{baseline:.4g} ms ({event.clock} clock{_waited(waits.get(name))}) for {config.fire_after} steps"
+                lambda: f"phase {name!r} slowed to {own:.4g} ms at step {event.step}: {own / baseline:.2f}x its baseline "
+                f"{baseline:.4g} ms ({event.clock} clock{_waited(ms, own)}) for {config.fire_after} steps"
                 + (" while the other phases kept their pace: this part of the trainer, not the machine" if others else ""),
-                lambda: {"phase": name, "ms": ms, "baseline_ms": baseline, "factor": ms / baseline, "clock": event.clock,
-                         **({"wait_ms": waits[name]} if name in waits else {})},
-                clear_message=lambda: f"phase {name!r} is back to {ms:.4g} ms at step {event.step} "
+                lambda: {"phase": name, "ms": own, "baseline_ms": baseline, "factor": own / baseline, "clock": event.clock,
+                         **({"wait_ms": ms - own} if own != ms else {})},
+                clear_message=lambda: f"phase {name!r} is back to {own:.4g} ms at step {event.step} "
                 f"(baseline {baseline:.4g} ms, {event.clock} clock)",
             )
             if alert:
                 fired = (fired or []) + [alert]
             if not bad and phase.subject not in conditions:
-                phase.baseline.add(ms)  # a good sample with nothing pending
-                phase.remember(ms, keep)
+                phase.baseline.add(own)  # a good sample with nothing pending
+                phase.remember(own, keep)
         return fired
 
     def _baseline(self) -> Ema:
