@@ -6,14 +6,14 @@ wandb (``sinks.export``, optional extras); ``replay`` runs recorded logs through
 This package never imports torch.
 """
 
-from .accounting import Accounting, ProducerState
-from .alerts import AlertMaker
 from .analysis import RULES, Rule, RuleConfig, register
 from .analysis.anomaly import AnomalyDetector, AnomalyReport
 from .analysis.ema import GradientEMATracker
-from .build import build_pipeline
 from .config import ConsumerConfig, load_config
-from .pipeline import Batch, Pipeline, Stage, StageCounts, Stateful, SyncStage
+from .pipeline.accounting import Accounting, ProducerState
+from .pipeline.alerts import AlertMaker
+from .pipeline.build import build_pipeline
+from .pipeline.contract import Batch, Pipeline, Stage, StageCounts, Stateful, SyncStage
 from .replay import ReplayResult, replay
 
 __all__ = [

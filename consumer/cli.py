@@ -13,8 +13,8 @@ import click
 from simic.schemas.transport import ENDPOINT_ENV, default_endpoint, is_loopback
 from simic.schemas.eventlog import LogFormatError
 
-from .alerts import alert_record, to_json_line
 from .config import ConfigError, load_config
+from .pipeline.alerts import alert_record, to_json_line
 
 __all__ = ["main"]
 

@@ -32,13 +32,13 @@ from pathlib import Path
 from simic.schemas.transport import alerts_endpoint_for
 from simic.schemas.eventlog import FRAME_TICK
 
-from .accounting import Accounting
 from .backpressure import ByteBoundedQueue
-from .build import build_pipeline
 from .claim import EndpointClaim, claim_endpoint
 from .config import ConsumerConfig
 from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
-from .pipeline import Pipeline, Stage
+from .pipeline.accounting import Accounting
+from .pipeline.build import build_pipeline
+from .pipeline.contract import Pipeline, Stage
 from .retention import first_kept_segments
 from .security import CurveServer
 from .sinks.alert_pub import PubAlertSink

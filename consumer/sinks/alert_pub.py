@@ -18,7 +18,7 @@ from simic.schemas.codec import encode_events
 from simic.schemas.transport import ipc_path
 
 from ..claim import in_use_error
-from ..pipeline import Batch, Stage
+from ..pipeline.contract import Batch, Stage
 
 if TYPE_CHECKING:
     from ..security import CurveServer

@@ -11,7 +11,7 @@ from simic.schemas.eventlog import (
     FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_index, segment_name, segment_paths,
 )
 
-from ..pipeline import Batch, RateLimitedLog, Stage
+from ..pipeline.contract import Batch, RateLimitedLog, Stage
 from ..retention import LogMaintenance, RetentionPolicy
 
 __all__ = ["EventLogSink"]

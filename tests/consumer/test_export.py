@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from simic.consumer import ConsumerConfig, build_pipeline
-from simic.consumer.pipeline import StageCounts
+from simic.consumer.pipeline.contract import StageCounts
 from simic.consumer.sinks.export import Exporter, ExportSink, export_sinks
 from simic.consumer.sinks.export.tensorboard import run_directory
 from simic.consumer.testing import RecordingSink

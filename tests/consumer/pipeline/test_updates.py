@@ -10,8 +10,8 @@ import json
 import math
 import random
 
-from simic.consumer.analysis.updates import UpdateCombiner, combine
-from simic.consumer.pipeline import Batch
+from simic.consumer.pipeline.updates import UpdateCombiner, combine
+from simic.consumer.pipeline.contract import Batch
 from simic.schemas.models import HeadGradNorms, RunEnd, StepTiming
 from tests.consumer.rules.harness import TYPICAL, Producer, Timeline, checkpoint, noisy, of, play
 

@@ -9,11 +9,11 @@ import math
 import pytest
 
 from simic.consumer import Accounting, ConsumerConfig, Pipeline, Stage, build_pipeline, load_config, replay
-from simic.consumer.alerts import alert_record
+from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.config import ConfigError
 from simic.consumer.daemon import DaemonOptions, serve
-from simic.consumer.pipeline import StageCounts, Stateful
+from simic.consumer.pipeline.contract import StageCounts, Stateful
 from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
@@ -56,7 +56,7 @@ class TestAccounting:
 
     def test_a_sequence_tracker_tells_in_order_gaps_and_repeats_apart(self):
         """continues() takes the usual message at once; advance() returns the numbers skipped, or -1 for a repeat."""
-        from simic.consumer.accounting import SequenceTracker
+        from simic.consumer.pipeline.accounting import SequenceTracker
 
         class Session(SequenceTracker):
             __slots__ = ("next_seq",)
@@ -108,7 +108,7 @@ class TestAccounting:
 
     async def test_an_implausible_sequence_jump_is_counted_apart_not_as_loss(self):
         """A jump past MAX_GAP (a forged or corrupt seq) is a seq_jump; the gaps around it stay exact losses."""
-        from simic.consumer.accounting import MAX_GAP
+        from simic.consumer.pipeline.accounting import MAX_GAP
 
         accounting = Accounting()
         huge = (1 << 62) + 5

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 from simic.schemas.codec import DecodeError, decode_message
 from simic.schemas.models import Alert, DeliveryReceipt, Event
 
-from .lifecycle import parse_note
+from ..lifecycle import parse_note
 
 __all__ = ["Batch", "Stage", "SyncStage", "Stateful", "StageCounts", "Pipeline", "RateLimitedLog"]
 
@@ -71,7 +71,7 @@ class Batch:
     just exited. The tick's payload records it in the log, so replay sees the exit at the same point."""
     updates: list[Event] = field(default_factory=list)
     """The batch's events as the rules that count updates see them: one per update and kind, combined
-    by the ``updates`` stage (``simic.consumer.analysis.updates``); empty before that stage."""
+    by the ``updates`` stage (``simic.consumer.pipeline.updates``); empty before that stage."""
     receipts: list[DeliveryReceipt] = field(default_factory=list)
     """Delivery receipts for the sessions whose ``run_end`` is in this batch, made by the accounting
     (what it received of each) and published to their producers by the alerts publisher."""
