@@ -98,7 +98,7 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
         verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM (or until the
     process given to --exit-with-pid exits)."""
-    from .lifecycle import check_private_dir, remove_private_dir
+    from .daemon.lifecycle import check_private_dir, remove_private_dir
 
     _setup_logging(verbose)
     if remove_dir_at_exit is not None:
@@ -116,12 +116,12 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
 def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
          curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
          exit_with_pid: int | None, tensorboard_dir: str | None, wandb_project: str | None) -> None:
-    from .claim import EndpointInUse
-    from .daemon import DaemonOptions, serve
-    from .lifecycle import ProcessGone
+    from .daemon.claim import EndpointInUse
+    from .daemon.lifecycle import ProcessGone
+    from .daemon.serve import DaemonOptions, serve
     from simic.schemas.transport import KeyFileError
 
-    from .security import CurveServer
+    from .daemon.security import CurveServer
     from .sinks.export import MissingExtra
 
     config = _with_exports(_config(config_path), tensorboard_dir, wandb_project)
@@ -306,7 +306,7 @@ def inspect(log: Path, as_json: bool) -> None:
 def healthcheck(url: str, max_age: float) -> None:
     """Exit 0 if the daemon at URL answers and its pipeline ran in the last MAX_AGE seconds, else 1 with the reason
     (the Docker image's HEALTHCHECK; a Kubernetes exec liveness probe)."""
-    from .healthcheck import check
+    from .daemon.healthcheck import check
 
     problem = check(url, max_age)
     if problem:

@@ -12,9 +12,9 @@ from simic.consumer import Accounting, ConsumerConfig, Pipeline, Stage, build_pi
 from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.config import ConfigError
-from simic.consumer.daemon import DaemonOptions, serve
+from simic.consumer.daemon.serve import DaemonOptions, serve
 from simic.consumer.pipeline.contract import StageCounts, Stateful
-from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
+from simic.consumer.daemon.checkpoint import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
 from simic.schemas import encode_message

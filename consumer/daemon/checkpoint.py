@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from simic.schemas.eventlog import Frame, LogReader, segment_index, segment_paths
 
-from .pipeline.contract import Pipeline
+from ..pipeline.contract import Pipeline
 
 __all__ = ["STATE_FILE", "Restored", "UnusableCheckpoint", "save_checkpoint", "load_checkpoint", "frames_after"]
 
