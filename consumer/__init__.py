@@ -10,11 +10,11 @@ from .analysis import RULES, Rule, RuleConfig, register
 from .analysis.anomaly import AnomalyDetector, AnomalyReport
 from .analysis.ema import GradientEMATracker
 from .config import ConsumerConfig, load_config
+from .offline.replay import ReplayResult, replay
 from .pipeline.accounting import Accounting, ProducerState
 from .pipeline.alerts import AlertMaker
 from .pipeline.build import build_pipeline
 from .pipeline.contract import Batch, Pipeline, Stage, StageCounts, Stateful, SyncStage
-from .replay import ReplayResult, replay
 
 __all__ = [
     "GradientEMATracker",

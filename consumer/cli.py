@@ -197,8 +197,8 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: the alerts, then a summary line.")
 def replay(logs: tuple[Path, ...], config_path: str | None, as_json: bool) -> None:
     """Run recorded logs (files or directories) through the analysis and print the alerts."""
-    from .inspect_log import format_summary
-    from .replay import replay as run_replay
+    from .offline.inspect_log import format_summary
+    from .offline.replay import replay as run_replay
 
     _setup_logging(False, logging.WARNING)
     config = _config(config_path)
@@ -252,7 +252,7 @@ def report(logs: tuple[Path, ...], output: Path, config_path: str | None, title:
 def export(destination: str, logs: tuple[Path, ...], out: Path, config_path: str | None, project: str | None, wandb_mode: str | None) -> None:
     """Write recorded logs to TensorBoard or wandb as the sidecar's --tensorboard and --wandb do live:
     the same scalars on the step axis, the alerts of the same rules as text, run_start as the config."""
-    from .replay import replay as run_replay
+    from .offline.replay import replay as run_replay
     from .sinks.export import MissingExtra, export_sinks
 
     _setup_logging(False, logging.WARNING)
@@ -284,8 +284,8 @@ def export(destination: str, logs: tuple[Path, ...], out: Path, config_path: str
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def inspect(log: Path, as_json: bool) -> None:
     """Tell what a log holds: runs, ranks, events per kind, steps, times, losses, rejections, torn tail."""
-    from .inspect_log import format_summary
-    from .replay import replay as run_replay
+    from .offline.inspect_log import format_summary
+    from .offline.replay import replay as run_replay
 
     _setup_logging(False, logging.ERROR)
     try:

@@ -36,11 +36,11 @@ from ..config import ConsumerConfig
 from ..pipeline.accounting import Accounting
 from ..pipeline.build import build_pipeline
 from ..pipeline.contract import Pipeline, Stage
-from ..retention import first_kept_segments
 from ..sinks.alert_pub import PubAlertSink
 from ..sinks.event_log import EventLogSink
 from ..sinks.export import ExportSink, export_sinks
 from ..sinks.metrics import MetricsSink
+from ..sinks.retention import first_kept_segments
 from ..sources.zmq_pull import ZmqPullSource
 from .backpressure import ByteBoundedQueue
 from .checkpoint import STATE_FILE, UnusableCheckpoint, frames_after, load_checkpoint, save_checkpoint

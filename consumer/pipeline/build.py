@@ -7,11 +7,11 @@ from typing import TextIO
 
 from ..analysis import RULES
 from ..config import ConsumerConfig
-from ..retention import RetentionPolicy
 from ..sinks.alert_console import ConsoleAlertSink
 from ..sinks.alert_jsonl import JsonlAlertSink
 from ..sinks.dead_letter import DeadLetterSink
 from ..sinks.event_log import EventLogSink
+from ..sinks.retention import RetentionPolicy
 from .accounting import Accounting
 from .alerts import AlertClock, AlertMaker
 from .contract import Pipeline, Stage

@@ -23,11 +23,11 @@ from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpd
 
 from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
 from ..config import ConsumerConfig
+from ..offline.replay import replay
 from ..pipeline.build import analysis_stages
 from ..pipeline.contract import Batch, Stage
 from ..pipeline.ranks import PerRank, RankKey, grad_totals
 from ..pipeline.updates import COMBINED_KINDS
-from ..replay import replay
 
 __all__ = ["Series", "DriftTrace", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
 

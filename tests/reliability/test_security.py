@@ -23,7 +23,7 @@ from simic.schemas import decode_message
 from simic.schemas.transport import CURVE_CLIENT_KEY_ENV, CURVE_SERVER_KEY_ENV, ENDPOINT_ENV, RUN_ID_ENV, CurveClientKeys, write_key_pair
 
 from tests.consumer.daemon.test_serve import train
-from tests.consumer.test_metrics import scrape, value
+from tests.consumer.sinks.test_metrics import scrape, value
 
 from .conftest import WAIT_S
 

@@ -387,7 +387,7 @@ class TestReplay:
                 order.append(batch.recv_ns)
 
         pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[Order()])
-        from simic.consumer.replay import run_source
+        from simic.consumer.offline.replay import run_source
         from simic.consumer.sources.log_files import LogFilesSource
 
         await run_source(LogFilesSource([tmp_path / "a", tmp_path / "b"]), pipeline)
