@@ -7,8 +7,8 @@ This package never imports torch.
 """
 
 from .analysis import RULES, Rule, RuleConfig, register
-from .analysis.anomaly import AnomalyDetector, AnomalyReport
-from .analysis.ema import GradientEMATracker
+from .analysis._anomaly import AnomalyDetector, AnomalyReport
+from .analysis._ema import GradientEMATracker
 from .config import ConsumerConfig, load_config
 from .offline.replay import ReplayResult, replay
 from .pipeline.accounting import Accounting, ProducerState

@@ -11,7 +11,7 @@ from simic.schemas.models import Alert, Event
 from ..pipeline.contract import Batch
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import about
-from .ema import Ema
+from ._ema import Ema
 
 
 class SilentProducerConfig(RuleConfig):

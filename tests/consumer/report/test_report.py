@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from simic.consumer.analysis.ema import GradientEMATracker
+from simic.consumer.analysis._ema import GradientEMATracker
 from simic.producer import Emitter
 
 from ..conftest import WAIT_S, Daemon, consumer_command
