@@ -14,6 +14,8 @@
 - ``ranks``: the newest of every measurement per run and rank, read one way by the metrics sink,
   the dashboard and the report.
 
-May import ``simic.schemas``, ``simic.consumer.config`` and, for ``build`` only, the rules and the
-sinks it assembles; nothing here imports the daemon's sockets or threads.
+The modules here import ``simic.schemas`` and each other, little else: ``contract`` reads the
+clock-tick note of ``simic.consumer.daemon.lifecycle`` (a trainer's exit, live and in replay), ``updates``
+bounds its keys with the rules' ``Capped``, and ``build``, the one assembler, imports the configuration,
+the rules and the sinks.
 """

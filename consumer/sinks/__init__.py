@@ -1,4 +1,4 @@
-"""Where the pipeline's results go: each module a terminal stage, except ``retention``.
+"""Where the pipeline's results go: each module a stage that records, sends or shows what passes, except ``retention``.
 
 - ``event_log``: every received message, byte for byte, into rotating segments (what replay reads);
   ``retention``, not a stage, compresses closed segments and removes the oldest (a thread the event
