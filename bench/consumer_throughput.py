@@ -32,8 +32,8 @@ if not __package__:  # run as a script (python bench/consumer_throughput.py): th
 from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E402
 
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
-from simic.consumer.accounting import Accounting  # noqa: E402
-from simic.consumer.alerts import AlertMaker  # noqa: E402
+from simic.consumer.pipeline.accounting import Accounting  # noqa: E402
+from simic.consumer.pipeline.alerts import AlertMaker  # noqa: E402
 from simic.consumer.analysis import RULES  # noqa: E402
 from simic.schemas import decode_message, encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402

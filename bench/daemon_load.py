@@ -57,7 +57,7 @@ from bench._workload import STEP_VALUES, VARIANTS, emit_step  # noqa: E402
 
 from simic.consumer.config import DaemonConfig
 from simic.consumer import ConsumerConfig  # noqa: E402
-from simic.consumer.replay import replay  # noqa: E402
+from simic.consumer.offline.replay import replay  # noqa: E402
 from simic.producer import Emitter, EmitterSettings, spawn_consumer  # noqa: E402
 from simic.schemas.transport import ENDPOINT_ENV, RUN_ID_ENV  # noqa: E402
 from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_OVERHEAD, LogReader, segment_paths  # noqa: E402

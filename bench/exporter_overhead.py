@@ -171,8 +171,8 @@ def inject(variant: str, out: str):
         return None
     if variant not in ("b", "c"):
         return None
-    from simic.consumer.analysis.updates import UpdateCombiner
-    from simic.consumer.pipeline import Batch
+    from simic.consumer.pipeline.updates import UpdateCombiner
+    from simic.consumer.pipeline.contract import Batch
     from simic.consumer.sinks.export.points import points_of
     from simic.schemas import decode_message
 

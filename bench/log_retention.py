@@ -33,7 +33,7 @@ if not __package__:  # run as a script (python bench/log_retention.py): the repo
 from bench._workload import emit_step, step_values  # noqa: E402
 from bench.emit_cost import machine  # noqa: E402
 
-from simic.consumer.retention import RETENTION_FILE  # noqa: E402
+from simic.consumer.sinks.retention import RETENTION_FILE  # noqa: E402
 from simic.producer import Emitter  # noqa: E402
 from simic.schemas.eventlog import segment_paths  # noqa: E402
 

@@ -6,7 +6,7 @@ records: the messages of a trainer at 1,000 events/s (one PPO step of 8 events p
 LSTM health, PPO updates, a ``run_start`` first and a heartbeat now and then), a ``run_end`` last,
 and a clock tick per second of arrival time, as the daemon logs them. Then:
 
-- in process: :func:`simic.consumer.replay.replay` with the default configuration (every rule),
+- in process: :func:`simic.consumer.offline.replay.replay` with the default configuration (every rule),
   best of ``--repeat`` runs, and the same with analysis off (what ``inspect`` runs: decode and
   accounting only);
 - the same log with every segment compressed as the daemon compresses closed ones
@@ -49,7 +49,7 @@ from bench.consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
 from bench.emit_cost import machine  # noqa: E402
 
 from simic.consumer import ConsumerConfig  # noqa: E402
-from simic.consumer.replay import replay  # noqa: E402
+from simic.consumer.offline.replay import replay  # noqa: E402
 from simic.schemas import encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402
 from simic.schemas.eventlog import FRAME_TICK, LogReader, LogWriter, compress_segment, segment_paths  # noqa: E402

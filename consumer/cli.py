@@ -13,8 +13,8 @@ import click
 from simic.schemas.transport import ENDPOINT_ENV, default_endpoint, is_loopback
 from simic.schemas.eventlog import LogFormatError
 
-from .alerts import alert_record, to_json_line
 from .config import ConfigError, load_config
+from .pipeline.alerts import alert_record, to_json_line
 
 __all__ = ["main"]
 
@@ -98,7 +98,7 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
         verbose: bool) -> None:
     """Receive events, record them, analyse them and raise alerts until SIGINT/SIGTERM (or until the
     process given to --exit-with-pid exits)."""
-    from .lifecycle import check_private_dir, remove_private_dir
+    from .daemon.lifecycle import check_private_dir, remove_private_dir
 
     _setup_logging(verbose)
     if remove_dir_at_exit is not None:
@@ -116,12 +116,12 @@ def run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_end
 def _run(endpoint: str | None, log_dir: Path, config_path: str | None, alerts_endpoint: str, dead_letter: bool, insecure_bind: bool,
          curve_secret: Path | None, curve_allow: Path | None, metrics_port: int | None, metrics_host: str, dashboard: bool,
          exit_with_pid: int | None, tensorboard_dir: str | None, wandb_project: str | None) -> None:
-    from .claim import EndpointInUse
-    from .daemon import DaemonOptions, serve
-    from .lifecycle import ProcessGone
+    from .daemon.claim import EndpointInUse
+    from .daemon.lifecycle import ProcessGone
+    from .daemon.serve import DaemonOptions, serve
     from simic.schemas.transport import KeyFileError
 
-    from .security import CurveServer
+    from .daemon.security import CurveServer
     from .sinks.export import MissingExtra
 
     config = _with_exports(_config(config_path), tensorboard_dir, wandb_project)
@@ -197,8 +197,8 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line: the alerts, then a summary line.")
 def replay(logs: tuple[Path, ...], config_path: str | None, as_json: bool) -> None:
     """Run recorded logs (files or directories) through the analysis and print the alerts."""
-    from .inspect_log import format_summary
-    from .replay import replay as run_replay
+    from .offline.inspect_log import format_summary
+    from .offline.replay import replay as run_replay
 
     _setup_logging(False, logging.WARNING)
     config = _config(config_path)
@@ -252,7 +252,7 @@ def report(logs: tuple[Path, ...], output: Path, config_path: str | None, title:
 def export(destination: str, logs: tuple[Path, ...], out: Path, config_path: str | None, project: str | None, wandb_mode: str | None) -> None:
     """Write recorded logs to TensorBoard or wandb as the sidecar's --tensorboard and --wandb do live:
     the same scalars on the step axis, the alerts of the same rules as text, run_start as the config."""
-    from .replay import replay as run_replay
+    from .offline.replay import replay as run_replay
     from .sinks.export import MissingExtra, export_sinks
 
     _setup_logging(False, logging.WARNING)
@@ -284,8 +284,8 @@ def export(destination: str, logs: tuple[Path, ...], out: Path, config_path: str
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def inspect(log: Path, as_json: bool) -> None:
     """Tell what a log holds: runs, ranks, events per kind, steps, times, losses, rejections, torn tail."""
-    from .inspect_log import format_summary
-    from .replay import replay as run_replay
+    from .offline.inspect_log import format_summary
+    from .offline.replay import replay as run_replay
 
     _setup_logging(False, logging.ERROR)
     try:
@@ -306,7 +306,7 @@ def inspect(log: Path, as_json: bool) -> None:
 def healthcheck(url: str, max_age: float) -> None:
     """Exit 0 if the daemon at URL answers and its pipeline ran in the last MAX_AGE seconds, else 1 with the reason
     (the Docker image's HEALTHCHECK; a Kubernetes exec liveness probe)."""
-    from .healthcheck import check
+    from .daemon.healthcheck import check
 
     problem = check(url, max_age)
     if problem:

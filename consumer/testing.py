@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from simic.schemas.models import Alert, Event
 
-from .pipeline import Batch, SyncStage
+from .pipeline.contract import Batch, SyncStage
 
 __all__ = ["RecordingSink"]
 

@@ -47,7 +47,7 @@ from simic.schemas.transport import ENDPOINT_ENV, alerts_endpoint_for, ipc_path
 __all__ = ["Sidecar", "spawn_consumer", "is_listening"]
 
 IN_USE = " is in use by "
-"""What a consumer refusing an endpoint another one holds prints (``simic.consumer.claim.EndpointInUse``)."""
+"""What a consumer refusing an endpoint another one holds prints (``simic.consumer.daemon.claim.EndpointInUse``)."""
 
 
 def is_listening(endpoint: str, timeout_s: float = 0.5) -> bool:

@@ -8,7 +8,7 @@ endpoint sits next to the events endpoint by convention.
 Keys: pyzmq's certificate format. ``simic-consumer keygen`` writes a pair (:func:`write_key_pair`),
 producers load theirs (:class:`CurveClientKeys`), the consumer loads its own and the allow-list of
 client public keys (:func:`load_allowed_keys`); every file is read by :func:`read_key_file`. What the
-consumer does with them (its authenticator, counted handshake failures) is ``simic.consumer.security``.
+consumer does with them (its authenticator, counted handshake failures) is ``simic.consumer.daemon.security``.
 
 Imports: the standard library; ``zmq`` only inside the key functions (a producer without keys never needs it).
 """

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simic.schemas.models import Alert, Event
 
-from ..alerts import AlertMaker
-from ..pipeline import Batch, SyncStage
+from ..pipeline.alerts import AlertMaker
+from ..pipeline.contract import Batch, SyncStage
 
 __all__ = ["RuleConfig", "Rule", "register", "RULES", "subject_key", "Severity", "Capped", "MAX_SUBJECTS"]
 
@@ -84,7 +84,7 @@ class Rule(SyncStage):
     """Event kinds :meth:`check` is given (None: every kind). Saves a call per event of other kinds."""
     per_update: ClassVar[bool] = False
     """True: :meth:`check` is given one event per update and kind, the events of one step combined
-    (``simic.consumer.analysis.updates``), so counts and baselines are in updates whatever the
+    (``simic.consumer.pipeline.updates``), so counts and baselines are in updates whatever the
     trainer's cadence. False: every event as it arrived."""
 
     def __init__(self, config: RuleConfig, alerts: AlertMaker) -> None:

@@ -1,6 +1,6 @@
 """Small pieces several rules share: an "about" event for alerts that no single event raised (a
 silent producer, a lagging rank), and the gathering of one step's value from every rank of a run.
-The rules' moving averages are :class:`~simic.consumer.analysis.ema.Ema`."""
+The rules' moving averages are :class:`~simic.consumer.analysis._ema.Ema`."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert
 
-from ..accounting import SequenceTracker
-from ..pipeline import Batch
+from ..pipeline.accounting import SequenceTracker
+from ..pipeline.contract import Batch
 from ._rule import Capped, Rule, RuleConfig, register, subject_key
 
 

@@ -12,7 +12,7 @@ from simic.schemas.models import Alert, Event
 
 from ._rise import Rise, RiseLimits
 from ._rule import Capped, Rule, RuleConfig, register, subject_key
-from .ema import Ema, GradientEMATracker, relative_drift
+from ._ema import Ema, GradientEMATracker, relative_drift
 
 _INF = math.inf
 

@@ -10,7 +10,7 @@ from pydantic import Field
 from simic.schemas.models import Alert, Event
 
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
-from .ema import Ema
+from ._ema import Ema
 
 _INF = math.inf
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from simic.schemas.models import EVENT_TYPES, Alert, Event, HeadGradNorms, LstmHealth, iter_numbers
 
-from ..pipeline import Batch
+from ..pipeline.contract import Batch
 from ._rule import Rule, RuleConfig, Severity, register, subject_key
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from simic.schemas.models import Alert
 
-from ..pipeline import Batch
+from ..pipeline.contract import Batch
 from ._rule import Capped, Rule, RuleConfig, Severity, register
 from ._support import about
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ..pipeline import Batch
+from ..pipeline.contract import Batch
 from ._rule import Capped, Rule, RuleConfig, register
 from ._support import about, gather_step
 

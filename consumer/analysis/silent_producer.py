@@ -8,10 +8,10 @@ from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ..pipeline import Batch
+from ..pipeline.contract import Batch
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._support import about
-from .ema import Ema
+from ._ema import Ema
 
 
 class SilentProducerConfig(RuleConfig):

@@ -4,7 +4,7 @@
 analysis rules, so the alerts in a report are the alerts the daemon raised (or would raise with
 the configuration given). It keeps, per ``(run_id, rank)``, one :class:`Series` per measured
 quantity, with the training step as x: every point of what the metrics and the dashboard show the
-newest of, read the same way (``simic.consumer.ranks``).
+newest of, read the same way (``simic.consumer.pipeline.ranks``).
 
 A value the producer sent as missing (``None``) is kept as ``None`` and drawn as a gap; NaN and
 Inf are kept as they are (the figures draw them as gaps too, and mark them). A step with no event
@@ -22,12 +22,12 @@ from typing import Any, Sequence
 from simic.schemas.models import Alert, HeadGradNorms, LstmHealth, PpoUpdate, RunEnd, RunStart, StepTiming
 
 from ..analysis.gradient_drift import GradientDrift, GradientDriftConfig, HeadJudgement
-from ..analysis.updates import COMBINED_KINDS
-from ..build import analysis_stages
 from ..config import ConsumerConfig
-from ..pipeline import Batch, Stage
-from ..ranks import PerRank, RankKey, grad_totals
-from ..replay import replay
+from ..offline.replay import replay
+from ..pipeline.build import analysis_stages
+from ..pipeline.contract import Batch, Stage
+from ..pipeline.ranks import PerRank, RankKey, grad_totals
+from ..pipeline.updates import COMBINED_KINDS
 
 __all__ = ["Series", "DriftTrace", "RankSeries", "ReportData", "SeriesRecorder", "collect", "LSTM_FIELDS", "PPO_FIELDS"]
 
@@ -139,7 +139,7 @@ class ReportData:
 
 class SeriesRecorder(Stage):
     """A pipeline stage that turns events into :class:`RankSeries` (one per run and rank): one point per
-    update, the update's events combined as the rules saw them (``simic.consumer.analysis.updates``)."""
+    update, the update's events combined as the rules saw them (``simic.consumer.pipeline.updates``)."""
 
     name = "report_recorder"
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from plotly.offline import get_plotlyjs
 
-from ..alerts import json_safe
+from ..pipeline.alerts import json_safe
 from .collect import ReportData
 from .figures import Figures
 

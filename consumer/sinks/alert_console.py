@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from ..pipeline import Batch, Stage
+from ..pipeline.contract import Batch, Stage
 
 __all__ = ["ConsoleAlertSink", "format_alert"]
 

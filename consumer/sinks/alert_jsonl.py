@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from ..alerts import alert_record, to_json_line
-from ..pipeline import Batch, Stage
+from ..pipeline.alerts import alert_record, to_json_line
+from ..pipeline.contract import Batch, Stage
 
 __all__ = ["JsonlAlertSink"]
 

@@ -4,7 +4,7 @@ and the delivery receipts that tell a closing producer what arrived (``Emitter.c
 Each alert or receipt is a two-part message: the run id (the subscription topic, so a trainer
 subscribes to its own run) and the event encoded as a normal simic message. PUB never blocks: a subscriber that
 does not keep up loses alerts at its high-water mark. With a
-:class:`~simic.consumer.security.CurveServer` it is a CURVE server with the events socket's key:
+:class:`~simic.consumer.daemon.security.CurveServer` it is a CURVE server with the events socket's key:
 only subscribers holding an allowed key receive anything.
 """
 
@@ -17,11 +17,11 @@ import zmq
 from simic.schemas.codec import encode_events
 from simic.schemas.transport import ipc_path
 
-from ..claim import in_use_error
-from ..pipeline import Batch, Stage
+from ..daemon.claim import in_use_error
+from ..pipeline.contract import Batch, Stage
 
 if TYPE_CHECKING:
-    from ..security import CurveServer
+    from ..daemon.security import CurveServer
 
 __all__ = ["PubAlertSink"]
 

@@ -6,7 +6,7 @@ alerts), with the totals above it and the latest alerts below. Alert lines print
 sink scroll above the live view. When stdout is not a terminal (a log file, ``docker logs``) it
 prints one plain status line per run and rank every ``plain_interval_s`` instead.
 
-The stage only updates a few numbers per event (``simic.consumer.ranks``: the newest of every
+The stage only updates a few numbers per event (``simic.consumer.pipeline.ranks``: the newest of every
 measurement per run and rank, read as the metrics read it); the table is rebuilt at most
 ``refresh_per_second`` times a second, in the pipeline's own task (no render thread reads the
 state while it changes). Clock ticks keep it fresh when no traffic arrives. Time is arrival time
@@ -27,9 +27,9 @@ from rich.text import Text
 
 from simic.schemas.models import Alert, Event
 
-from ..accounting import Accounting
-from ..pipeline import Batch, Stage
-from ..ranks import LatestByRank, RankLatest
+from ..pipeline.accounting import Accounting
+from ..pipeline.contract import Batch, Stage
+from ..pipeline.ranks import LatestByRank, RankLatest
 
 __all__ = ["DashboardSink", "RankView"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from simic.schemas.eventlog import LogWriteError, LogWriter
 
-from ..pipeline import Batch, Stage
+from ..pipeline.contract import Batch, Stage
 
 __all__ = ["DeadLetterSink"]
 

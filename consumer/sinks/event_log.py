@@ -11,8 +11,8 @@ from simic.schemas.eventlog import (
     FRAME_MESSAGE, FRAME_TICK, LogFormatError, LogReader, LogWriteError, LogWriter, segment_index, segment_name, segment_paths,
 )
 
-from ..pipeline import Batch, RateLimitedLog, Stage
-from ..retention import LogMaintenance, RetentionPolicy
+from ..pipeline.contract import Batch, RateLimitedLog, Stage
+from .retention import LogMaintenance, RetentionPolicy
 
 __all__ = ["EventLogSink"]
 
@@ -31,7 +31,7 @@ class EventLogSink(Stage):
     the newest segment by a crash is reported (readers skip it; new frames go to a new segment).
 
     Closed segments are compressed and the oldest removed by a background thread
-    (:class:`~simic.consumer.retention.LogMaintenance`, per ``retention``), woken at start, when a
+    (:class:`~simic.consumer.sinks.retention.LogMaintenance`, per ``retention``), woken at start, when a
     segment is closed and every ``maintenance_interval_s``. It never touches the segment being
     written, and never removes the one the last checkpoint points into (:meth:`checkpointed`) or a
     later one: when a segment is closed, :attr:`checkpoint_wanted` asks the daemon for a checkpoint,

@@ -43,7 +43,7 @@ Metrics (``_total`` counters count from this process's start, as Prometheus expe
     simic_export_failed_events_total{exporter}           events of batches whose writing raised
     simic_export_queue_depth_messages{exporter} / simic_export_queue_capacity_messages{exporter}
 
-The per-rank values are the newest of each measurement as ``simic.consumer.ranks`` reads them (the
+The per-rank values are the newest of each measurement as ``simic.consumer.pipeline.ranks`` reads them (the
 dashboard shows the same). A value the producer sent as missing removes its sample (no sample, not 0);
 NaN is exported as NaN.
 """
@@ -59,9 +59,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from ..accounting import Accounting
-from ..pipeline import Batch, Stage, StageCounts
-from ..ranks import LatestByRank, RankKey, RankLatest
+from ..pipeline.accounting import Accounting
+from ..pipeline.contract import Batch, Stage, StageCounts
+from ..pipeline.ranks import LatestByRank, RankKey, RankLatest
 from .event_log import EventLogSink
 from .export import ExportSink
 
@@ -74,7 +74,7 @@ class StageMetrics(Collector):
     """The pipeline's per-stage counts as Prometheus counters, read from ``counts`` when scraped.
 
     Args:
-        counts: what :meth:`simic.consumer.pipeline.Pipeline.stage_counts` returns, when called.
+        counts: what :meth:`simic.consumer.pipeline.contract.Pipeline.stage_counts` returns, when called.
     """
 
     def __init__(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
@@ -189,7 +189,7 @@ class MetricsSink(Stage):
 
     def export_stages(self, counts: Callable[[], Mapping[str, StageCounts]]) -> None:
         """Export per-stage counts (and ``simic_log_frames_lost_total``), read from ``counts`` when scraped:
-        the pipeline's :meth:`~simic.consumer.pipeline.Pipeline.stage_counts`, once the pipeline is built."""
+        the pipeline's :meth:`~simic.consumer.pipeline.contract.Pipeline.stage_counts`, once the pipeline is built."""
         self.registry.register(StageMetrics(counts))
 
     def export_log(self, log: EventLogSink) -> None:

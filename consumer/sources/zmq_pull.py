@@ -5,7 +5,7 @@ ZeroMQ has nothing more (an await per message would cap throughput near 70k mess
 message goes into a bounded asyncio queue with its arrival time. When the queue is full the task
 waits, ZeroMQ's own queues fill, and producers drop and count: back-pressure, not memory growth.
 Messages larger than the codec's limit are refused by ZeroMQ itself (``MAXMSGSIZE``) before any
-allocation. With a :class:`~simic.consumer.security.CurveServer` the socket is a CURVE server:
+allocation. With a :class:`~simic.consumer.daemon.security.CurveServer` the socket is a CURVE server:
 only producers holding an allowed key get through, and rejected handshakes are counted.
 """
 
@@ -21,10 +21,10 @@ import zmq.asyncio
 from simic.schemas.codec import MAX_MESSAGE_BYTES
 from simic.schemas.transport import ipc_path
 
-from ..claim import in_use_error
+from ..daemon.claim import in_use_error
 
 if TYPE_CHECKING:
-    from ..security import CurveServer
+    from ..daemon.security import CurveServer
 
 __all__ = ["ZmqPullSource"]
 

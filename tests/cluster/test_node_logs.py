@@ -15,7 +15,7 @@ from pathlib import Path
 
 from simic.producer import Emitter
 
-from tests.consumer.test_metrics import scrape, value
+from tests.consumer.sinks.test_metrics import scrape, value
 
 from .conftest import WAIT_S, until
 

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from simic.consumer import AnomalyDetector, AnomalyReport, GradientEMATracker
-from simic.consumer.analysis.ema import Ema
+from simic.consumer.analysis._ema import Ema
 
 
 class TestGradientEMATracker:

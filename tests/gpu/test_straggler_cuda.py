@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.consumer.conftest import daemons, ipc_endpoint, cli  # noqa: E402,F401
-from tests.consumer.rules.test_straggler import assert_names_the_slow_rank, run_ranks  # noqa: E402
+from tests.consumer.analysis.test_straggler import assert_names_the_slow_rank, run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -17,13 +17,13 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils.monitor import parse_monitor_message
 
-from simic.consumer.security import CurveServer
+from simic.consumer.daemon.security import CurveServer
 from simic.producer import Emitter
 from simic.schemas import decode_message
 from simic.schemas.transport import CURVE_CLIENT_KEY_ENV, CURVE_SERVER_KEY_ENV, ENDPOINT_ENV, RUN_ID_ENV, CurveClientKeys, write_key_pair
 
-from tests.consumer.test_daemon import train
-from tests.consumer.test_metrics import scrape, value
+from tests.consumer.daemon.test_serve import train
+from tests.consumer.sinks.test_metrics import scrape, value
 
 from .conftest import WAIT_S
 

@@ -39,7 +39,7 @@ from simic.schemas.models import (
     RunStart, StepTiming,
 )
 
-from ...analysis.updates import COMBINED_KINDS
+from ...pipeline.updates import COMBINED_KINDS
 
 __all__ = ["RunPoints", "RunKey", "points_of", "run_config", "alert_text", "LSTM_FIELDS", "PPO_FIELDS"]
 

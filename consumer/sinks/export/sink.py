@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-from ...pipeline import Batch, RateLimitedLog, SyncStage
+from ...pipeline.contract import Batch, RateLimitedLog, SyncStage
 from .points import RunKey, RunPoints, points_of
 
 __all__ = ["Exporter", "RunExporter", "ExportSink", "ExportStats", "MissingExtra"]

@@ -19,7 +19,7 @@ from simic.consumer.sinks.metrics import MetricsSink
 from simic.producer import Emitter
 from simic.schemas.codec import KINDS, encode_message
 
-from .conftest import WAIT_S
+from ..conftest import WAIT_S
 
 HEADS = ["slot", "blueprint", "blend", "op", "value"]
 STEPS = 20

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from simic.consumer import ConsumerConfig, build_pipeline, replay
-from simic.consumer.alerts import alert_record
+from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.testing import RecordingSink
 from simic.schemas.models import RunEnd, RunStart

@@ -14,7 +14,7 @@ rule) is a :class:`SyncStage`: the pipeline calls it directly, saving a coroutin
 The rest of the contract, declared here and honoured by the pipeline (choices made at construction):
 
 - :class:`Stateful`: a stage with ``state_dict()``/``load_state_dict()`` is checkpointed by the daemon
-  and restored into a fresh pipeline (``simic.consumer.state``); :attr:`Pipeline.stateful` lists them.
+  and restored into a fresh pipeline (``simic.consumer.daemon.checkpoint``); :attr:`Pipeline.stateful` lists them.
 - :attr:`Stage.quiet_while_catching_up`: a stage whose work is output (the event log, alert sinks,
   exporters, metrics, the dashboard) is not handed the batches a restarted daemon re-processes to
   rebuild its state; the analysis is.
@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 from simic.schemas.codec import DecodeError, decode_message
 from simic.schemas.models import Alert, DeliveryReceipt, Event
 
-from .lifecycle import parse_note
+from ..daemon.lifecycle import parse_note
 
 __all__ = ["Batch", "Stage", "SyncStage", "Stateful", "StageCounts", "Pipeline", "RateLimitedLog"]
 
@@ -71,7 +71,7 @@ class Batch:
     just exited. The tick's payload records it in the log, so replay sees the exit at the same point."""
     updates: list[Event] = field(default_factory=list)
     """The batch's events as the rules that count updates see them: one per update and kind, combined
-    by the ``updates`` stage (``simic.consumer.analysis.updates``); empty before that stage."""
+    by the ``updates`` stage (``simic.consumer.pipeline.updates``); empty before that stage."""
     receipts: list[DeliveryReceipt] = field(default_factory=list)
     """Delivery receipts for the sessions whose ``run_end`` is in this batch, made by the accounting
     (what it received of each) and published to their producers by the alerts publisher."""
@@ -259,7 +259,7 @@ class Pipeline:
 
     async def tick(self, now_ns: int, *, catching_up: bool = False, note: bytes = b"") -> Batch:
         """Let time-based stages see that time passed (no message). ``note``: the tick's payload, what
-        the daemon noticed besides time (``simic.consumer.lifecycle.exit_note``), logged with it."""
+        the daemon noticed besides time (``simic.consumer.daemon.lifecycle.exit_note``), logged with it."""
         batch = Batch(raw=note, recv_ns=now_ns, tick=True, catching_up=catching_up)
         if note:
             batch.exited = parse_note(note)

@@ -2,7 +2,7 @@
 
 The daemon's rules (one module each in this folder) do the live work; this is the small,
 synchronous API for callers that compute drift themselves (for example with a
-:class:`~simic.consumer.analysis.ema.GradientEMATracker` in a notebook).
+:class:`~simic.consumer.analysis._ema.GradientEMATracker` in a notebook).
 """
 
 from __future__ import annotations

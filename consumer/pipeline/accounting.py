@@ -17,7 +17,7 @@ from typing import Any
 
 from simic.schemas.models import DeliveryReceipt, Event, Heartbeat, RunEnd, RunStart
 
-from .pipeline import Batch, RateLimitedLog, SyncStage
+from .contract import Batch, RateLimitedLog, SyncStage
 
 __all__ = ["ProducerKey", "SequenceTracker", "ProducerState", "Accounting"]
 

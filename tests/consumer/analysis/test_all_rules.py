@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from simic.consumer import ConsumerConfig, build_pipeline, replay
-from simic.consumer.alerts import alert_record
+from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES, RuleConfig
 from simic.consumer.testing import RecordingSink
 from simic.schemas.models import RunEnd, RunStart

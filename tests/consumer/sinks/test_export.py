@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from simic.consumer import ConsumerConfig, build_pipeline
-from simic.consumer.pipeline import StageCounts
+from simic.consumer.pipeline.contract import StageCounts
 from simic.consumer.sinks.export import Exporter, ExportSink, export_sinks
 from simic.consumer.sinks.export.tensorboard import run_directory
 from simic.consumer.testing import RecordingSink
@@ -24,8 +24,8 @@ from simic.schemas.models import (
     Episodes, HeadGradNorms, Heartbeat, LstmHealth, Metrics, ParamUpdates, PpoUpdate, RunEnd, RunStart, StepTiming,
 )
 
-from .conftest import WAIT_S
-from ..export_readers import tensorboard_hparams, tensorboard_scalars, tensorboard_texts, wandb_runs
+from ..conftest import WAIT_S
+from ...export_readers import tensorboard_hparams, tensorboard_scalars, tensorboard_texts, wandb_runs
 
 pytest.importorskip("tensorboardX", reason="the tensorboard extra (make test installs it)")
 pytest.importorskip("wandb", reason="the wandb extra (make test installs it)")
@@ -320,7 +320,7 @@ def live_export(tmp_path_factory):
 
     from simic.producer import Emitter
 
-    from .conftest import Daemon
+    from ..conftest import Daemon
 
     base = tmp_path_factory.mktemp("live-export")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}

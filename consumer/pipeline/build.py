@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
+from ..analysis import RULES
+from ..config import ConsumerConfig
+from ..sinks.alert_console import ConsoleAlertSink
+from ..sinks.alert_jsonl import JsonlAlertSink
+from ..sinks.dead_letter import DeadLetterSink
+from ..sinks.event_log import EventLogSink
+from ..sinks.retention import RetentionPolicy
 from .accounting import Accounting
 from .alerts import AlertClock, AlertMaker
-from .analysis import RULES
-from .analysis.updates import UpdateCombiner
-from .config import ConsumerConfig
-from .pipeline import Pipeline, Stage
-from .retention import RetentionPolicy
-from .sinks.alert_console import ConsoleAlertSink
-from .sinks.alert_jsonl import JsonlAlertSink
-from .sinks.dead_letter import DeadLetterSink
-from .sinks.event_log import EventLogSink
+from .contract import Pipeline, Stage
+from .updates import UpdateCombiner
 
 __all__ = ["build_pipeline", "analysis_stages"]
 

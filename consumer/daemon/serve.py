@@ -32,21 +32,21 @@ from pathlib import Path
 from simic.schemas.transport import alerts_endpoint_for
 from simic.schemas.eventlog import FRAME_TICK
 
-from .accounting import Accounting
+from ..config import ConsumerConfig
+from ..pipeline.accounting import Accounting
+from ..pipeline.build import build_pipeline
+from ..pipeline.contract import Pipeline, Stage
+from ..sinks.alert_pub import PubAlertSink
+from ..sinks.event_log import EventLogSink
+from ..sinks.export import ExportSink, export_sinks
+from ..sinks.metrics import MetricsSink
+from ..sinks.retention import first_kept_segments
+from ..sources.zmq_pull import ZmqPullSource
 from .backpressure import ByteBoundedQueue
-from .build import build_pipeline
+from .checkpoint import STATE_FILE, UnusableCheckpoint, frames_after, load_checkpoint, save_checkpoint
 from .claim import EndpointClaim, claim_endpoint
-from .config import ConsumerConfig
 from .lifecycle import ProcessWatch, detach_closed_output, exit_note, host_name
-from .pipeline import Pipeline, Stage
-from .retention import first_kept_segments
 from .security import CurveServer
-from .sinks.alert_pub import PubAlertSink
-from .sinks.event_log import EventLogSink
-from .sinks.export import ExportSink, export_sinks
-from .sinks.metrics import MetricsSink
-from .sources.zmq_pull import ZmqPullSource
-from .state import STATE_FILE, UnusableCheckpoint, frames_after, load_checkpoint, save_checkpoint
 
 __all__ = ["DaemonOptions", "serve"]
 
@@ -77,7 +77,7 @@ class DaemonOptions:
     """CurveZMQ keys and allow-list for the events socket and the alerts PUB; None: no encryption."""
     exit_with_pid: int | None = None
     """Watch this process (on this host) and stop, after recording its exit, when it exits. A process
-    that is not running when :func:`serve` starts raises :class:`~simic.consumer.lifecycle.ProcessGone`."""
+    that is not running when :func:`serve` starts raises :class:`~simic.consumer.daemon.lifecycle.ProcessGone`."""
     settle_s: float = 0.2
     """After the watched process exited: how long the input must stay quiet (at most ``10 x`` this)
     before its exit is recorded, so what it sent before dying is logged and analysed first."""
@@ -122,7 +122,7 @@ class _Daemon:
                 self.metrics.registry.register(options.curve.failures)  # simic_handshakes_failed_total
         self.dashboard = None
         if options.dashboard:
-            from .sinks.dashboard import DashboardSink
+            from ..sinks.dashboard import DashboardSink
 
             self.dashboard = DashboardSink(accounting=self.accounting)
         extra: list[Stage] = []

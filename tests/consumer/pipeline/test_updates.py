@@ -1,6 +1,6 @@
 """The ``updates`` stage: the events of one update combined before the rules that count updates.
 
-Driven through the real pipeline with real encoded messages (the helpers of ``rules/harness.py``), and the
+Driven through the real pipeline with real encoded messages (the helpers of ``analysis/harness.py``), and the
 stage alone on decoded batches.
 """
 
@@ -10,10 +10,10 @@ import json
 import math
 import random
 
-from simic.consumer.analysis.updates import UpdateCombiner, combine
-from simic.consumer.pipeline import Batch
+from simic.consumer.pipeline.updates import UpdateCombiner, combine
+from simic.consumer.pipeline.contract import Batch
 from simic.schemas.models import HeadGradNorms, RunEnd, StepTiming
-from tests.consumer.rules.harness import TYPICAL, Producer, Timeline, checkpoint, noisy, of, play
+from tests.consumer.analysis.harness import TYPICAL, Producer, Timeline, checkpoint, noisy, of, play
 
 
 def minibatches(p: Producer, step: int, rng: random.Random, count: int = 16, **norms) -> list:

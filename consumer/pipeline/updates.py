@@ -44,8 +44,8 @@ from pydantic import BaseModel
 from simic.schemas.codec import KINDS, decode_message, encode_events
 from simic.schemas.models import Event
 
-from ..pipeline import Batch, SyncStage
-from ._rule import Capped
+from ..analysis._rule import Capped
+from .contract import Batch, SyncStage
 
 __all__ = ["UpdateCombiner", "COMBINED_KINDS", "combine"]
 

@@ -15,13 +15,13 @@ from typing import Any, Sequence, TextIO
 from simic.schemas.eventlog import FRAME_MESSAGE, FRAME_TICK, LogProblem
 from simic.schemas.models import Alert
 
-from .accounting import Accounting
-from .build import build_pipeline
-from .config import ConsumerConfig
-from .pipeline import Pipeline, Stage
-from .retention import first_kept_segments, retention_summary
-from .sources.log_files import LogFilesSource
-from .testing import RecordingSink
+from ..config import ConsumerConfig
+from ..pipeline.accounting import Accounting
+from ..pipeline.build import build_pipeline
+from ..pipeline.contract import Pipeline, Stage
+from ..sinks.retention import first_kept_segments, retention_summary
+from ..sources.log_files import LogFilesSource
+from ..testing import RecordingSink
 
 __all__ = ["ReplayResult", "replay"]
 

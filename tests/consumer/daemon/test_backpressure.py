@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from simic.consumer.backpressure import ByteBoundedQueue
+from simic.consumer.daemon.backpressure import ByteBoundedQueue
 
 
 async def test_put_waits_once_the_bytes_are_reached_and_resumes_when_they_are_taken():

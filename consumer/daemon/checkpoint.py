@@ -1,7 +1,7 @@
 """Checkpoints of the consumer's state, so a restarted daemon continues where the last one was.
 
 ``<log dir>/consumer-state.json`` holds the state of every stateful stage (accounting, the rules'
-EMAs, baselines and open conditions, the alert numbering: :class:`~simic.consumer.pipeline.Stateful`)
+EMAs, baselines and open conditions, the alert numbering: :class:`~simic.consumer.pipeline.contract.Stateful`)
 and the log position it covers. It is written atomically (temporary file, fsync, rename) every
 ``checkpoint_interval_s`` and at shutdown.
 
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from simic.schemas.eventlog import Frame, LogReader, segment_index, segment_paths
 
-from .pipeline import Pipeline
+from ..pipeline.contract import Pipeline
 
 __all__ = ["STATE_FILE", "Restored", "UnusableCheckpoint", "save_checkpoint", "load_checkpoint", "frames_after"]
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from simic.schemas.models import Alert, Event
 
-from .pipeline import Batch, SyncStage
+from .contract import Batch, SyncStage
 
 __all__ = ["AlertMaker", "AlertClock", "alert_record", "to_json_line", "json_safe"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simic.producer import Emitter
 
-from .conftest import Cli
+from ..conftest import Cli
 
 
 def emit_run(endpoint: str, run_id: str, steps: int = 20) -> int:

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from simic.consumer import Accounting, ConsumerConfig, build_pipeline
-from simic.consumer.ranks import LatestByRank, PerRank, RankLatest, grad_totals
+from simic.consumer.pipeline.ranks import LatestByRank, PerRank, RankLatest, grad_totals
 from simic.consumer.sinks.dashboard import DashboardSink
 from simic.consumer.sinks.metrics import MetricsSink
 from simic.schemas.codec import KINDS, encode_message

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from simic.consumer.lifecycle import ProcessGone, ProcessWatch, check_private_dir, exit_note, parse_note, remove_private_dir
+from simic.consumer.daemon.lifecycle import ProcessGone, ProcessWatch, check_private_dir, exit_note, parse_note, remove_private_dir
 
 WAIT_S = 60.0
 """Hang guard (not a timing assertion)."""

@@ -11,10 +11,10 @@ import random
 import re
 
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline
-from simic.consumer.alerts import alert_record
+from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES, Rule, RuleConfig
-from simic.consumer.analysis.updates import UpdateCombiner
-from simic.consumer.lifecycle import exit_note
+from simic.consumer.pipeline.updates import UpdateCombiner
+from simic.consumer.daemon.lifecycle import exit_note
 from simic.consumer.testing import RecordingSink
 from simic.schemas import encode_events
 from simic.schemas.models import Alert, Event, HeadGradNorms, LstmHealth, PpoUpdate, StepTiming

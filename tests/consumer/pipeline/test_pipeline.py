@@ -9,12 +9,12 @@ import math
 import pytest
 
 from simic.consumer import Accounting, ConsumerConfig, Pipeline, Stage, build_pipeline, load_config, replay
-from simic.consumer.alerts import alert_record
+from simic.consumer.pipeline.alerts import alert_record
 from simic.consumer.analysis import RULES
 from simic.consumer.config import ConfigError
-from simic.consumer.daemon import DaemonOptions, serve
-from simic.consumer.pipeline import StageCounts, Stateful
-from simic.consumer.state import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
+from simic.consumer.daemon.serve import DaemonOptions, serve
+from simic.consumer.pipeline.contract import StageCounts, Stateful
+from simic.consumer.daemon.checkpoint import STATE_FILE, UnusableCheckpoint, load_checkpoint, save_checkpoint
 from simic.consumer.testing import RecordingSink
 from simic.producer import Emitter
 from simic.schemas import encode_message
@@ -56,7 +56,7 @@ class TestAccounting:
 
     def test_a_sequence_tracker_tells_in_order_gaps_and_repeats_apart(self):
         """continues() takes the usual message at once; advance() returns the numbers skipped, or -1 for a repeat."""
-        from simic.consumer.accounting import SequenceTracker
+        from simic.consumer.pipeline.accounting import SequenceTracker
 
         class Session(SequenceTracker):
             __slots__ = ("next_seq",)
@@ -108,7 +108,7 @@ class TestAccounting:
 
     async def test_an_implausible_sequence_jump_is_counted_apart_not_as_loss(self):
         """A jump past MAX_GAP (a forged or corrupt seq) is a seq_jump; the gaps around it stay exact losses."""
-        from simic.consumer.accounting import MAX_GAP
+        from simic.consumer.pipeline.accounting import MAX_GAP
 
         accounting = Accounting()
         huge = (1 << 62) + 5
@@ -387,7 +387,7 @@ class TestReplay:
                 order.append(batch.recv_ns)
 
         pipeline = build_pipeline(ConsumerConfig(), console=False, extra_sinks=[Order()])
-        from simic.consumer.replay import run_source
+        from simic.consumer.offline.replay import run_source
         from simic.consumer.sources.log_files import LogFilesSource
 
         await run_source(LogFilesSource([tmp_path / "a", tmp_path / "b"]), pipeline)

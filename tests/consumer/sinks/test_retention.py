@@ -15,7 +15,7 @@ import pytest
 
 from simic.consumer import ConsumerConfig
 from simic.consumer.config import ConfigError, load_config
-from simic.consumer.retention import RETENTION_FILE, LogMaintenance, RetentionPolicy
+from simic.consumer.sinks.retention import RETENTION_FILE, LogMaintenance, RetentionPolicy
 from simic.producer import Emitter
 from simic.schemas import LogReader, LogWriter
 from simic.schemas.eventlog import compress_segment, segment_index, segment_paths

@@ -13,10 +13,10 @@ import tempfile
 
 import pytest
 
-from simic.consumer.analysis.ema import GradientEMATracker
+from simic.consumer.analysis._ema import GradientEMATracker
 from simic.producer import Emitter
 
-from .conftest import WAIT_S, Daemon, consumer_command
+from ..conftest import WAIT_S, Daemon, consumer_command
 
 from simic.consumer.report.figures import thin
 from simic.consumer.report.page import SECTIONS

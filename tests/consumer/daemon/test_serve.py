@@ -19,7 +19,7 @@ from simic.producer import Emitter, EmitterSettings
 from simic.schemas import SCHEMA_VERSION, encode_message
 from simic.schemas.eventlog import FRAME_MESSAGE, LogReader
 
-from .conftest import WAIT_S, consumer_command
+from ..conftest import WAIT_S, consumer_command
 
 HEADS = ["slot", "blueprint", "blend", "op", "value"]
 
@@ -294,7 +294,7 @@ class TestImports:
     def test_consumer_never_imports_torch(self):
         """`import simic.consumer` (and the daemon, CLI and replay modules) leave torch unloaded."""
         code = (
-            "import sys, simic.consumer, simic.consumer.cli, simic.consumer.daemon, simic.consumer.replay, simic.schemas;"
+            "import sys, simic.consumer, simic.consumer.cli, simic.consumer.daemon.serve, simic.consumer.offline.replay, simic.schemas;"
             "import simic.consumer.sources.zmq_pull;"
             "assert 'torch' not in sys.modules, 'torch was imported'"
         )
