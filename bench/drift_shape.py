@@ -25,7 +25,7 @@ import argparse
 import math
 import random
 
-from simic.consumer.alerts import AlertMaker
+from simic.consumer.pipeline.alerts import AlertMaker
 from simic.consumer.analysis import RULES
 from simic.schemas.models import HeadGradNorms
 

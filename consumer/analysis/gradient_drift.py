@@ -147,7 +147,7 @@ def _sustained(recent: int, bad: bool, window: int, count: int) -> tuple[int, bo
 class GradientDrift(Rule):
     """The gradient norm (or its health) moving away from its own recent average.
 
-    Per (run, rank), an EMA (:class:`~simic.consumer.analysis.ema.Ema`) follows the total norm and
+    Per (run, rank), an EMA (:class:`~simic.consumer.analysis._ema.Ema`) follows the total norm and
     another the *grad health* of every ``head_grad_norms`` update, with the seed plan's formula (drift
     ``|x - ema| / ema`` against the EMA before the update), and each head's norm is judged against its
     own recent history (level, jitter and recent highest, ``head_*`` settings; a slow drift of one head
