@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"step mix: simic {m['in8']:.1f} bytes/event batched per step vs JSON {m['json']:.0f} "
           f"({m['json'] / m['in8']:.1f}x) and msgpack dict {m['msgpack_dict']:.0f} ({m['msgpack_dict'] / m['in8']:.1f}x)")
+    host = next(e for e in by_kind["step_timing"] if e.clock == "cpu") if any(e.clock == "cpu" for e in by_kind["step_timing"]) else \
+        by_kind["step_timing"][0].model_copy(update={"clock": "cpu"})
+    waited = host.model_copy(update={"wait_ms": {phase: 0.3 for phase in host.phases_ms}})
+    print(f"a host-timed step_timing with the wait for a CPU of each of its {len(host.phases_ms)} phases: "
+          f"{len(encode_events([waited]))} bytes alone in a message, {len(encode_events([host]))} without it")
     print("round trip: " + ("skipped (--quick)" if args.quick else "every measured message decodes back to its events"))
     return 0
 
