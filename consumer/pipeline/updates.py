@@ -39,8 +39,6 @@ import base64
 import math
 from typing import Any, Callable, Sequence
 
-from pydantic import BaseModel
-
 from simic.schemas.codec import KINDS, decode_message, encode_events
 from simic.schemas.models import Event
 
@@ -167,27 +165,15 @@ _COMBINE: dict[str, Callable[[Sequence[Event]], dict[str, Any]]] = {
 COMBINED_KINDS = frozenset(kind for kind in _COMBINE if kind in KINDS)
 """The kinds the per-update rules read combined."""
 
-_object_new = object.__new__
-_set_dict = BaseModel.__dict__["__dict__"].__set__
-_set_fields_set = BaseModel.__pydantic_fields_set__.__set__
-_set_extra = BaseModel.__pydantic_extra__.__set__
-_set_private = BaseModel.__pydantic_private__.__set__
-
-
 def combine(events: Sequence[Event]) -> Event:
     """One event of the events of one update (same session, kind and step): the first one's envelope,
-    the last one's ``seq`` and clock, the payload combined as the module docstring says."""
+    the last one's ``seq`` and clock, the payload combined as the module docstring says. A copy of the
+    first (``model_copy``: the values are the models' own, combined from valid events, so not validated
+    again)."""
     if len(events) == 1:
         return events[0]
     first, last = events[0], events[-1]
-    fields = dict(first.__dict__)  # every field of the kind: the envelope of the first, then the combination
-    fields.update(seq=last.seq, clock_ns=last.clock_ns, **_COMBINE[first.kind](events))
-    event = _object_new(type(first))  # built as the codec builds decoded events: no validation, the values are
-    _set_dict(event, fields)  # the models' own (combined from valid events)
-    _set_fields_set(event, set(fields))
-    _set_extra(event, None)
-    _set_private(event, None)
-    return event
+    return first.model_copy(update=dict(seq=last.seq, clock_ns=last.clock_ns, **_COMBINE[first.kind](events)))
 
 
 def _part(event: Event) -> str | None:
