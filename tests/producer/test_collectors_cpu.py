@@ -179,6 +179,33 @@ class TestTimerOnCpu:
         assert shared.phases_ms["shared"] - shared.wait_ms["shared"] >= 150.0  # what remains is about its own 0.2 s
         assert asleep.wait_ms["asleep"] < 0.5 * asleep.phases_ms["asleep"]
 
+    @pytest.mark.skipif(not RunQueueWait().available, reason="needs Linux's per-thread scheduler statistics")
+    def test_the_wait_is_read_per_thread_and_a_forked_child_reads_its_own(self) -> None:
+        """Each thread reads its own statistics (its own file), and after a fork the child reads its own
+        thread, having closed the files it inherited from its parent."""
+        import threading
+
+        reader = RunQueueWait()
+        assert reader.read() >= 0
+        seen: list[int] = []
+        worker = threading.Thread(target=lambda: seen.append(reader.read()))
+        worker.start()
+        worker.join()
+        assert len(seen) == 1 and 0 <= seen[0] and len(reader._fds) == 2
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one read, its result through the pipe
+            try:
+                value = reader.read()
+                os.write(write_end, f"{value} {len(reader._fds)}".encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            value, files = pipe.read().split()
+        os.waitpid(pid, 0)
+        assert int(value) >= 0 and int(files) == 1  # the child's own thread, its parent's files closed
+
     def test_without_scheduler_statistics_no_wait_is_sent(self, consumer, emitter, monkeypatch) -> None:
         """Where the kernel does not say (another system), the event carries the phase and no wait_ms."""
         from simic.producer.collectors import timing
