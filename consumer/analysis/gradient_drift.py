@@ -212,14 +212,19 @@ class GradientDrift(Rule):
         floor, per_head, limits = self.config.vanishing_floor, self.config.per_head, self._head_limits
         healthy = 0
         alerts: list[Alert] | None = None
+        streaks = run.streaks
         for name, value in event.norms.items():
             if value is None or not floor < value < _INF:
+                streaks.pop(name, None)  # drifting updates "in a row" are consecutive updates of the head
                 continue  # unhealthy: lowers grad health, left out of the head's own history
             healthy += 1
             if per_head:
                 alert = self._judge_head(event, run, name, value, limits)
                 if alert:
                     alerts = (alerts or []) + [alert]
+        if streaks:
+            for name in [name for name in streaks if name not in event.norms]:  # a head this update did not measure
+                del streaks[name]
         return healthy, alerts
 
     def _judge_head(self, event: Event, run: _Run, name: str, value: float, limits: RiseLimits) -> Alert | None:

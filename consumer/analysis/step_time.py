@@ -69,12 +69,13 @@ class StepTimeConfig(RuleConfig):
 
 
 class _Phase:
-    __slots__ = ("baseline", "subject", "recent")
+    __slots__ = ("baseline", "subject", "recent", "own")
 
-    def __init__(self, baseline: Ema, subject: str, recent: list[float] | None = None) -> None:
+    def __init__(self, baseline: Ema, subject: str, recent: list[float] | None = None, own: bool = False) -> None:
         self.baseline = baseline
         self.subject = subject
         self.recent: list[float] = recent if recent is not None else []  # log times of the last good steps
+        self.own = own  # its times have been own times (a wait for a CPU was known): one without cannot be judged
 
     def jitter(self, floor: float) -> float:
         """Robust spread (1.4826 x MAD) of the recent log times, at least ``floor``."""
@@ -89,15 +90,16 @@ class _Phase:
             del self.recent[:-keep]
 
 
-def _own(ms: float, wait: float | None) -> float:
-    """A phase's time without its thread's wait for a CPU (the whole time when the wait is not known)."""
-    if wait is None or not 0.0 <= wait < _INF:
-        return ms
-    return max(ms - wait, 0.0)
+def _own(ms: float, wait: float | None) -> float | None:
+    """A phase's time without its thread's wait for a CPU; None when the wait is not known (or not a
+    part of the phase: negative, non-finite, or all of it)."""
+    if wait is None or not 0.0 <= wait < ms:
+        return None
+    return ms - wait
 
 
 def _waited(ms: float, own: float) -> str:
-    return f"; its own time: {ms:.4g} ms in all, {ms - own:.4g} ms of it waiting for a CPU" if own != ms else ""
+    return f"; {ms:.4g} ms in all, {ms - own:.4g} ms of it waiting for a CPU" if own != ms else ""
 
 
 @register
@@ -107,11 +109,12 @@ class StepTime(Rule):
     Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
     slow EMA. A phase is slow above ``regression_factor`` x baseline *and* ``noise_z`` times its own
     jitter (the robust spread of its recent log times). One observation per step: the ``step_timing`` events of a step are combined first,
-    their phases added up (one event per phase, or a phase timed twice, is one step). A phase whose
-    thread waited for a CPU (``wait_ms``, sent for host-timed phases where the kernel says) is blamed
-    only when its own time, without that wait, is slow too: time other processes took from it is
-    the machine's. When every phase of a step (two or more) is slow together, or every slow phase is
-    slow only by waiting for a CPU, no phase is blamed: it is the machine, reported
+    their phases added up (one event per phase, or a phase timed twice, is one step). Where the
+    producer sends how long a phase's thread waited, runnable, for a CPU (``wait_ms``: host-timed
+    phases where the kernel says), the phase's time is its own time without that wait, for its
+    baseline and its judgement alike: time other processes took from it is neither the phase's nor
+    reported (once a phase's times are own times, a step that lacks its wait is not judged). When
+    every phase of a step (two or more) is slow together, no phase is blamed: it is the machine, reported
     only beyond ``machine_factor`` for ``machine_fire_after`` steps in a row (as the machine's, phase
     ``"*"``, a ``machine_severity`` notice: the run is slower, nothing in it is wrong), and the
     baselines follow it (below ``machine_factor``) or wait (beyond it). Another job slowing the
@@ -146,7 +149,7 @@ class StepTime(Rule):
         phases = self._by_run.get((run_id, rank))
         if phases is None:
             phases = self._by_run[(run_id, rank)] = {}
-        judged: list[tuple[str, _Phase, float, float, float]] = []  # (name, phase, ms, own ms, baseline) of the warm phases
+        judged: list[tuple[str, _Phase, float, float, float]] = []  # (name, phase, ms, time judged, baseline) of the warm phases
         waits = event.wait_ms
         for name, ms in event.phases_ms.items():
             if not 0.0 <= ms < _INF:
@@ -154,13 +157,18 @@ class StepTime(Rule):
             phase = phases.get(name)
             if phase is None:
                 phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(self._baseline(), subject_key(event, name))
+            own = _own(ms, waits.get(name))
+            if own is not None:
+                phase.own = True
+            elif phase.own:  # its history is of own times: a whole time cannot be judged against it
+                continue
+            t = ms if own is None else own
             baseline = phase.baseline.value
             if baseline is None or baseline < min_baseline_ms:
-                own = _own(ms, waits.get(name))
-                phase.baseline.add(own)
-                phase.remember(own, config.spread_window)
+                phase.baseline.add(t)
+                phase.remember(t, config.spread_window)
                 continue
-            judged.append((name, phase, ms, _own(ms, waits.get(name)), baseline))
+            judged.append((name, phase, ms, t, baseline))
         if not judged:
             return None
         floor, z = config.min_spread, config.noise_z
@@ -168,20 +176,17 @@ class StepTime(Rule):
         def is_slow(phase: _Phase, ms: float, baseline: float) -> bool:
             return ms > factor * baseline and math.log(ms / baseline) > z * phase.jitter(floor)
 
-        slow = [is_slow(phase, ms, baseline) for _, phase, ms, _, baseline in judged]
-        # Its own time: what is left of a phase once the time its thread waited for a CPU (other processes'
-        # doing, where the producer measured it) is taken out; baselines and jitter are of own times. A phase
-        # slow only by waiting is not slow itself.
-        own_slow = [bad and is_slow(phase, own, baseline) for bad, (_, phase, _, own, baseline) in zip(slow, judged)]
-        # The machine: a phase is slow and every other one is slower too by its own time (contention slows
-        # host-bound phases most, so they need not all be slow), or every slow phase is slow only by waiting
-        # for a CPU; one phase slow by its own time while the others keep their own pace is the trainer.
-        every_phase_slow = any(slow) and (not any(own_slow) or len(judged) >= 2 and all(
-            own > config.machine_share * baseline for _, _, _, own, baseline in judged))
+        # A phase's time is its own time where the producer measured its thread's wait for a CPU: the time other
+        # processes took from it is not the phase's, and a phase slow only by waiting is not slow.
+        slow = [is_slow(phase, t, baseline) for _, phase, _, t, baseline in judged]
+        # The machine: a phase is slow and every other one is slower too (contention slows host-bound phases
+        # most, so they need not all be slow); one phase slow while the others keep their pace is the trainer.
+        every_phase_slow = len(judged) >= 2 and any(slow) and all(
+            t > config.machine_share * baseline for _, _, _, t, baseline in judged)
         machine = subject_key(event, "machine") if (every_phase_slow or conditions) else None
         if machine is not None and (every_phase_slow or machine in conditions):
-            slowdown = min(ms / baseline for _, _, ms, _, baseline in judged)
-            shown = ", ".join(f"{name} {ms / baseline:.2f}x" for name, _, ms, _, baseline in judged)
+            slowdown = min(t / baseline for _, _, _, t, baseline in judged)
+            shown = ", ".join(f"{name} {t / baseline:.2f}x" for name, _, _, t, baseline in judged)
             alert = self.observe(
                 event,
                 machine,
@@ -200,12 +205,12 @@ class StepTime(Rule):
                 return fired
         keep = config.spread_window
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
-            for _, phase, _, own, _ in judged:
-                phase.baseline.add(own)
-                phase.remember(own, keep)
+            for _, phase, _, t, _ in judged:
+                phase.baseline.add(t)
+                phase.remember(t, keep)
             return fired
         others = len(judged) - 1
-        for bad, (name, phase, ms, own, baseline) in zip(own_slow, judged):
+        for bad, (name, phase, ms, own, baseline) in zip(slow, judged):
             if not (bad or phase.subject in conditions):
                 phase.baseline.add(own)
                 phase.remember(own, keep)
@@ -236,7 +241,7 @@ class StepTime(Rule):
     def extra_state(self) -> dict[str, Any]:
         return {
             phase.subject: {"run_id": run_id, "rank": rank, "phase": name, "baseline": phase.baseline.state(),
-                            "recent": phase.recent}
+                            "recent": phase.recent, "own": phase.own}
             for (run_id, rank, name), phase in self._phases.items()
         }
 
@@ -246,7 +251,7 @@ class StepTime(Rule):
             baseline = self._baseline()
             baseline.load_state(saved["baseline"])
             self._phases[(saved["run_id"], int(saved["rank"]), saved["phase"])] = _Phase(
-                baseline, subject, [float(x) for x in saved.get("recent", [])])
+                baseline, subject, [float(x) for x in saved.get("recent", [])], bool(saved.get("own", False)))
         self._by_run = Capped()
         for (run_id, rank, name), phase in self._phases.items():
             self._by_run.setdefault((run_id, rank), {})[name] = phase

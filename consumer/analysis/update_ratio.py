@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from simic.schemas.models import Alert, Event
 
@@ -67,6 +67,13 @@ class UpdateRatioConfig(RuleConfig):
     optimizer's state, not its rate, shows only there)."""
 
 
+    @model_validator(mode="after")
+    def _step_rise_is_the_looser(self) -> "UpdateRatioConfig":
+        if self.step_rise < self.rise:
+            raise ValueError(f"step_rise ({self.step_rise}) must be at least rise ({self.rise})")
+        return self
+
+
 class _Run:
     __slots__ = ("rise", "learning_rate", "rate")
 
@@ -125,13 +132,23 @@ class UpdateRatio(Rule):
         fired = [self._rate(event, run) if self.config.optimizer_rate else None, self._step_size(event, run)]
         return [alert for alert in fired if alert is not None] or None
 
-    def _rate(self, event: Event, run: _Run) -> Alert | None:
-        """The optimizer's learning rate over the logged one rising (subject ``rate``)."""
+    @staticmethod
+    def _rate_share(event: Event, run: _Run) -> float | None:
+        """The optimizer's learning rate over the logged one, when both are there and it can be judged."""
         used, logged = event.learning_rate, run.learning_rate
         if used is None or logged is None or not 0.0 < used < _INF:
             return None
+        share = used / logged
+        return share if 0.0 < share < _INF else None
+
+    def _rate(self, event: Event, run: _Run) -> Alert | None:
+        """The optimizer's learning rate over the logged one rising (subject ``rate``)."""
+        share = self._rate_share(event, run)
+        if share is None:
+            return None
+        used, logged = event.learning_rate, run.learning_rate
         return self._judged(
-            event, run.rate, used / logged, "rate", self._limits,
+            event, run.rate, share, "rate", self._limits,
             lambda factor: f"the optimizer's learning rate {used:.3g} is {factor:.3g}x its usual share of the logged rate "
             f"{logged:.3g} at step {event.step}",
             lambda factor: {"optimizer_learning_rate": used, "learning_rate": logged, "factor": factor, "rise": self.config.rise},
@@ -141,7 +158,10 @@ class UpdateRatio(Rule):
     def _step_size(self, event: Event, run: _Run) -> Alert | None:
         """The step size over the logged learning rate rising (subject ``step_size``)."""
         ratio = event.total_ratio
-        rate_judged = self.config.optimizer_rate and event.learning_rate is not None and run.learning_rate is not None
+        # The rate is judged on this update (the event carries a usable rate) and past its warm-up: the step
+        # size then stands for what the rate does not show; otherwise it is the only evidence.
+        rate_judged = (self.config.optimizer_rate and self._rate_share(event, run) is not None
+                       and run.rate.seen > self.config.warmup)
         limits = self._step_limits if rate_judged else self._limits
         if ratio is None or not 0.0 < ratio < _INF:
             return None

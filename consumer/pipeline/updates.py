@@ -17,7 +17,8 @@ How each kind combines (documented again on the rules that read it):
   (an event without it counts 1); ``nonfinite`` counts add up; ``stage`` and ``max_norm`` of the last.
 - ``lstm_health``: the worst of the samples (largest norm, RMS and max-abs; NaN/Inf if any had them).
 - ``step_timing``: the phases of the step added up (one event per phase, or a phase timed twice), and
-  their waits for a CPU likewise (a phase's wait is kept only when every part of it carried one).
+  their waits for a CPU likewise (a phase's wait is kept only when every part of it carried one, a
+  part of its time: not negative, not NaN, not more than the part).
 - ``ppo_update``: the mean of each metric over the events (``ratio_min`` the smallest, ``ratio_max``
   the largest; entropy per head the mean).
 - ``param_updates``: each ratio and norm as the root mean square; ``samples`` adds up.
@@ -121,7 +122,7 @@ def _step_timing(events: Sequence[Event]) -> dict[str, Any]:
         for phase, ms in e.phases_ms.items():
             phases[phase] = phases.get(phase, 0.0) + ms
             wait = e.wait_ms.get(phase)
-            if wait is None or phase in unknown:
+            if wait is None or not 0.0 <= wait <= ms or phase in unknown:  # not known, or not a part of the phase
                 unknown.add(phase)
                 waits.pop(phase, None)
             else:

@@ -33,45 +33,56 @@ from .readout import CollectorStats
 __all__ = ["Timer", "NullTimer", "Timings", "RunQueueWait"]
 
 _perf_ns = time.perf_counter_ns
+_get_ident = threading.get_ident
+
+
+class _ThreadFile:
+    """One thread's open statistics file; closed when the thread's local storage lets go of it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        _close(self.fd)
 
 
 class RunQueueWait:
     """Nanoseconds the calling thread has spent runnable but waiting for a CPU, from Linux's per-thread
-    scheduler statistics (the second number of ``/proc/thread-self/schedstat``); -1 where the kernel does
-    not say (another system, statistics off).
+    scheduler statistics (the second number of ``/proc/thread-self/schedstat``); -1 where there is no
+    such file (another system). A kernel that keeps no scheduler statistics reports 0 throughout.
 
-    One read is one ``pread`` of a file kept open per thread (about 2 us). A thread's file is opened on
-    its first read; after a fork the child's threads open their own.
+    One read is one ``pread`` of a file kept open per thread (a few microseconds), in the thread's local
+    storage: it is closed when the thread ends. After a fork the child's threads open their own (the
+    files it inherited are closed). A read that fails (a descriptor limit reached) is -1 for that read.
     """
 
     PATH = "/proc/thread-self/schedstat"
-    __slots__ = ("available", "_fds", "_pid")
+    __slots__ = ("available", "_local", "_pid")
 
     def __init__(self) -> None:
         self.available = os.path.exists(self.PATH)
-        self._fds: dict[int, int] = {}
+        self._local = threading.local()
         self._pid = os.getpid()
 
     def read(self) -> int:
         if not self.available:
             return -1
         if os.getpid() != self._pid:  # a forked child: the files it inherited are its parent's threads'
-            for fd in self._fds.values():
-                _close(fd)
-            self._fds, self._pid = {}, os.getpid()
-        ident = threading.get_ident()
-        fd = self._fds.get(ident)
-        for _ in range(2):  # a thread ident reused by a new thread: its file is gone, open it again once
-            try:
-                if fd is None:
-                    fd = self._fds[ident] = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
-                return int(os.pread(fd, 128, 0).split()[1])
-            except (OSError, ValueError, IndexError):
-                if fd is not None:
-                    _close(self._fds.pop(ident, fd))
-                fd = None
-        self.available = False
-        return -1
+            self._local, self._pid = threading.local(), os.getpid()
+        local = self._local
+        file = getattr(local, "file", None)
+        try:
+            if file is None:
+                file = local.file = _ThreadFile(os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC))
+            return int(os.pread(file.fd, 128, 0).split()[1])
+        except (FileNotFoundError, PermissionError):
+            self.available = False  # no such statistics here
+            return -1
+        except (OSError, ValueError, IndexError):
+            local.file = None  # opened again at the next read
+            return -1
 
 
 def _close(fd: int) -> None:
@@ -190,8 +201,8 @@ class Timer:
     the measurement becomes a ``step_timing`` event at a later ``flush()``.
     """
 
-    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_w0", "_w1", "_marked", "_emitter",
-                 "_failed")
+    __slots__ = ("name", "step", "clock", "stream", "_timings", "_torch", "_pair", "_t0", "_t1", "_w0", "_w1", "_thread", "_marked",
+                 "_emitter", "_failed")
 
     def __init__(self, name: str, timings: Timings, emitter: Any, failed: Callable[[str, BaseException], None], *,
                  step: int | None, torch: Any = None, stream: Any = None) -> None:
@@ -209,6 +220,7 @@ class Timer:
         self._t1 = 0
         self._w0 = -1  # the thread's run-queue wait (ns) at start; -1: not known
         self._w1 = -1
+        self._thread = 0  # the thread that started it: a wait is the difference of one thread's counter
         self._marked = False
 
     def start(self) -> "Timer":
@@ -216,6 +228,7 @@ class Timer:
         try:
             if self.stream is None:
                 self._w0 = _run_queue.read()
+                self._thread = _get_ident()
                 self._t0 = _perf_ns()
                 return self
             pair = self._pair
@@ -238,7 +251,7 @@ class Timer:
             if self.stream is None:
                 if self._t0:
                     t1 = _perf_ns()
-                    self._timings.cpu_done(self.name, step, (t1 - self._t0) / 1e6, _waited(self._w0, _run_queue.read()))
+                    self._timings.cpu_done(self.name, step, (t1 - self._t0) / 1e6, self._wait_until(_run_queue.read()))
                     self._t0 = 0
                 return
             pair = self._pair
@@ -258,7 +271,7 @@ class Timer:
             if self.stream is None:
                 if self._t0:
                     self._t1 = _perf_ns()
-                    self._w1 = _run_queue.read()
+                    self._w1 = _run_queue.read() if _get_ident() == self._thread else -1  # (another thread's counter: not known)
                     self._marked = True
                 return
             if self._pair is not None:
@@ -282,6 +295,13 @@ class Timer:
                 self._timings.cuda_done(pair, self.name, step)
         except Exception as exc:
             self._fail(exc)
+
+    def _wait_until(self, end_ns: int) -> float | None:
+        """Milliseconds the starting thread waited for a CPU from start to ``end_ns``, read now; None when not
+        known (no statistics, or the phase ended on another thread than it started on)."""
+        if self._thread != _get_ident():
+            return None
+        return _waited(self._w0, end_ns)
 
     def __enter__(self) -> "Timer":
         return self.start()

@@ -181,30 +181,47 @@ class TestTimerOnCpu:
 
     @pytest.mark.skipif(not RunQueueWait().available, reason="needs Linux's per-thread scheduler statistics")
     def test_the_wait_is_read_per_thread_and_a_forked_child_reads_its_own(self) -> None:
-        """Each thread reads its own statistics (its own file), and after a fork the child reads its own
-        thread, having closed the files it inherited from its parent."""
+        """Each thread reads its own statistics from its own file, closed when the thread ends; after a fork the
+        child reads its own thread (its own file)."""
         import threading
 
         reader = RunQueueWait()
         assert reader.read() >= 0
-        seen: list[int] = []
-        worker = threading.Thread(target=lambda: seen.append(reader.read()))
+        parent_fd = reader._local.file.fd
+        seen: list[tuple[int, int]] = []
+        worker = threading.Thread(target=lambda: seen.append((reader.read(), reader._local.file.fd)))
         worker.start()
         worker.join()
-        assert len(seen) == 1 and 0 <= seen[0] and len(reader._fds) == 2
+        (value, worker_fd), = seen
+        assert value >= 0 and worker_fd != parent_fd
+        with pytest.raises(OSError):  # the worker's file was closed with its thread
+            os.fstat(worker_fd)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: one read, its result through the pipe
             try:
                 value = reader.read()
-                os.write(write_end, f"{value} {len(reader._fds)}".encode())
+                os.write(write_end, str(value).encode())
             finally:
                 os._exit(0)
         os.close(write_end)
         with os.fdopen(read_end) as pipe:
-            value, files = pipe.read().split()
+            value = pipe.read()
         os.waitpid(pid, 0)
-        assert int(value) >= 0 and int(files) == 1  # the child's own thread, its parent's files closed
+        assert int(value) >= 0 and reader.read() >= 0 and reader._local.file.fd == parent_fd  # the parent's own file, untouched
+
+    def test_a_phase_ended_on_another_thread_carries_no_wait(self, consumer, emitter) -> None:
+        """Started on this thread and stopped on another: two threads' counters do not make a wait, so none is sent."""
+        import threading
+
+        timer = emitter.timer("handoff", device="cpu")
+        timer.start()
+        stopper = threading.Thread(target=lambda: timer.stop(1))
+        stopper.start()
+        stopper.join()
+        emitter.flush()
+        [event] = received(consumer, emitter, "step_timing")
+        assert "handoff" in event.phases_ms and event.wait_ms == {}
 
     def test_without_scheduler_statistics_no_wait_is_sent(self, consumer, emitter, monkeypatch) -> None:
         """Where the kernel does not say (another system), the event carries the phase and no wait_ms."""

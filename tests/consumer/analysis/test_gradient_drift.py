@@ -71,6 +71,16 @@ class TestGradientDrift:
             if fired:
                 assert "growing for 3 updates: 2x, 2.2x, 2.5x" in fired[0].message
 
+    async def test_drifting_updates_of_a_head_count_in_a_row_only_when_consecutive(self):
+        """'op' at 2x, 2.2x and 2.5x its usual, with updates between them where it had no gradient: not three in a row."""
+        p, tl = Producer(), Timeline()
+        factors = {40: 2.0, 50: 2.2, 60: 2.5}
+        for step in range(70):
+            op = 1.2 * factors[step] if step in factors else (None if 40 < step < 60 else 1.2)
+            tl.send(p.grads(step, norms={**TYPICAL, "op": op}))
+        alerts, _ = await play(tl.items)
+        assert [a for a in alerts if a.rule == "gradient_drift" and a.values.get("head") == "op"] == []
+
     async def test_one_head_drifting_alone_is_its_own_subject(self):
         """Only 'op' x6: its head alert fires, with its usual norm in the message; the total moved too little to drift."""
         alerts, _ = await play(grad_run(norms={**TYPICAL, "op": 1.2 * 6.0}).items)

@@ -50,6 +50,29 @@ class TestStepTime:
             if fired:
                 assert fired[0].values["wait_ms"] == 1.0 and "1 ms of it waiting for a CPU" in fired[0].message
 
+    async def test_a_machine_loaded_from_the_start_or_a_wait_that_stops_being_sent_is_nothing(self):
+        """Every step the rollout waits 55 of its 100 ms and the update 11 of 20, steadily: no notice about the machine
+        (nothing changed). Then, with the same times, the producer stops sending the waits: the phases whose times were
+        own times are not judged against whole times, so nothing either."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            wait = {"rollout": 55.0, "update": 11.0} if step < 50 else None
+            tl.send(p.timing(step, {"rollout": 100.0, "update": 20.0}, clock="cpu", wait=wait))
+        alerts, _ = await play(tl.items)
+        assert of(alerts, "step_time") == []
+
+    async def test_a_phase_alert_clears_while_another_phase_waits_for_a_cpu(self):
+        """The update 2x by its own time from step 30 fires at 34; from step 40 it is back, while the rollout is slow only by
+        waiting for a CPU: the update's alert clears at 42, and no phase or machine is blamed for the rollout."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            update = 16.0 if 30 <= step < 40 else 8.0
+            rollout, waiting = (50.0, 30.5) if step >= 40 else (20.0, 0.5)
+            tl.send(p.timing(step, {"rollout": rollout, "update": update}, clock="cpu", wait={"rollout": waiting, "update": 0.1}))
+        alerts, _ = await play(tl.items)
+        assert [(a.cleared, a.step, a.values["phase"]) for a in alerts if a.rule == "step_time"] == [
+            (False, 34, "update"), (True, 42, "update")]
+
     async def test_a_phase_whose_wait_is_not_known_is_judged_by_its_whole_time(self):
         """The same 2.5x rollout with the wait sent for the update only: the rollout is the trainer's, at its fifth step."""
         p, tl = Producer(), Timeline()

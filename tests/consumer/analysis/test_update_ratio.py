@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from simic.consumer.analysis import RULES
+
 from .harness import Producer, Timeline, assert_documented_defaults, assert_resumes_identically, config, of, play
 
 
@@ -51,6 +53,19 @@ class TestUpdateRatio:
         alerts, _ = await play(self.run(ratios).items)
         fired = [a for a in alerts if a.rule == "update_ratio" and not a.cleared]
         assert [a.step for a in fired] == [43] and "not the one the trainer reports" in fired[0].message
+
+    async def test_a_step_size_ramp_with_an_optimizer_rate_that_cannot_be_judged_is_judged_at_rise(self):
+        """The same step-size ramp with the optimizer's rate sent as 0 (a frozen first parameter group) or NaN: the rate
+        is not judged, so the step size is held to ``rise`` (1.2x), not ``step_rise``, and fires at 43 as without a rate."""
+        rng = random.Random(2)
+        ratios = [1e-3 * math.exp(rng.gauss(0, 0.05)) * (1.15 ** max(0, step - 39)) for step in range(60)]
+        for used in (0.0, math.nan):
+            alerts, _ = await play(self.run(ratios, optimizer_lr=[used] * 60).items)
+            assert [a.step for a in alerts if a.rule == "update_ratio" and not a.cleared] == [43], used
+
+    def test_step_rise_below_rise_is_refused(self):
+        with pytest.raises(ValueError, match="step_rise"):
+            RULES["update_ratio"].Config(rise=1.5, step_rise=1.2)
 
     async def test_an_optimizer_rate_above_the_logged_one_fires_on_the_second_update(self):
         """The optimizer's own rate (param_updates.learning_rate) grows 1.15x per update from update 40 while the

@@ -90,6 +90,10 @@ class TestCombine:
         event = combine([p.make(StepTiming, 1, phases_ms={"rollout": 10.0, "update": 4.0}, wait_ms={"rollout": 3.0, "update": 1.0}),
                          p.make(StepTiming, 1, phases_ms={"rollout": 5.0, "update": 1.0}, wait_ms={"rollout": 2.0})])
         assert event.phases_ms == {"rollout": 15.0, "update": 5.0} and event.wait_ms == {"rollout": 5.0}
+        for bad in (math.nan, -1.0, 11.0):  # not a part of the phase's 10 ms: the phase's wait is not known
+            event = combine([p.make(StepTiming, 1, phases_ms={"rollout": 10.0}, wait_ms={"rollout": bad}),
+                             p.make(StepTiming, 1, phases_ms={"rollout": 5.0}, wait_ms={"rollout": 2.0})])
+            assert event.phases_ms == {"rollout": 15.0} and event.wait_ms == {}, bad
 
 
 class TestTheStage:
