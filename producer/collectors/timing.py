@@ -44,8 +44,11 @@ class _ThreadFile:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def __del__(self) -> None:
-        _close(self.fd)
+    def __del__(self, _os_close: Callable[[int], None] = os.close) -> None:  # (bound now: at exit the module's names may be gone)
+        try:
+            _os_close(self.fd)
+        except Exception:
+            pass
 
 
 class RunQueueWait:

@@ -210,6 +210,15 @@ class TestTimerOnCpu:
         os.waitpid(pid, 0)
         assert int(value) >= 0 and reader.read() >= 0 and reader._local.file.fd == parent_fd  # the parent's own file, untouched
 
+    def test_a_process_that_read_its_waits_exits_quietly(self) -> None:
+        """A thread's file is closed without an "Exception ignored" on stderr even when the reader goes after the
+        module's names are gone, as at interpreter exit (here by hand: the module's helper set to None first)."""
+        code = ("import gc\nfrom simic.producer.collectors import timing\n"
+                "reader = timing.RunQueueWait()\nassert reader.read() >= 0\n"
+                "timing._close = None\ndel reader\ngc.collect()\nprint('closed')")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout == "closed\n" and result.stderr == "", result.stderr
+
     def test_a_phase_ended_on_another_thread_carries_no_wait(self, consumer, emitter) -> None:
         """Started on this thread and stopped on another: two threads' counters do not make a wait, so none is sent."""
         import threading
