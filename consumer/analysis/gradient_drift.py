@@ -271,16 +271,20 @@ class GradientDrift(Rule):
         streak = run.streaks.setdefault(name, [])
         streak.append(by)
         del streak[:-max(config.head_jump_after, config.head_fire_after)]
-        jump = streak[-config.head_jump_after:]
-        if len(jump) == config.head_jump_after and min(jump) >= math.log(config.head_jump):
+        if self._is_jump(streak):
             return True
         growth = streak[-config.head_fire_after:]
         return len(growth) == config.head_fire_after and growth[-1] == max(growth) and growth[-1] - growth[0] >= math.log(config.head_growth)
 
+    def _is_jump(self, streak: list[float]) -> bool:
+        """The last ``head_jump_after`` drifting updates all at ``head_jump`` times the usual or more."""
+        after = self.config.head_jump_after
+        return len(streak) >= after and min(streak[-after:]) >= math.log(self.config.head_jump)
+
     def _shape(self, run: _Run, name: str) -> str:
         config = self.config
         streak = run.streaks.get(name, [])
-        if len(streak) >= config.head_jump_after and min(streak[-config.head_jump_after:]) >= math.log(config.head_jump):
+        if self._is_jump(streak):
             return f"{config.head_jump_after} updates at {config.head_jump:g}x or more"
         return f"growing for {config.head_fire_after} updates: " + ", ".join(f"{math.exp(b):.3g}x" for b in streak[-config.head_fire_after:])
 

@@ -129,7 +129,8 @@ class UpdateRatio(Rule):
             if lr is not None and 0.0 < lr < _INF:
                 run.learning_rate = lr
             return None
-        fired = [self._rate(event, run) if self.config.optimizer_rate else None, self._step_size(event, run)]
+        share = self._rate_share(event, run) if self.config.optimizer_rate else None
+        fired = [self._rate(event, run, share), self._step_size(event, run, share)]
         return [alert for alert in fired if alert is not None] or None
 
     @staticmethod
@@ -141,9 +142,8 @@ class UpdateRatio(Rule):
         share = used / logged
         return share if 0.0 < share < _INF else None
 
-    def _rate(self, event: Event, run: _Run) -> Alert | None:
-        """The optimizer's learning rate over the logged one rising (subject ``rate``)."""
-        share = self._rate_share(event, run)
+    def _rate(self, event: Event, run: _Run, share: float | None) -> Alert | None:
+        """The optimizer's learning rate over the logged one (``share``) rising (subject ``rate``)."""
         if share is None:
             return None
         used, logged = event.learning_rate, run.learning_rate
@@ -155,13 +155,12 @@ class UpdateRatio(Rule):
             lambda factor: f"the optimizer's learning rate is back near its usual share of the logged rate at step {event.step} ({factor:.3g}x)",
         )
 
-    def _step_size(self, event: Event, run: _Run) -> Alert | None:
+    def _step_size(self, event: Event, run: _Run, share: float | None) -> Alert | None:
         """The step size over the logged learning rate rising (subject ``step_size``)."""
         ratio = event.total_ratio
         # The rate is judged on this update (the event carries a usable rate) and past its warm-up: the step
         # size then stands for what the rate does not show; otherwise it is the only evidence.
-        rate_judged = (self.config.optimizer_rate and self._rate_share(event, run) is not None
-                       and run.rate.seen > self.config.warmup)
+        rate_judged = share is not None and run.rate.seen > self.config.warmup
         limits = self._step_limits if rate_judged else self._limits
         if ratio is None or not 0.0 < ratio < _INF:
             return None
