@@ -19,6 +19,7 @@ from .collectors import (
     LSTMHealthMetrics,
     Watch,
     compute_lstm_health,
+    lstm_stats,
     training_profiler,
 )
 from .emitter import Emitter, EmitterSettings, EmitterStats, NullEmitter
@@ -32,6 +33,7 @@ __all__ = [
     "CollectorSettings",
     "CollectorStats",
     "HeadGroups",
+    "lstm_stats",
     "Watch",
     "CUDATimer",
     "LSTMHealthMetrics",

@@ -659,6 +659,7 @@ class Emitter:
         max_norm: float | None = None,
         clip_total: Any = None,
         count_nonfinite: bool = False,
+        norms: Any = None,
     ) -> None:
         """Per-head and total gradient L2 norms of the current ``.grad``\\ s, read back later.
 
@@ -670,9 +671,12 @@ class Emitter:
             clip_total: what ``clip_grad_norm_`` returned (device tensor or float): the pre-clip total.
             count_nonfinite: also count NaN/Inf gradient elements per head (four more fused passes;
                 off by default: a NaN/Inf norm already tells which heads are non-finite).
+            norms: the norms measured already, by ``groups.norms()`` or ``groups.clip_(max_norm)``
+                inside a compiled or CUDA-graphed update (the ``.grad``\\ s are not read again; a
+                vector from ``clip_`` carries the pre-clip total, and ``stage`` defaults to ``"pre_clip"``).
         """
         self._collectors.head_grad_norms(step, heads, stage=stage, max_norm=max_norm, clip_total=clip_total,
-                                         count_nonfinite=count_nonfinite)
+                                         count_nonfinite=count_nonfinite, norms=norms)
 
     def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
         """``torch.nn.utils.clip_grad_norm_`` for the parameters ``heads`` covers, measured on the way.
@@ -693,13 +697,16 @@ class Emitter:
         """
         return self._collectors.clip_grad_norm_(step, heads, max_norm)
 
-    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None,
+                   stats: Any = None) -> None:
         """Statistics of an LSTM state ``(h, c)`` (each ``(layers, envs, hidden)``), read back later.
 
         ``env_mask`` (``(envs,)``, bool or 0/1) keeps only the environments to include. ``name`` tells
         the states of a model with several recurrent cores apart (``"actor"``, ``"critic"``).
+        ``stats``: the statistics computed already by ``lstm_stats(hidden, env_mask)`` inside a compiled
+        or CUDA-graphed function (``hidden`` then only tells the shape).
         """
-        self._collectors.lstm_state(step, hidden, env_mask, name=name)
+        self._collectors.lstm_state(step, hidden, env_mask, name=name, stats=stats)
 
     def ppo_update(self, step: int, **metrics: Any) -> None:
         """PPO update metrics: any numeric scalar (Python, numpy, a CPU tensor, a one-element array or
@@ -874,6 +881,7 @@ class NullEmitter:
         max_norm: float | None = None,
         clip_total: Any = None,
         count_nonfinite: bool = False,
+        norms: Any = None,
     ) -> None:
         pass
 
@@ -881,7 +889,8 @@ class NullEmitter:
         """Telemetry off: clips as ``torch.nn.utils.clip_grad_norm_`` over the heads' parameters."""
         return clip_without_telemetry(heads, max_norm)
 
-    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None,
+                   stats: Any = None) -> None:
         pass
 
     def ppo_update(self, step: int, **metrics: Any) -> None:

@@ -12,6 +12,7 @@ Importing this package does not import torch; the collectors import it when firs
 """
 
 from .grad_norms import HeadGroups
+from .lstm_state import lstm_stats
 from .emitter_collectors import CollectorSettings, Collectors
 from .param_updates import NullParamUpdates, ParamUpdates
 from .profiler import training_profiler
@@ -25,6 +26,7 @@ __all__ = [
     "CollectorSettings",
     "CollectorStats",
     "HeadGroups",
+    "lstm_stats",
     "Timer",
     "NullTimer",
     "Watch",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from .. import process_hooks
-from .grad_norms import HeadGroups, clip_and_submit_head_grad_norms, submit_head_grad_norms
+from .grad_norms import HeadGroups, clip_and_submit_head_grad_norms, submit_head_grad_norms, submit_norm_vector
 from .lstm_state import submit_lstm_state
 from .param_updates import NULL_PARAM_UPDATES, ParamUpdates
 from .ppo import PPO_FIELDS, submit_ppo_update
@@ -206,7 +206,7 @@ class Collectors:
         return Timer(name, state.timings, self.emitter, self.failed, step=step, torch=torch, stream=stream)
 
     def head_grad_norms(self, step: int, heads: Any, *, stage: str | None = None, max_norm: float | None = None,
-                        clip_total: Any = None, count_nonfinite: bool = False) -> None:
+                        clip_total: Any = None, count_nonfinite: bool = False, norms: Any = None) -> None:
         if self.emitter.closed:
             return
         state = self._started()
@@ -215,6 +215,10 @@ class Collectors:
             if stage not in _STAGES:
                 raise ValueError(f"stage must be None, 'pre_clip' or 'post_clip', got {stage!r}")
             groups = heads if type(heads) is HeadGroups else self._groups_for(state, heads)
+            if norms is not None:
+                submit_norm_vector(state.readouts, state.emit_grad_norms, step, groups, norms,
+                                   stage=stage, max_norm=max_norm, clip_total=clip_total)
+                return
             submit_head_grad_norms(
                 state.readouts, state.emit_grad_norms, step, groups,
                 stage=stage, max_norm=max_norm, clip_total=clip_total, count_nonfinite=count_nonfinite,
@@ -246,14 +250,14 @@ class Collectors:
             return groups
         return HeadGroups(heads)  # generators: resolved every call (pass a HeadGroups instead)
 
-    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None) -> None:
+    def lstm_state(self, step: int, hidden: Any, env_mask: Any = None, *, name: str | None = None, stats: Any = None) -> None:
         if self.emitter.closed:
             return
         state = self._started()
         self.note_step(step)
         try:
             emit = state.emit_lstm if name is None else functools.partial(state.emit_lstm, name=name)
-            submit_lstm_state(state.readouts, emit, step, hidden, env_mask)
+            submit_lstm_state(state.readouts, emit, step, hidden, env_mask, stats)
         except Exception as exc:
             self.failed("lstm_state", exc)
 

@@ -44,7 +44,7 @@ from simic.schemas.models import MAX_ITEMS, MAX_NAME
 
 from .readout import torch_module
 
-__all__ = ["HeadGroups", "clip_and_submit_head_grad_norms", "submit_head_grad_norms"]
+__all__ = ["HeadGroups", "clip_and_submit_head_grad_norms", "submit_head_grad_norms", "submit_norm_vector"]
 
 class HeadGroups:
     """Which gradients make up each head, resolved once (module parameters listed, rows checked).
@@ -144,6 +144,40 @@ class HeadGroups:
         """The parameters the total covers (what a clip scales)."""
         return [self.params[i] for i in self.total]
 
+    # -- the device half alone, for compiled and CUDA-graphed updates ------------------------------
+
+    def norms(self) -> Any:
+        """The L2 norm of every gradient entry, as one 1-D device tensor (no readout, no host work).
+
+        Pure tensor code: ``torch.compile`` traces it without a graph break and a CUDA graph can
+        capture it. Hand the vector to ``emitter.head_grad_norms(step, groups, norms=vector)``
+        outside the compiled function (after the graph's replay). Every parameter must have a
+        gradient (as in a captured update, where they are static); ValueError otherwise.
+        """
+        torch = torch_module()
+        return torch.stack(torch._foreach_norm(self._gradients(), 2))
+
+    def clip_(self, max_norm: float) -> Any:
+        """Clip as ``clip_grad_norm_(params, max_norm)`` and return the entry norms with the pre-clip
+        total last (one 1-D device tensor): :meth:`norms` and the clip from one pass, for the same use."""
+        torch = torch_module()
+        tensors = self._gradients()
+        with torch.no_grad():
+            clipped = [tensors[e] for e in self.total]
+            flat, total = _clip_in_place(torch, self, tensors, self.identity, float(max_norm), clipped)
+            return torch.cat((flat, total.reshape(1)))
+
+    def _gradients(self) -> list[Any]:
+        if not self.uniform:
+            raise ValueError("norms() and clip_() need every parameter on one device with one dtype")
+        grads = [p.grad for p in self.params]
+        for p, g in zip(self.params, grads):
+            if g is None:
+                raise ValueError(f"a parameter of shape {tuple(p.shape)} has no gradient (norms() and clip_() need all of them)")
+        if self.whole:
+            return [g.detach() for g in grads]
+        return [grads[i].detach() if rows is None else grads[i].detach()[rows] for i, rows in self.entries]
+
     def __repr__(self) -> str:
         return f"HeadGroups({self.names}, params={len(self.params)}, entries={len(self.entries)})"
 
@@ -220,11 +254,44 @@ def submit_head_grad_norms(
         parts.extend(torch._foreach_norm(probe, 1, dtype=torch.float32))  # exact counts up to 2**24
     if device_clip is not None:
         parts.append(device_clip.detach().reshape(()).clone())  # a snapshot: the caller may reuse it
-    device = parts[0].device
-    if device.type == "cuda":  # one vector per call: the flush cats a few vectors, not hundreds of scalars
-        readouts.add(device, len(parts), _resolve, context, vectors=[torch.stack(parts)])
+    _hand_over(readouts, context, torch.stack(parts))  # one vector per call: the flush cats a few, not hundreds of scalars
+
+
+def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, vector: Any, *,
+                       stage: str | None, max_norm: float | None, clip_total: Any) -> None:
+    """Queue norms measured elsewhere: ``vector`` from :meth:`HeadGroups.norms` (one value per entry)
+    or :meth:`HeadGroups.clip_` (the pre-clip total last). It is copied at once (one small launch):
+    a CUDA graph's output is overwritten by its next replay."""
+    torch = torch_module()
+    n = len(groups.entries)
+    if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or vector.numel() not in (n, n + 1):
+        raise ValueError(f"norms must be the 1-D tensor groups.norms() ({n} values) or groups.clip_() ({n + 1}) returned")
+    with_total = vector.numel() == n + 1
+    if with_total and clip_total is not None:
+        raise ValueError("norms from groups.clip_() carry the pre-clip total already: pass no clip_total")
+    parts = [vector.detach()]
+    host_clip = None
+    if clip_total is not None:
+        if isinstance(clip_total, torch.Tensor) and clip_total.device == vector.device:
+            parts.append(clip_total.detach().reshape(1))
+        elif isinstance(clip_total, torch.Tensor) and clip_total.is_cuda:  # reading it here would wait for the GPU
+            raise ValueError(f"clip_total is on {clip_total.device}, the norms on {vector.device}")
+        else:
+            host_clip = float(clip_total)
+    with_device_total = with_total or len(parts) == 2
+    if with_total:
+        stage = "pre_clip" if stage is None else stage
+    context = (groups, groups.identity, n, step, stage, max_norm, host_clip, with_device_total, False, emit)
+    with torch.no_grad():
+        _hand_over(readouts, context, torch.cat(parts) if len(parts) == 2 else parts[0].clone())
+
+
+def _hand_over(readouts: Any, context: tuple, *vectors: Any) -> None:
+    """Give one readout's device vectors to the readout path (CPU ones are read at once)."""
+    if vectors[0].device.type == "cuda":
+        readouts.add(vectors[0].device, sum(v.numel() for v in vectors), _resolve, context, vectors=list(vectors))
     else:
-        readouts.resolve_now(torch.stack(parts).float().tolist(), _resolve, context)
+        readouts.resolve_now([x for v in vectors for x in v.float().tolist()], _resolve, context)
 
 
 def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups: HeadGroups, max_norm: float,
@@ -256,27 +323,33 @@ def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups:
         clipped = [t.detach() for t in clipped]
     with torch.no_grad():
         try:
-            norms = torch._foreach_norm(tensors, 2)
-            flat = torch.stack(norms)
-            if groups.total_is_prefix:  # whole gradients come first, so the total's are flat[:k]
-                of_total = flat[: len(clipped)]
-            else:
-                of_total = torch.stack([norms[positions[e]] for e in groups.total if positions[e] >= 0])
-            total = torch.linalg.vector_norm(of_total, 2)
+            flat, total = _clip_in_place(torch, groups, tensors, positions, max_norm, clipped)
         except Exception as exc:  # nothing is clipped yet: torch's own clip does it, and from now on
             groups.fused = False
             on_error("clip_grad_norm_", exc)
             return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
-        torch._foreach_mul_(clipped, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     try:
         context = (groups, positions, len(tensors), step, "pre_clip", max_norm, None, True, False, emit)
-        if flat.device.type == "cuda":
-            readouts.add(flat.device, len(tensors) + 1, _resolve, context, vectors=[flat, total.reshape(1)])
-        else:
-            readouts.resolve_now([*flat.float().tolist(), float(total)], _resolve, context)
+        _hand_over(readouts, context, flat, total.reshape(1))
     except Exception as exc:  # the gradients are clipped; only the measurement is lost, and counted
         on_error("clip_grad_norm_", exc)
     return total
+
+
+def _clip_in_place(torch: Any, groups: HeadGroups, tensors: list, positions: list[int], max_norm: float,
+                   clipped: list) -> tuple[Any, Any]:
+    """The fused measure-and-clip: entry norms (one ``_foreach_norm``), the total as torch's clip sums
+    it, then the clip of the total's gradients (``clipped``, those present, in the total's order).
+    Returns ``(entry norms, pre-clip total)`` as device tensors."""
+    norms = torch._foreach_norm(tensors, 2)
+    flat = torch.stack(norms)
+    if groups.total_is_prefix:  # whole gradients come first, so the total's are flat[:k]
+        of_total = flat[: len(clipped)]
+    else:
+        of_total = torch.stack([norms[positions[e]] for e in groups.total if positions[e] >= 0])
+    total = torch.linalg.vector_norm(of_total, 2)
+    torch._foreach_mul_(clipped, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return flat, total
 
 
 def _with_missing(groups: HeadGroups, grads: list) -> tuple[list, list[int]]:
