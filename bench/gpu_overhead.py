@@ -264,17 +264,28 @@ class Trainer:
 
 
 class Spent:
-    """Host time spent in telemetry calls (``with spent:`` around each), in nanoseconds."""
+    """Host time spent in telemetry calls (``with spent:`` around each, or ``with spent.on("label"):`` to
+    also count it under a label), in nanoseconds."""
 
     def __init__(self) -> None:
         self.ns = 0
+        self.parts: dict[str, int] = {}
         self._t0 = 0
+        self._label: str | None = None
+
+    def on(self, label: str) -> "Spent":
+        self._label = label
+        return self
 
     def __enter__(self) -> None:
         self._t0 = time.perf_counter_ns()
 
     def __exit__(self, *exc: object) -> None:
-        self.ns += time.perf_counter_ns() - self._t0
+        spent = time.perf_counter_ns() - self._t0
+        self.ns += spent
+        if self._label is not None:
+            self.parts[self._label] = self.parts.get(self._label, 0) + spent
+            self._label = None
 
 
 def iteration_off(trainer: Trainer, it: int, emitter: Emitter, spent: Spent) -> None:
@@ -342,7 +353,7 @@ def make_iteration_simic(dense: bool, fused: bool = True) -> Callable[[Trainer, 
 
     def iteration_simic(trainer: Trainer, it: int, emitter: Emitter, spent: Spent) -> None:
         policy = trainer.policy
-        with spent:
+        with spent.on("timers"):
             groups = groups_of.get(id(trainer))
             if groups is None:
                 groups = groups_of[id(trainer)] = emitter.head_groups(
@@ -355,32 +366,38 @@ def make_iteration_simic(dense: bool, fused: bool = True) -> Callable[[Trainer, 
             rollout_timer = emitter.timer("rollout", step=it).start()
 
         def step_hook(t: int, where: str) -> None:
-            with spent:
-                if where == "start":
+            if where == "start":
+                with spent.on("timers"):
                     step_timer.start()
-                else:
+            else:
+                with spent.on("timers"):
                     step_timer.stop()
+                with spent.on("lstm_state"):
                     emitter.lstm_state(it, trainer.state)
 
         def grad_hook() -> None:
-            with spent:
+            with spent.on("head_grad_norms"):
                 emitter.head_grad_norms(it, groups, stage="pre_clip", max_norm=0.5)
 
         def clip() -> None:
-            with spent:
+            with spent.on("clip_grad_norm_"):
                 emitter.clip_grad_norm_(it, groups, 0.5)
 
         next_value, state = trainer.rollout(step_hook if dense else None)
-        with spent:
+        with spent.on("timers"):
             rollout_timer.stop()
-            if not dense:
+        if not dense:
+            with spent.on("lstm_state"):
                 emitter.lstm_state(it, state)
+        with spent.on("timers"):
             update_timer = emitter.timer("update", step=it).start()
         advantages, returns = trainer.gae(next_value)
         metrics = trainer.update(advantages, returns, None if fused else grad_hook, clip if fused else None)
-        with spent:
+        with spent.on("timers"):
             update_timer.stop()
+        with spent.on("ppo_update"):
             emitter.ppo_update(it, learning_rate=trainer.optimizer.param_groups[0]["lr"], **metrics)
+        with spent.on("flush"):
             emitter.flush()
 
     return iteration_simic
@@ -443,6 +460,8 @@ class Result:
     """Per round: mean milliseconds per iteration."""
     telemetry_ms: list[float]
     """Per round: host milliseconds spent inside telemetry calls, per iteration."""
+    parts_ms: list[dict[str, float]]
+    """Per round: those milliseconds by call (label), per iteration."""
 
 
 def measure(args: Args, envs: int, device: torch.device, emitter: Emitter) -> tuple[dict[str, Result], dict[str, Trainer]]:
@@ -455,7 +474,7 @@ def measure(args: Args, envs: int, device: torch.device, emitter: Emitter) -> tu
         for _ in range(args.warmup):
             run(trainers[name], it, emitter, Spent())
             it += 1
-    results = {name: Result([], []) for name in VARIANTS}
+    results = {name: Result([], [], []) for name in VARIANTS}
     names = list(VARIANTS)
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
@@ -470,6 +489,7 @@ def measure(args: Args, envs: int, device: torch.device, emitter: Emitter) -> tu
             sync(device)
             results[name].ms.append((time.perf_counter() - t0) * 1000.0 / args.iters)
             results[name].telemetry_ms.append(spent.ns / 1e6 / args.iters)
+            results[name].parts_ms.append({k: v / 1e6 / args.iters for k, v in spent.parts.items()})
     return results, trainers
 
 
@@ -686,6 +706,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("simic", "simic dense"):
             ratio = statistics.median(v / o for v, o in zip(per_variant[name].ms, off))
             verdicts.append(f"{envs} envs: {name} {ratio:.3f}x ({'meets' if ratio <= TARGET else 'misses'} <= {TARGET}x)")
+    print()
+    print("telemetry host ms per iteration, by call (median over rounds):")
+    print()
+    labels = ("timers", "lstm_state", "head_grad_norms", "clip_grad_norm_", "ppo_update", "flush")
+    print("| envs | variant | " + " | ".join(labels) + " |")
+    print("|---:|---|" + "---:|" * len(labels))
+    for envs, per_variant in results.items():
+        for name, result in per_variant.items():
+            if result.parts_ms and any(result.parts_ms):
+                cells = [statistics.median(p.get(label, 0.0) for p in result.parts_ms) for label in labels]
+                print(f"| {envs} | {name} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
     print()
     print("ratio to off: median over rounds of (variant / off of the same round).")
     print("target: " + "; ".join(verdicts))

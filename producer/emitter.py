@@ -660,6 +660,7 @@ class Emitter:
         clip_total: Any = None,
         count_nonfinite: bool = False,
         norms: Any = None,
+        samples: int | None = None,
     ) -> None:
         """Per-head and total gradient L2 norms of the current ``.grad``\\ s, read back later.
 
@@ -674,9 +675,11 @@ class Emitter:
             norms: the norms measured already, by ``groups.norms()`` or ``groups.clip_(max_norm)``
                 inside a compiled or CUDA-graphed update (the ``.grad``\\ s are not read again; a
                 vector from ``clip_`` carries the pre-clip total, and ``stage`` defaults to ``"pre_clip"``).
+            samples: with ``norms``: they are the root mean square of this many optimizer steps' vectors
+                (summed as squares in the graph, ``(sum / samples).sqrt()``), sent as one event.
         """
         self._collectors.head_grad_norms(step, heads, stage=stage, max_norm=max_norm, clip_total=clip_total,
-                                         count_nonfinite=count_nonfinite, norms=norms)
+                                         count_nonfinite=count_nonfinite, norms=norms, samples=samples)
 
     def clip_grad_norm_(self, step: int, heads: Any, max_norm: float) -> Any:
         """``torch.nn.utils.clip_grad_norm_`` for the parameters ``heads`` covers, measured on the way.
@@ -882,6 +885,7 @@ class NullEmitter:
         clip_total: Any = None,
         count_nonfinite: bool = False,
         norms: Any = None,
+        samples: int | None = None,
     ) -> None:
         pass
 

@@ -238,7 +238,7 @@ def submit_head_grad_norms(
             host_clip = float(clip_total)  # a float, or a CPU tensor: already on the host
 
     count = len(tensors)
-    context = (groups, positions, count, step, stage, max_norm, host_clip, device_clip is not None, count_nonfinite, emit)
+    context = (groups, positions, count, step, stage, max_norm, host_clip, device_clip is not None, count_nonfinite, emit, None)
     if not tensors and device_clip is None:
         readouts.resolve_now([], _resolve, context)
         return
@@ -258,10 +258,10 @@ def submit_head_grad_norms(
 
 
 def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, vector: Any, *,
-                       stage: str | None, max_norm: float | None, clip_total: Any) -> None:
+                       stage: str | None, max_norm: float | None, clip_total: Any, samples: int | None = None) -> None:
     """Queue norms measured elsewhere: ``vector`` from :meth:`HeadGroups.norms` (one value per entry)
-    or :meth:`HeadGroups.clip_` (the pre-clip total last). It is copied at once (one small launch):
-    a CUDA graph's output is overwritten by its next replay."""
+    or :meth:`HeadGroups.clip_` (the pre-clip total last), or the root mean square of ``samples`` such
+    vectors. It is copied at once (one small launch): a CUDA graph's output is overwritten by its next replay."""
     torch = torch_module()
     n = len(groups.entries)
     if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or vector.numel() not in (n, n + 1):
@@ -281,7 +281,9 @@ def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, 
     with_device_total = with_total or len(parts) == 2
     if with_total:
         stage = "pre_clip" if stage is None else stage
-    context = (groups, groups.identity, n, step, stage, max_norm, host_clip, with_device_total, False, emit)
+    if samples is not None and (type(samples) is not int or samples < 1):
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    context = (groups, groups.identity, n, step, stage, max_norm, host_clip, with_device_total, False, emit, samples)
     with torch.no_grad():
         _hand_over(readouts, context, torch.cat(parts) if len(parts) == 2 else parts[0].clone())
 
@@ -329,7 +331,7 @@ def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups:
             on_error("clip_grad_norm_", exc)
             return torch.nn.utils.clip_grad_norm_(groups.total_params(), max_norm)
     try:
-        context = (groups, positions, len(tensors), step, "pre_clip", max_norm, None, True, False, emit)
+        context = (groups, positions, len(tensors), step, "pre_clip", max_norm, None, True, False, emit, None)
         _hand_over(readouts, context, flat, total.reshape(1))
     except Exception as exc:  # the gradients are clipped; only the measurement is lost, and counted
         on_error("clip_grad_norm_", exc)
@@ -344,7 +346,7 @@ def _clip_in_place(torch: Any, groups: HeadGroups, tensors: list, positions: lis
     norms = torch._foreach_norm(tensors, 2)
     flat = torch.stack(norms)
     if groups.total_is_prefix:  # whole gradients come first, so the total's are flat[:k]
-        of_total = flat[: len(clipped)]
+        of_total = flat if len(clipped) == len(tensors) else flat[: len(clipped)]
     else:
         of_total = torch.stack([norms[positions[e]] for e in groups.total if positions[e] >= 0])
     total = torch.linalg.vector_norm(of_total, 2)
@@ -367,7 +369,7 @@ def _with_missing(groups: HeadGroups, grads: list) -> tuple[list, list[int]]:
 
 
 def _resolve(values: list, context: tuple) -> None:
-    groups, positions, count, step, stage, max_norm, host_clip, has_device_clip, counted, emit = context
+    groups, positions, count, step, stage, max_norm, host_clip, has_device_clip, counted, emit, samples = context
     squares = [v * v for v in values[:count]]
     norms: dict[str, float | None] = {}
     for name, entries in zip(groups.names, groups.head_entries):
@@ -419,4 +421,5 @@ def _resolve(values: list, context: tuple) -> None:
         nonfinite=nonfinite or None,
         stage=stage,
         max_norm=None if max_norm is None else float(max_norm),
+        samples=samples,
     )

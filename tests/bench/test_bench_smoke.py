@@ -172,3 +172,27 @@ class TestMachineLoad:
         assert result.returncode == 3, result.stdout + result.stderr
         assert "load: run 1/2: exit 3" in result.stdout and "load: run 2/2: exit 3" in result.stdout
         assert "load: 1 busy process(es), disk writer 1 MiB per pass with fsync" in result.stdout
+
+
+class TestGpuBenchesOnCpu:
+    """The GPU benchmarks' CPU path (the numbers come from a GPU; see docs/BENCHMARKS.md)."""
+
+    def test_gpu_overhead_prints_every_variant_the_breakdown_and_the_per_call_table(self) -> None:
+        pytest.importorskip("torch")
+        result = quick("gpu_overhead.py", "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        for row in ("| 8 | off |", "| 8 | simic |", "| 8 | simic dense |", "| timers | lstm_state |", "| lstm_state (all envs) |"):
+            assert row in result.stdout, row
+        assert ", 0 refused" in result.stdout
+
+    def test_compiled_ppo_eager_path_sends_every_event_it_makes(self) -> None:
+        """The LeanRL-style trainer without compile and graph: all three variants run, every event arrives
+        and decodes, no collector error (the script exits 1 otherwise)."""
+        pytest.importorskip("torch")
+        result = quick("compiled_ppo.py", "--eager", "--device", "cpu")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "; eager" in result.stdout
+        for row in ("| off |", "| simic |", "| simic, per update |"):
+            assert row in result.stdout
+        produced = re.search(r"produced (\d+), sent (\d+), dropped 0, invalid 0; receiver: \d+ messages, (\d+) events, 0 refused; collector errors 0", result.stdout)
+        assert produced and produced.group(1) == produced.group(2) == produced.group(3)

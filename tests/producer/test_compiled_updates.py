@@ -108,3 +108,27 @@ def test_norms_need_every_gradient() -> None:
     net.loss().backward()  # the unused head has no gradient
     with pytest.raises(ValueError, match="no gradient"):
         HeadGroups(heads_of(net), params=net.parameters()).norms()
+
+
+def test_norms_summed_over_an_update_make_one_event_with_samples(consumer, emitter) -> None:
+    """Squares summed over three optimizer steps, handed over as ``(sum / 3).sqrt()`` with ``samples=3``:
+    one event whose head norms are the root mean square of the three steps' head norms."""
+    net = all_grads_net()
+    groups = emitter.head_groups(heads_of(net), params=net.parameters())
+    accumulated = torch.zeros(len(groups.entries) + 1)
+    per_step = []
+    for scale in (1.0, 2.0, 3.0):
+        for p in net.parameters():
+            p.grad.mul_(scale)
+        vector = groups.clip_(1e9)
+        accumulated.add_(vector.square())
+        per_step.append(vector)
+    emitter.head_grad_norms(9, groups, max_norm=1e9, norms=(accumulated / 3).sqrt(), samples=3)
+    emitter.head_grad_norms(9, groups, norms=torch.ones(len(groups.entries)), samples=0)  # refused, counted
+    assert emitter.collector_stats.errors == 1
+    [event] = events_of(consumer, emitter, "head_grad_norms")
+    assert event.samples == 3 and event.stage == "pre_clip"
+    for name, entries in zip(groups.names, groups.head_entries):
+        heads = [math.sqrt(sum(float(v[e]) ** 2 for e in entries)) for v in per_step]
+        assert math.isclose(event.norms[name], math.sqrt(sum(x * x for x in heads) / 3), rel_tol=1e-5)
+    assert math.isclose(event.pre_clip_total, math.sqrt(sum(float(v[-1]) ** 2 for v in per_step) / 3), rel_tol=1e-5)
