@@ -100,6 +100,31 @@ class TestIntegrationDoc:
         events = kinds(consumer.log_dir, "doc")
         assert events["step_timing"] == events["head_grad_norms"] == events["lstm_health"] == events["ppo_update"] == 6
 
+    def test_compiled_snippet_sends_the_norms_its_function_measured(self, consumer):
+        """The compiled-update snippet as written (its function run eagerly here; the GPU tests compile and
+        capture it): one head_grad_norms per minibatch with the pre-clip total, timings and metrics per update."""
+        code = snippet("compiled")
+        torch.manual_seed(0)
+        agent = nn.Module()
+        agent.actor_mean = nn.Linear(4, 2)
+        agent.actor_logstd = nn.Parameter(torch.zeros(1, 2))
+        agent.critic = nn.Linear(4, 1)
+        x = torch.randn(8, 4)
+
+        def ppo_loss(agent, batch):
+            mean = agent.actor_mean(x * batch)
+            loss = (mean - 1).square().mean() + agent.actor_logstd.square().sum() + agent.critic(x).square().mean()
+            return loss, {"policy_loss": loss.detach(), "approx_kl": torch.tensor(0.01)}
+
+        namespace = {"agent": agent, "ppo_loss": ppo_loss, "num_iterations": 3, "minibatches": lambda: [1.0, 2.0, 3.0, 4.0],
+                     "optimizer": torch.optim.SGD(agent.parameters(), lr=1e-2)}
+        exec(compile(code, f"{DOC}:compiled", "exec"), namespace)
+        ended(consumer)
+        events = kinds(consumer.log_dir, "doc")
+        assert events["head_grad_norms"] == 12 and events["step_timing"] == events["ppo_update"] == 3
+        grads = [e for e in events_of(consumer.log_dir, "doc") if e.kind == "head_grad_norms"]
+        assert all(e.stage == "pre_clip" and e.pre_clip_total > 0 and set(e.norms) == {"mean", "log_std", "value"} for e in grads)
+
     def test_watch_snippet_instruments_a_loop_it_does_not_edit(self, consumer):
         """The watch snippet (at most 10 lines), around an untouched PPO-shaped loop of 4 updates of 3
         minibatches: one head_grad_norms per update (samples=3), LSTM state and timings per update."""
