@@ -25,10 +25,10 @@ class ClippingConfig(RuleConfig):
     ``baseline_updates``): the clip bites ten times harder than it does in this run. For a run whose
     clip does not bite (a usual ratio of 1) this is ``min_clip_ratio`` itself; a run whose clip
     bites from its start is its own normal (SB3's RecurrentPPO clips the total at 0.5 and keeps
-    30-85% of it on every update of a healthy run, and a healthy run went to 5-8% for a few updates,
-    5 to 10 times below its usual of 41%, while its LSTM's gradient rose as it learned its task),
-    while a clip that starts biting or bites ten times harder than it did is a change. 1 judges the
-    ratio alone, as before this setting."""
+    30-85% of it on every update of a healthy run, and a healthy run's went to 4.5-8% for three updates,
+    5 to 9 times below its usual of about 40%, while its LSTM's gradient rose as it learned its task),
+    while a clip that starts biting or bites ten times harder than it did is a change. 1 (with
+    ``warmup`` 0) judges the ratio alone, as before this setting."""
     baseline_updates: int = Field(24, ge=1)
     """Updates the usual ratio is the median of (the last 24 not judged bad: a hard clip that fired
     does not become the usual)."""

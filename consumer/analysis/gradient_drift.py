@@ -88,7 +88,7 @@ class GradientDriftConfig(RuleConfig):
     jump: each at least 5 times the EMA before the first of them (a loss term or a layer scaled), as
     ``head_jump`` for a head. Or when they keep growing (``total_growth``). Below that, a total that
     surged and holds or falls back is what a healthy run shows on some trainers: on SB3's
-    RecurrentPPO a healthy run's total went from about 0.6 to 2.4-2.6 (3.8x its EMA) for three
+    RecurrentPPO a healthy run's total went from about 0.6 to 2.4-2.6 (3.7-4x its EMA) for three
     updates at update 70 and was back at 0.9 two updates later, its heads hardly moved. A shift that
     holds at 10x is ``gradient_scale``'s. With ``fire_after`` 1 (the seed plan's rule) one drifting
     update has no shape to judge and fires on its own."""
