@@ -83,10 +83,24 @@ class GradientDriftConfig(RuleConfig):
     noise is found within 5 updates in 3 of 4."""
     head_growth: float = Field(1.25, ge=1)
     """The growth (1.25x) from the first to the last of the ``head_fire_after`` drifting updates."""
+    total_jump: float = Field(5.0, gt=1)
+    """The total's drifting updates (``fire_after`` of the last ``fire_window``) fire when they are a
+    jump: each at least 5 times the EMA before the first of them (a loss term or a layer scaled), as
+    ``head_jump`` for a head. Or when they keep growing (``total_growth``). Below that, a total that
+    surged and holds or falls back is what a healthy run shows on some trainers: on SB3's
+    RecurrentPPO a healthy run's total went from about 0.6 to 2.4-2.6 (3.7-4x its EMA) for three
+    updates at update 70 and was back at 0.9 two updates later, its heads hardly moved. A shift that
+    holds at 10x is ``gradient_scale``'s. With ``fire_after`` 1 (the seed plan's rule) one drifting
+    update has no shape to judge and fires on its own."""
+    total_growth: float = Field(1.25, ge=1)
+    """Or: the last of the total's drifting updates in the window is the highest of them and 1.25
+    times the first (a norm still growing, as ``head_growth`` for a head: 1.25x per update gives
+    1.56x over three)."""
     fire_after: int = Field(3, ge=1)
     """For the total and grad health: three drifting updates within the last ``fire_window`` fire: single noisy minibatches are common
     in PPO, a lasting shift is not (the seed plan fired on one; on real runs that is a false alarm
-    every few hundred updates)."""
+    every few hundred updates). The total's drifting updates must also be a jump or growth
+    (``total_jump``, ``total_growth``); a fall in grad health needs no shape."""
     fire_window: int = Field(4, ge=1)
     """The updates ``fire_after`` counts over: 4. A norm that grows steadily drifts on most updates
     but not all (one quiet minibatch in between would restart a count of updates *in a row*, which
@@ -124,7 +138,7 @@ class HeadJudgement:
 
 
 class _Run:
-    __slots__ = ("norm", "health", "updates", "heads", "streaks", "subject", "head_subjects", "recent")
+    __slots__ = ("norm", "health", "updates", "heads", "streaks", "subject", "head_subjects", "recent", "surge")
 
     def __init__(self, norm: Ema, health: Ema, subject: str) -> None:
         self.norm = norm  # the total norm's EMA
@@ -135,6 +149,7 @@ class _Run:
         self.subject = subject
         self.head_subjects: dict[str, str] = {}
         self.recent = 0  # the total's last fire_window judgements, one bit each (1: drifted), newest lowest
+        self.surge: list[tuple[int, float, float]] = []  # the total's drifting updates in the window: (update, norm, EMA before)
 
 
 def _sustained(recent: int, bad: bool, window: int, count: int) -> tuple[int, bool]:
@@ -165,6 +180,10 @@ class GradientDrift(Rule):
     set the EMAs (their mean seeds them) and the heads' histories, then ``fire_after`` drifting updates
     of the last ``fire_window`` fire (a head: a jump held ``head_jump_after`` updates, or
     ``head_fire_after`` drifting updates in a row still growing) and ``clear_after`` quiet ones clear.
+    The total's drifting updates have the same two shapes: each at ``total_jump`` times the EMA before
+    the first, or the last the highest and ``total_growth`` times the first. A surge that holds or
+    falls back, below ``total_jump``, does not fire (nor does a head's); a fall in grad health fires
+    on its count alone.
     """
 
     name = "gradient_drift"
@@ -319,10 +338,19 @@ class GradientDrift(Rule):
         norm_drift = relative_drift(total, norm_before)
         health_drift = relative_drift(health, health_before)
         growing = total > norm_before  # the norm's drift counts when it grows (a fading one is gradient_scale's)
-        drifted = (growing and norm_drift > threshold) or health_drift > health_threshold
+        norm_drifted = growing and norm_drift > threshold
+        health_drifted = health_drift > health_threshold
+        drifted = norm_drifted or health_drifted
         if not (drifted or run.recent or run.subject in self._conditions):
             return None  # the healthy path
-        run.recent, bad = _sustained(run.recent, drifted, config.fire_window, config.fire_after)
+        run.recent, sustained = _sustained(run.recent, drifted, config.fire_window, config.fire_after)
+        surge = run.surge
+        while surge and surge[0][0] <= run.updates - config.fire_window:
+            del surge[0]
+        if norm_drifted:
+            surge.append((run.updates, total, norm_before))
+        bad = sustained and (config.fire_after == 1 or health_drifted or self._surge_shape(surge) is not None
+                             or self.is_active(run.subject))
         if not (bad or run.subject in self._conditions):
             return None
         ema_norm, ema_health = run.norm.value, run.health.value
@@ -330,8 +358,8 @@ class GradientDrift(Rule):
             event,
             run.subject,
             bad,
-            f"gradient drift at step {event.step}: total norm {total:.4g} vs EMA {ema_norm:.4g} "
-            f"(drift {norm_drift:.2f}), grad health {health:.2f} vs EMA {ema_health:.2f} "
+            lambda: f"gradient drift at step {event.step}: total norm {total:.4g} vs EMA {ema_norm:.4g} "
+            f"(drift {norm_drift:.2f}{self._surge_shape(surge) or ''}), grad health {health:.2f} vs EMA {ema_health:.2f} "
             f"(drift {health_drift:.2f}); thresholds {threshold} and {health_threshold}",
             {
                 "total": total,
@@ -347,6 +375,21 @@ class GradientDrift(Rule):
             fire_after=1,
         )
 
+    def _surge_shape(self, surge: list[tuple[int, float, float]]) -> str | None:
+        """How the total's drifting updates of the window fire, as the message adds it ("; ..."): a jump (each at
+        ``total_jump`` times the EMA before the first) or growth (the last the highest, ``total_growth``
+        times the first); None for a surge that holds or falls back."""
+        if not surge:
+            return None
+        config = self.config
+        norms = [norm for _, norm, _ in surge]
+        before = surge[0][2]
+        if min(norms) >= config.total_jump * before:
+            return f"; {len(norms)} drifting updates at {config.total_jump:g}x or more the EMA before them"
+        if len(norms) > 1 and norms[-1] == max(norms) and norms[-1] >= config.total_growth * norms[0]:
+            return "; growing: " + ", ".join(f"{norm:.3g}" for norm in norms)
+        return None
+
     # -- state (the format of the first checkpoints) -------------------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
@@ -357,6 +400,7 @@ class GradientDrift(Rule):
                 "warmup": self._warmup_state(run),
                 "total": self._total_state(run),
                 "recent": run.recent,
+                "surge": [list(drift) for drift in run.surge],
                 "heads": {name: rise.state() for name, rise in run.heads.items()},
                 "streaks": {name: list(streak) for name, streak in run.streaks.items()},
             }
@@ -391,6 +435,7 @@ class GradientDrift(Rule):
                 else:
                     ema.count = int(counted)
             run.recent = int(saved.get("recent", 0))
+            run.surge = [(int(update), float(norm), float(before)) for update, norm, before in saved.get("surge", [])]
             # A head saved in the earlier form (an EMA: three numbers) starts anew.
             run.heads = {name: Rise.from_state(kept) for name, kept in saved["heads"].items()
                          if len(kept) == 2 and isinstance(kept[0], list)}

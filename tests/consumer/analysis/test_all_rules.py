@@ -18,7 +18,7 @@ from .harness import HEADS, TYPICAL, Producer, Timeline, checkpoint, noisy, play
 
 
 def mixed_faults() -> Timeline:
-    """A run with a little of everything: drift, dead head, KL spike, a slow phase, losses, a hang, an error end."""
+    """A run with a little of everything: drift (a jump of 6x), dead head, KL spike, a slow phase, losses, a hang, an error end."""
     rng, p, tl = random.Random(7), Producer(), Timeline()
     tl.send(p.make(RunStart, 0, host="h", pid=1, heads=list(HEADS)))
     for step in range(120):
@@ -26,7 +26,7 @@ def mixed_faults() -> Timeline:
         if 40 <= step < 50:
             norms["blend"] = 0.0
         if 60 <= step < 66:
-            norms = {head: value * 4 for head, value in norms.items()}
+            norms = {head: value * 6 for head, value in norms.items()}
         if step in (70, 71, 72):
             p.skip(20)
         tl.send(
