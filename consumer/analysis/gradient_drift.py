@@ -91,7 +91,16 @@ class GradientDriftConfig(RuleConfig):
     RecurrentPPO a healthy run's total went from about 0.6 to 2.4-2.6 (3.7-4x its EMA) for three
     updates at update 70 and was back at 0.9 two updates later, its heads hardly moved. A shift that
     holds at 10x is ``gradient_scale``'s. With ``fire_after`` 1 (the seed plan's rule) one drifting
-    update has no shape to judge and fires on its own."""
+    update has no shape to judge and fires on its own.
+
+    A total back at its usual (at or below the EMA before the first of its drifting updates) ends them:
+    they count no more, for the jump, the growth or ``fire_after``. What a fault does holds (a scaled
+    term stays scaled, a drift keeps growing); spikes come back between them. On SB3's RecurrentPPO the
+    LSTM's gradient through time spikes the total 5-10x on single updates, its heads unmoved: a healthy
+    run went 5.7, 4.9, 0.57 and 6.8 on four updates against an EMA of 0.66 before them, three drifting
+    updates of four each over 5x, with one back at its usual between them. An update between drifting
+    ones that stays above the usual (a noisy step of a slow drift) still bridges them, as ``fire_window``
+    says."""
     total_growth: float = Field(1.25, ge=1)
     """Or: the last of the total's drifting updates in the window is the highest of them and 1.25
     times the first (a norm still growing, as ``head_growth`` for a head: 1.25x per update gives
@@ -182,8 +191,9 @@ class GradientDrift(Rule):
     ``head_fire_after`` drifting updates in a row still growing) and ``clear_after`` quiet ones clear.
     The total's drifting updates have the same two shapes: each at ``total_jump`` times the EMA before
     the first, or the last the highest and ``total_growth`` times the first. A surge that holds or
-    falls back, below ``total_jump``, does not fire (nor does a head's); a fall in grad health fires
-    on its count alone.
+    falls back, below ``total_jump``, does not fire (nor does a head's), and a total back at or below
+    the EMA before its drifting updates ends them (spikes come back between them, a fault holds); a
+    fall in grad health fires on its count alone.
     """
 
     name = "gradient_drift"
@@ -343,10 +353,13 @@ class GradientDrift(Rule):
         drifted = norm_drifted or health_drifted
         if not (drifted or run.recent or run.subject in self._conditions):
             return None  # the healthy path
-        run.recent, sustained = _sustained(run.recent, drifted, config.fire_window, config.fire_after)
         surge = run.surge
         while surge and surge[0][0] <= run.updates - config.fire_window:
             del surge[0]
+        if surge and not drifted and total <= surge[0][2]:
+            run.recent = 0  # back at its usual, the EMA before the surge: what drifted were spikes, and they count no more
+            surge.clear()
+        run.recent, sustained = _sustained(run.recent, drifted, config.fire_window, config.fire_after)
         if norm_drifted:
             surge.append((run.updates, total, norm_before))
         bad = sustained and (config.fire_after == 1 or health_drifted or self._surge_shape(surge) is not None
