@@ -21,17 +21,11 @@ keeps a value (:meth:`Rise.keep`) only when it did not rise, so a fault does not
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from statistics import median
 from typing import NamedTuple
 
 __all__ = ["Rise", "RiseLimits"]
-
-
-def _median(values: list[float]) -> float:
-    """``statistics.median`` of a list that is not empty, without its checks (it runs for every value judged)."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class RiseLimits(NamedTuple):
@@ -47,15 +41,31 @@ class RiseLimits(NamedTuple):
 
 
 class Rise:
-    """One series' recent log values, and the judge of a new one against them."""
+    """One series' recent log values, and the judge of a new one against them. The values of the level's
+    window are also kept sorted, so a judgement takes the median without sorting them again."""
 
-    __slots__ = ("values", "seen")
+    __slots__ = ("values", "seen", "_sorted", "_sorted_of")
 
     def __init__(self, values: list[float] | None = None, seen: int = 0) -> None:
         self.values: list[float] = values if values is not None else []
-        """Log values kept, oldest first (at most ``max(baseline, spread + 1)``)."""
+        """Log values kept, oldest first (at most ``max(baseline, spread + 1)``). Changed only by :meth:`keep`."""
         self.seen = seen
         """Values offered so far (kept or not): the warm-up counts them."""
+        self._sorted: list[float] = []
+        """The last ``_sorted_of`` kept values, sorted (the level's window, kept up to date by :meth:`keep`)."""
+        self._sorted_of = 0
+        """The window ``_sorted`` holds (a ``baseline``; 0: not made yet)."""
+
+    def _level(self, baseline: int) -> float:
+        """The median of the last ``baseline`` kept values (there is one at least), from the sorted window."""
+        if self._sorted_of != baseline:
+            if baseline < 1:  # (no such setting: the whole history, as a slice from -0 gives it)
+                return median(self.values[-baseline:])
+            self._sorted = sorted(self.values[-baseline:])
+            self._sorted_of = baseline
+        ordered = self._sorted
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
     def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
         """Whether log value ``x`` rose (see the module) and by how much over the level (in log; 0.0
@@ -65,7 +75,7 @@ class Rise:
         self.seen += 1
         if not warm:
             return False, 0.0
-        rise = x - _median(values[-limits.baseline:])
+        rise = x - self._level(limits.baseline)
         if rise <= math.log(limits.rise) or x <= max(values[-limits.spread:]) + math.log(limits.new_high):
             return False, rise
         return rise > limits.noise_z * self._jitter(limits), rise
@@ -82,7 +92,7 @@ class Rise:
         values = self.values
         if not values:
             return None, None
-        level = median(values[-limits.baseline:])
+        level = self._level(limits.baseline)
         if self.seen - 1 < limits.warmup or len(values) < 3:  # (``judge`` has counted the value being judged)
             return level, None
         return level, max(level + math.log(limits.rise), level + limits.noise_z * self._jitter(limits),
@@ -90,8 +100,19 @@ class Rise:
 
     def keep(self, x: float, limits: RiseLimits) -> None:
         """Add log value ``x`` to the history (a value that did not rise)."""
-        self.values.append(x)
-        del self.values[:-max(limits.baseline, limits.spread + 1)]
+        values = self.values
+        values.append(x)
+        baseline = limits.baseline
+        if self._sorted_of == baseline:  # the level's window moves on: x comes in, the value ``baseline`` before it leaves
+            ordered = self._sorted
+            insort(ordered, x)
+            if len(values) > baseline:
+                del ordered[bisect_left(ordered, values[-baseline - 1])]
+        else:
+            self._sorted_of = 0  # a window of another length is stale now: made again when next asked for
+        cap = max(baseline, limits.spread + 1)
+        if len(values) > cap:
+            del values[:-cap]
 
     def state(self) -> list:
         return [list(self.values), self.seen]
