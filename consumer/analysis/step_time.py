@@ -86,8 +86,10 @@ class _Phase:
 
     def remember(self, ms: float, keep: int) -> None:
         if ms > 0.0:
-            self.recent.append(math.log(ms))
-            del self.recent[:-keep]
+            recent = self.recent
+            recent.append(math.log(ms))
+            if len(recent) > keep:
+                del recent[:-keep]
 
 
 def _own(ms: float, wait: float | None) -> float | None:
