@@ -44,7 +44,8 @@ class Rise:
     """One series' recent log values, and the judge of a new one against them. The values of the level's
     window are also kept sorted, so a judgement takes the median without sorting them again."""
 
-    __slots__ = ("values", "seen", "_sorted", "_sorted_of")
+    __slots__ = ("values", "seen", "_sorted", "_sorted_of", "_limits", "_warmup", "_baseline", "_spread",
+                 "_log_rise", "_log_new_high", "_cap")
 
     def __init__(self, values: list[float] | None = None, seen: int = 0) -> None:
         self.values: list[float] = values if values is not None else []
@@ -55,6 +56,16 @@ class Rise:
         """The last ``_sorted_of`` kept values, sorted (the level's window, kept up to date by :meth:`keep`)."""
         self._sorted_of = 0
         """The window ``_sorted`` holds (a ``baseline``; 0: not made yet)."""
+        self._limits: RiseLimits | None = None
+        """The limits last judged or kept with, and what follows from them (the logs of the factors, how many values to keep)."""
+        self._warmup = self._baseline = self._spread = self._cap = 0
+        self._log_rise = self._log_new_high = 0.0
+
+    def _derive(self, limits: RiseLimits) -> None:
+        self._limits = limits
+        self._warmup, self._baseline, self._spread = limits.warmup, limits.baseline, limits.spread
+        self._log_rise, self._log_new_high = math.log(limits.rise), math.log(limits.new_high)
+        self._cap = max(limits.baseline, limits.spread + 1)
 
     def _level(self, baseline: int) -> float:
         """The median of the last ``baseline`` kept values (there is one at least), from the sorted window."""
@@ -70,13 +81,15 @@ class Rise:
     def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
         """Whether log value ``x`` rose (see the module) and by how much over the level (in log; 0.0
         during the warm-up). Counts ``x`` as seen; does not keep it."""
+        if limits is not self._limits:
+            self._derive(limits)
         values = self.values
-        warm = self.seen >= limits.warmup and len(values) >= 3
+        warm = self.seen >= self._warmup and len(values) >= 3
         self.seen += 1
         if not warm:
             return False, 0.0
-        rise = x - self._level(limits.baseline)
-        if rise <= math.log(limits.rise) or x <= max(values[-limits.spread:]) + math.log(limits.new_high):
+        rise = x - self._level(self._baseline)
+        if rise <= self._log_rise or x <= max(values[-self._spread:]) + self._log_new_high:
             return False, rise
         return rise > limits.noise_z * self._jitter(limits), rise
 
@@ -100,9 +113,11 @@ class Rise:
 
     def keep(self, x: float, limits: RiseLimits) -> None:
         """Add log value ``x`` to the history (a value that did not rise)."""
+        if limits is not self._limits:
+            self._derive(limits)
         values = self.values
         values.append(x)
-        baseline = limits.baseline
+        baseline = self._baseline
         if self._sorted_of == baseline:  # the level's window moves on: x comes in, the value ``baseline`` before it leaves
             ordered = self._sorted
             insort(ordered, x)
@@ -110,7 +125,7 @@ class Rise:
                 del ordered[bisect_left(ordered, values[-baseline - 1])]
         else:
             self._sorted_of = 0  # a window of another length is stale now: made again when next asked for
-        cap = max(baseline, limits.spread + 1)
+        cap = self._cap
         if len(values) > cap:
             del values[:-cap]
 
