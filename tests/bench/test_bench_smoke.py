@@ -75,12 +75,13 @@ class TestConsumerBenches:
             assert result.stdout.count(row) == 2, row
 
     def test_replay_speed_replays_every_event_it_wrote(self) -> None:
-        """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, and
-        counts every event."""
+        """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, sets
+        replay beside the live pipeline taking the same messages from memory, and counts every event."""
         result = quick("replay_speed.py")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "| events | messages | log MB |" in result.stdout and "| CLI end to end" in result.stdout
         assert "| events | bytes/event plain | bytes/event zstd |" in result.stdout and "| fresh values every step |" in result.stdout
+        assert "| events | replay: events/s | live pipeline, from memory: events/s | replay / live |" in result.stdout
         assert "every event written was replayed and counted: yes" in result.stdout
 
     def test_drift_shape_runs_the_rule_with_the_settings_given(self) -> None:
