@@ -11,8 +11,9 @@ them with the default configuration (every rule on, no sinks). Two workloads:
 Prints events/s for: decode only, the pipeline with no rules, and with every rule. ``--cpu-time``
 times with this process's CPU time (``time.process_time``) instead of the wall clock: on a shared
 machine, what other work takes from this process is then not counted. ``--per-rule``
-adds what each rule costs on its own (microseconds per event over accounting alone; the first rule
-to ask for a batch's events by kind also pays for indexing them). The live daemon adds ZeroMQ
+adds what each rule costs on its own (microseconds per event over accounting and the update combiner,
+which the rules that count updates read; the first rule to ask for a batch's events by kind also pays
+for indexing them). The live daemon adds ZeroMQ
 receive and the event-log write on top.
 
     .venv/bin/python bench/consumer_throughput.py [--messages N] [--repeat R] [--per-rule] [--cpu-time]
@@ -34,6 +35,7 @@ from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
 from simic.consumer.pipeline.accounting import Accounting  # noqa: E402
 from simic.consumer.pipeline.alerts import AlertMaker  # noqa: E402
+from simic.consumer.pipeline.updates import UpdateCombiner  # noqa: E402
 from simic.consumer.analysis import RULES  # noqa: E402
 from simic.schemas import decode_message, encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402
@@ -128,11 +130,14 @@ def table(name: str, raws: list[bytes], repeat: int, per_rule: bool) -> None:
         print(f"| {label} | {events / best(run, repeat):,.0f} |")
     if not per_rule:
         return
-    print(f"\n| rule ({name}) | us/event over accounting alone |\n|---|---:|")
+    print(f"\n| rule ({name}) | us/event over accounting and the update combiner |\n|---|---:|")
+    alone = best(lambda: asyncio.run(timed(Pipeline([Accounting()]), raws)), repeat)
+    combined = best(lambda: asyncio.run(timed(Pipeline([Accounting(), UpdateCombiner()]), raws)), repeat)
+    print(f"| (the update combiner itself, over accounting alone) | {(combined - alone) / events * 1e6:.2f} |")
     for rule_name, rule in RULES.items():  # each against a baseline timed just before it: small differences, shared machine
         rule_config = getattr(config.rules, rule_name)
-        base = best(lambda: asyncio.run(timed(Pipeline([Accounting()]), raws)), repeat)
-        elapsed = best(lambda: asyncio.run(timed(Pipeline([Accounting(), rule(rule_config, AlertMaker())]), raws)), repeat)
+        base = best(lambda: asyncio.run(timed(Pipeline([Accounting(), UpdateCombiner()]), raws)), repeat)
+        elapsed = best(lambda: asyncio.run(timed(Pipeline([Accounting(), UpdateCombiner(), rule(rule_config, AlertMaker())]), raws)), repeat)
         print(f"| {rule_name} | {(elapsed - base) / events * 1e6:.2f} |")
 
 
@@ -141,7 +146,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000, help="messages of 8 events per workload (default 5000)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per variant; the best is reported (default 5)")
     parser.add_argument("--workload", choices=("both", "head_grad_norms", "mixed"), default="both", help="which workload (default both)")
-    parser.add_argument("--per-rule", action="store_true", help="also time each rule alone (us/event over accounting)")
+    parser.add_argument("--per-rule", action="store_true", help="also time each rule alone (us/event over accounting and the update combiner)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 messages, one run each")
     parser.add_argument("--cpu-time", action="store_true", help="time with this process's CPU time, not the wall clock (a shared machine)")
     args = parser.parse_args()

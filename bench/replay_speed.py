@@ -15,6 +15,8 @@ and a clock tick per second of arrival time, as the daemon logs them. Then:
   it repeats exactly every 64 messages, which flatters compression: the bytes per event are also
   measured on a log whose every step has fresh values (a floor: a real run's values are smoother), and
   on a real trainer's log given with ``--log`` (``examples/ppo_lstm.py --spawn-consumer --telemetry-dir``);
+- the live pipeline (built as the daemon builds it, every rule, no sinks) taking the same log's messages
+  and clock ticks from memory: what replay costs beyond the analysis (reading the log, collecting alerts);
 - end to end, for one size: ``python -m simic.consumer replay LOG --json`` as a subprocess
   (interpreter start and imports included), and the same command on a 1-message log, whose time
   is the fixed start-up cost.
@@ -48,7 +50,7 @@ from bench._workload import emit_step, positional, step_values  # noqa: E402
 from bench.consumer_throughput import PER_MESSAGE, mixed_messages  # noqa: E402
 from bench.emit_cost import machine  # noqa: E402
 
-from simic.consumer import ConsumerConfig  # noqa: E402
+from simic.consumer import ConsumerConfig, build_pipeline  # noqa: E402
 from simic.consumer.offline.replay import replay  # noqa: E402
 from simic.schemas import encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402
@@ -119,6 +121,27 @@ def read_cpu_seconds(log: Path, repeat: int) -> float:
     return best
 
 
+def pipeline_seconds(log: Path) -> float:
+    """Seconds for the live pipeline (every rule, as the daemon builds it, no sinks) to take the log's messages and
+    clock ticks from memory: what replay does, less reading the log and collecting the alerts."""
+    frames = [(frame.type, frame.payload, frame.recv_ns) for frame in LogReader(log)]
+
+    async def run() -> float:
+        pipeline = build_pipeline(ConsumerConfig(), console=False)
+        await pipeline.start()
+        start = clock()
+        for frame_type, payload, recv_ns in frames:
+            if frame_type == FRAME_TICK:
+                await pipeline.tick(recv_ns, note=payload)
+            else:
+                await pipeline.consume(payload, recv_ns)
+        elapsed = clock() - start
+        await pipeline.close()
+        return elapsed
+
+    return asyncio.run(run())
+
+
 def cli_seconds(log: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "simic.consumer", "replay", str(log), "--json"], check=True, stdout=subprocess.DEVNULL)
@@ -151,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
               "'no analysis' is decode + accounting only (what inspect runs).\n")
         print("| events | messages | log MB | write s | replay s | events/s | us/event | no analysis: events/s | alerts |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        compressed_rows, reading = [], []
+        compressed_rows, reading, against_live = [], [], []
         logs: dict[int, Path] = {}
         complete = True
         for size in sorted(set(sizes) | {args.cli_size}):
@@ -176,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             full_z = min((replay_seconds(packed, True) for _ in range(args.repeat)), key=lambda r: r[0])
             bare_z = min((replay_seconds(packed, False) for _ in range(args.repeat)), key=lambda r: r[0])
             complete &= full_z[1] == bare_z[1] == written and full_z[2] == full[2]
+            live = min(pipeline_seconds(log) for _ in range(args.repeat))
+            against_live.append(f"| {full[1]:,} | {full[1] / full[0]:,.0f} | {full[1] / live:,.0f} | {live / full[0]:.0%} |")
             reading.append(f"| {full[1]:,} | {read_cpu_seconds(log, args.repeat) / full[1] * 1e6:.2f} | "
                            f"{read_cpu_seconds(packed, args.repeat) / full[1] * 1e6:.2f} |")
             compressed_rows.append(
@@ -191,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nReading the log alone (every frame through LogReader), process CPU time per event, best of "
               f"{args.repeat}:\n\n| events | plain: us/event | zstd: us/event |\n|---:|---:|---:|")
         print("\n".join(reading))
+        print("\nReplay against the live pipeline: the same log's messages and clock ticks, read into memory first, through "
+              f"Pipeline.consume and tick (every rule, no sinks), best of {args.repeat} ({timer}):\n\n"
+              "| events | replay: events/s | live pipeline, from memory: events/s | replay / live |\n|---:|---:|---:|---:|")
+        print("\n".join(against_live))
         samples = [("fresh values every step", root / "log-fresh", True)]
         if args.log is not None:
             samples.append((f"recorded: {args.log}", args.log, False))

@@ -21,6 +21,7 @@ keeps a value (:meth:`Rise.keep`) only when it did not rise, so a fault does not
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from statistics import median
 from typing import NamedTuple
 
@@ -40,26 +41,55 @@ class RiseLimits(NamedTuple):
 
 
 class Rise:
-    """One series' recent log values, and the judge of a new one against them."""
+    """One series' recent log values, and the judge of a new one against them. The values of the level's
+    window are also kept sorted, so a judgement takes the median without sorting them again."""
 
-    __slots__ = ("values", "seen")
+    __slots__ = ("values", "seen", "_sorted", "_sorted_of", "_limits", "_warmup", "_baseline", "_spread",
+                 "_log_rise", "_log_new_high", "_cap")
 
     def __init__(self, values: list[float] | None = None, seen: int = 0) -> None:
         self.values: list[float] = values if values is not None else []
-        """Log values kept, oldest first (at most ``max(baseline, spread + 1)``)."""
+        """Log values kept, oldest first (at most ``max(baseline, spread + 1)``). Changed only by :meth:`keep`."""
         self.seen = seen
         """Values offered so far (kept or not): the warm-up counts them."""
+        self._sorted: list[float] = []
+        """The last ``_sorted_of`` kept values, sorted (the level's window, kept up to date by :meth:`keep`)."""
+        self._sorted_of = 0
+        """The window ``_sorted`` holds (a ``baseline``; 0: not made yet)."""
+        self._limits: RiseLimits | None = None
+        """The limits last judged or kept with, and what follows from them (the logs of the factors, how many values to keep)."""
+        self._warmup = self._baseline = self._spread = self._cap = 0
+        self._log_rise = self._log_new_high = 0.0
+
+    def _derive(self, limits: RiseLimits) -> None:
+        self._limits = limits
+        self._warmup, self._baseline, self._spread = limits.warmup, limits.baseline, limits.spread
+        self._log_rise, self._log_new_high = math.log(limits.rise), math.log(limits.new_high)
+        self._cap = max(limits.baseline, limits.spread + 1)
+
+    def _level(self, baseline: int) -> float:
+        """The median of the last ``baseline`` kept values (there is one at least), from the sorted window."""
+        if self._sorted_of != baseline:
+            if baseline < 1:  # (no such setting: the whole history, as a slice from -0 gives it)
+                return median(self.values[-baseline:])
+            self._sorted = sorted(self.values[-baseline:])
+            self._sorted_of = baseline
+        ordered = self._sorted
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
     def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
         """Whether log value ``x`` rose (see the module) and by how much over the level (in log; 0.0
         during the warm-up). Counts ``x`` as seen; does not keep it."""
+        if limits is not self._limits:
+            self._derive(limits)
         values = self.values
-        warm = self.seen >= limits.warmup and len(values) >= 3
+        warm = self.seen >= self._warmup and len(values) >= 3
         self.seen += 1
         if not warm:
             return False, 0.0
-        rise = x - median(values[-limits.baseline:])
-        if rise <= math.log(limits.rise) or x <= max(values[-limits.spread:]) + math.log(limits.new_high):
+        rise = x - self._level(self._baseline)
+        if rise <= self._log_rise or x <= max(values[-self._spread:]) + self._log_new_high:
             return False, rise
         return rise > limits.noise_z * self._jitter(limits), rise
 
@@ -75,7 +105,7 @@ class Rise:
         values = self.values
         if not values:
             return None, None
-        level = median(values[-limits.baseline:])
+        level = self._level(limits.baseline)
         if self.seen - 1 < limits.warmup or len(values) < 3:  # (``judge`` has counted the value being judged)
             return level, None
         return level, max(level + math.log(limits.rise), level + limits.noise_z * self._jitter(limits),
@@ -83,8 +113,21 @@ class Rise:
 
     def keep(self, x: float, limits: RiseLimits) -> None:
         """Add log value ``x`` to the history (a value that did not rise)."""
-        self.values.append(x)
-        del self.values[:-max(limits.baseline, limits.spread + 1)]
+        if limits is not self._limits:
+            self._derive(limits)
+        values = self.values
+        values.append(x)
+        baseline = self._baseline
+        if self._sorted_of == baseline:  # the level's window moves on: x comes in, the value ``baseline`` before it leaves
+            ordered = self._sorted
+            insort(ordered, x)
+            if len(values) > baseline:
+                del ordered[bisect_left(ordered, values[-baseline - 1])]
+        else:
+            self._sorted_of = 0  # a window of another length is stale now: made again when next asked for
+        cap = self._cap
+        if len(values) > cap:
+            del values[:-cap]
 
     def state(self) -> list:
         return [list(self.values), self.seen]

@@ -100,7 +100,7 @@ class Rule(SyncStage):
                 self.consume_now = specialised  # what consume_now does for this rule, without the choices
 
     def _specialised_consume(self) -> Callable[[Batch], None] | None:
-        """:meth:`consume_now` specialised for the two common shapes of rule (it runs for every batch)."""
+        """:meth:`consume_now` specialised for the common shapes of rule (it runs for every batch)."""
         if self._checks and not self._ticks and self._kind is not None:
             check, kind = self.check, self._kind
 
@@ -116,6 +116,25 @@ class Rule(SyncStage):
                             batch.alerts.extend(fired)
 
             return checks_one_kind
+        if self._checks and not self._ticks and self.kinds:
+            check, kinds, kind_set, per_update = self.check, tuple(sorted(self.kinds)), self.kinds, self.per_update
+
+            def checks_kinds(batch: Batch) -> None:
+                index = batch.update_index() if per_update else batch.kind_index()
+                present = [index[kind] for kind in kinds if kind in index]
+                if not present:
+                    return
+                if len(present) == 1:  # one of the kinds only: its events are the batch's events of the kinds, in order
+                    events = present[0]
+                else:  # several: in the order they came
+                    events = [event for event in (batch.updates if per_update else batch.events) if event.kind in kind_set]
+                now = batch.recv_ns
+                for event in events:
+                    fired = check(event, now)
+                    if fired:
+                        batch.alerts.extend(fired)
+
+            return checks_kinds
         if self._ticks and not self._checks:
             tick = self.tick
 

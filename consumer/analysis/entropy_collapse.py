@@ -92,19 +92,22 @@ class EntropyCollapse(Rule):
             return None
         config = self.config
         conditions = self._conditions
+        ignore = self._ignore
+        prefix = subject_key(event, "")  # every head's subject without the head: subject_key(event, head) is prefix + head
         fired: list[Alert] | None = None
         for head, entropy in event.entropy.items():
-            if head in self._ignore or not -_INF < entropy < _INF:
+            if head in ignore or not -_INF < entropy < _INF:
                 continue
-            subject = subject_key(event, head)
-            if self.is_active(subject):
+            subject = prefix + head
+            condition = conditions.get(subject)
+            if condition is not None and condition.active:
                 bad = entropy <= config.clear_above  # hysteresis: still collapsed until above clear_above
-            elif subject in conditions:  # counting towards fire_after: the collapse was sudden when it began
+            elif condition is not None:  # counting towards fire_after: the collapse was sudden when it began
                 bad = entropy < config.collapse_below
             else:
                 bad = entropy < config.collapse_below and self._fell_suddenly(subject, entropy)
             self._remember(subject, entropy)
-            if bad or subject in conditions:
+            if bad or condition is not None:
                 alert = self.observe(
                     event,
                     subject,

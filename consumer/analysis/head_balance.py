@@ -212,20 +212,28 @@ class HeadBalance(Rule):
         """Add this update's log-odds of every compared head, and the compared norm, to the baselines."""
         keep = self.config.baseline_updates
         ignore = self._ignore
+        own_norms, own_odds, log = run.norms, run.odds, math.log
         for name, value in norms.items():
             if name in ignore or value is None or not 0.0 < value < _INF:
                 continue
-            own = run.norms.setdefault(name, [])
-            own.append(math.log(value))
-            del own[:-keep]
+            own = own_norms.get(name)
+            if own is None:
+                own = own_norms[name] = []
+            own.append(log(value))
+            if len(own) > keep:
+                del own[:-keep]
             share = value * value / squares
             if not 0.0 < share < 1.0:  # 1: the only head; 0 or NaN: a square that under- or overflowed
                 continue
-            history = run.odds.setdefault(name, [])
-            history.append(math.log(share / (1.0 - share)))
-            del history[:-keep]
-        run.scale.append(math.log(math.sqrt(squares)))
-        del run.scale[:-keep]
+            history = own_odds.get(name)
+            if history is None:
+                history = own_odds[name] = []
+            history.append(log(share / (1.0 - share)))
+            if len(history) > keep:
+                del history[:-keep]
+        run.scale.append(log(math.sqrt(squares)))
+        if len(run.scale) > keep:
+            del run.scale[:-keep]
 
     def extra_state(self) -> dict[str, Any]:
         return {"runs": [[run_id, rank, run.odds, run.scale, run.norms] for (run_id, rank), run in self._runs.items()]}

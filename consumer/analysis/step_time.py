@@ -86,8 +86,10 @@ class _Phase:
 
     def remember(self, ms: float, keep: int) -> None:
         if ms > 0.0:
-            self.recent.append(math.log(ms))
-            del self.recent[:-keep]
+            recent = self.recent
+            recent.append(math.log(ms))
+            if len(recent) > keep:
+                del recent[:-keep]
 
 
 def _own(ms: float, wait: float | None) -> float | None:
@@ -157,7 +159,7 @@ class StepTime(Rule):
             phase = phases.get(name)
             if phase is None:
                 phase = phases[name] = self._phases[(run_id, rank, name)] = _Phase(self._baseline(), subject_key(event, name))
-            own = _own(ms, waits.get(name))
+            own = _own(ms, waits.get(name)) if waits else None
             if own is not None:
                 phase.own = True
             elif phase.own:  # its history is of own times: a whole time cannot be judged against it
@@ -173,12 +175,9 @@ class StepTime(Rule):
             return None
         floor, z = config.min_spread, config.noise_z
 
-        def is_slow(phase: _Phase, ms: float, baseline: float) -> bool:
-            return ms > factor * baseline and math.log(ms / baseline) > z * phase.jitter(floor)
-
         # A phase's time is its own time where the producer measured its thread's wait for a CPU: the time other
         # processes took from it is not the phase's, and a phase slow only by waiting is not slow.
-        slow = [is_slow(phase, t, baseline) for _, phase, _, t, baseline in judged]
+        slow = [t > factor * baseline and math.log(t / baseline) > z * phase.jitter(floor) for _, phase, _, t, baseline in judged]
         # The machine: a phase is slow and every other one is slower too (contention slows host-bound phases
         # most, so they need not all be slow); one phase slow while the others keep their pace is the trainer.
         every_phase_slow = len(judged) >= 2 and any(slow) and all(
@@ -204,6 +203,11 @@ class StepTime(Rule):
             if every_phase_slow and machine in conditions:  # the machine beyond its factor: the baselines wait
                 return fired
         keep = config.spread_window
+        if not (any(slow) or conditions):  # the healthy path: every phase joins its baseline
+            for _, phase, _, own, _ in judged:
+                phase.baseline.add(own)
+                phase.remember(own, keep)
+            return fired
         if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
             for _, phase, _, t, _ in judged:
                 phase.baseline.add(t)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import math
+from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from simic.schemas.codec import KINDS, decode_message, encode_events
@@ -49,67 +50,105 @@ from .contract import Batch, SyncStage
 __all__ = ["UpdateCombiner", "COMBINED_KINDS", "combine"]
 
 
+def _present(values: Sequence[float | None]) -> Sequence[float]:
+    """The values that are not None (``values`` itself when none is None: the usual case)."""
+    return values if None not in values else [v for v in values if v is not None]
+
+
 def _rms(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
+    present = _present(values)
     if not present:
         return None
-    return math.sqrt(sum(v * v for v in present) / len(present))
+    return math.sqrt(sum([v * v for v in present]) / len(present))
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
+    present = _present(values)
     return sum(present) / len(present) if present else None
 
 
 def _worst(values: Sequence[float | None]) -> float | None:
     """The largest value; NaN when any is NaN (``max`` alone would depend on the order)."""
-    present = [v for v in values if v is not None]
+    present = _present(values)
     if not present:
         return None
-    if any(v != v for v in present):
+    total = sum(present)
+    if total - total != 0.0 and any(v != v for v in present):  # a finite sum has no NaN in it: the usual case
         return math.nan
     return max(present)
 
 
+def _worst_each(columns: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """``_worst`` of each column; one finiteness check for them all (a finite sum of every value: no NaN anywhere)."""
+    present = [c if None not in c else [v for v in c if v is not None] for c in columns]
+    total = sum(map(sum, present))
+    if total - total == 0.0:
+        return list(map(max, present)) if all(present) else [max(values) if values else None for values in present]
+    return [_worst(column) for column in columns]
+
+
 def _per_key(dicts: Sequence[dict[str, Any]], how: Callable[[Sequence[Any]], Any]) -> dict[str, Any]:
-    keys: dict[str, None] = {}
+    """``how`` of each key's values (None where a dict lacks the key), the keys in order of first appearance."""
+    first = dicts[0]
+    keys = first.keys()
+    if all(d.keys() == keys for d in dicts):  # the same keys in every dict (the usual case): the first's order is the order
+        return {k: how([d[k] for d in dicts]) for k in first}
+    union: dict[str, None] = {}
     for d in dicts:
-        keys.update(dict.fromkeys(d))
-    return {k: how([d.get(k) for d in dicts]) for k in keys}
+        union.update(dict.fromkeys(d))
+    return {k: how([d.get(k) for d in dicts]) for k in union}
+
+
+def _column(name: str, events: Sequence[Event]) -> list[Any]:
+    """One field's value of every event, in order."""
+    return list(map(attrgetter(name), events))
+
+
+_HGN_TOTALS = attrgetter("total", "pre_clip_total", "post_clip_total")
+_LSTM_WORST = ("h_norm", "c_norm", "h_rms", "c_rms", "h_max_abs", "c_max_abs", "h_env_max_rms", "c_env_max_rms")
+_LSTM_VALUES = attrgetter(*_LSTM_WORST, "has_nan", "has_inf", "envs", "layer_h_rms", "layer_c_rms")
 
 
 def _head_grad_norms(events: Sequence[Event]) -> dict[str, Any]:
     nonfinite: dict[str, int] = {}
     for e in events:
-        for head, count in e.nonfinite.items():
-            nonfinite[head] = nonfinite.get(head, 0) + count
+        if e.nonfinite:
+            for head, count in e.nonfinite.items():
+                nonfinite[head] = nonfinite.get(head, 0) + count
     last = events[-1]
+    totals = list(zip(*map(_HGN_TOTALS, events)))
     return dict(
-        norms=_per_key([e.norms for e in events], _rms),
-        total=_rms([e.total for e in events]),
-        pre_clip_total=_rms([e.pre_clip_total for e in events]),
-        post_clip_total=_rms([e.post_clip_total for e in events]),
+        norms=_per_key(_column("norms", events), _rms),
+        total=_rms(totals[0]),
+        pre_clip_total=_rms(totals[1]),
+        post_clip_total=_rms(totals[2]),
         nonfinite=nonfinite,
         stage=last.stage,
         max_norm=last.max_norm,
-        samples=sum(e.samples or 1 for e in events),
+        samples=sum([e.samples or 1 for e in events]),
     )
 
 
 def _lstm_health(events: Sequence[Event]) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        name: _worst([getattr(e, name) for e in events])
-        for name in ("h_norm", "c_norm", "h_rms", "c_rms", "h_max_abs", "c_max_abs", "h_env_max_rms", "c_env_max_rms")
-    }
-    for flag in ("has_nan", "has_inf"):
-        flags = [getattr(e, flag) for e in events if getattr(e, flag) is not None]
-        fields[flag] = any(flags) if flags else None
-    envs = [e.envs for e in events if e.envs is not None]
+    *worst, has_nan, has_inf, envs, layer_h, layer_c = zip(*map(_LSTM_VALUES, events))
+    fields: dict[str, Any] = dict(zip(_LSTM_WORST, _worst_each(worst)))
+    flags = _present(has_nan)
+    fields["has_nan"] = any(flags) if flags else None
+    flags = _present(has_inf)
+    fields["has_inf"] = any(flags) if flags else None
+    envs = _present(envs)
     fields["envs"] = max(envs) if envs else None
-    for layers in ("layer_h_rms", "layer_c_rms"):
-        lists = [getattr(e, layers) for e in events if getattr(e, layers)]
-        width = max((len(x) for x in lists), default=0)
-        fields[layers] = [_worst([x[i] if i < len(x) else None for x in lists]) for i in range(width)]
+    for layers, column in (("layer_h_rms", layer_h), ("layer_c_rms", layer_c)):
+        lists = [x for x in column if x]
+        if not lists:
+            fields[layers] = []
+        elif len(lists) == 1:  # one event had layers: its values (NaN as ``_worst`` gives it)
+            fields[layers] = [math.nan if v != v else v for v in lists[0]]
+        elif all(len(x) == len(lists[0]) for x in lists):  # as many layers in each (the usual case)
+            fields[layers] = _worst_each(list(zip(*lists)))
+        else:
+            width = max(len(x) for x in lists)
+            fields[layers] = [_worst([x[i] if i < len(x) else None for x in lists]) for i in range(width)]
     fields["name"] = events[-1].name
     return fields
 
@@ -130,18 +169,25 @@ def _step_timing(events: Sequence[Event]) -> dict[str, Any]:
     return dict(phases_ms=phases, clock=events[0].clock, wait_ms=waits)
 
 
+_PPO_MEANS = tuple(name for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "explained_variance",
+                                     "learning_rate", "clip_range", "loss") if name in KINDS["ppo_update"].field_set)
+_PPO_VALUES = attrgetter(*_PPO_MEANS, "ratio_min", "ratio_max")
+
+
 def _ppo_update(events: Sequence[Event]) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        name: _mean([getattr(e, name) for e in events])
-        for name in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "explained_variance", "learning_rate",
-                     "clip_range", "loss")
-        if name in KINDS["ppo_update"].field_set
-    }
-    lows = [e.ratio_min for e in events if e.ratio_min is not None]
-    highs = [e.ratio_max for e in events if e.ratio_max is not None]
+    *means, lows, highs = zip(*map(_PPO_VALUES, events))
+    fields: dict[str, Any] = dict(zip(_PPO_MEANS, [sum(c) / len(c) if None not in c else _mean(c) for c in means]))
+    lows = [v for v in lows if v is not None]
+    highs = [v for v in highs if v is not None]
     fields["ratio_min"] = min(lows) if lows else None
     fields["ratio_max"] = max(highs) if highs else None
-    fields["entropy"] = {k: v for k, v in _per_key([e.entropy for e in events], _mean).items() if v is not None}
+    entropies = _column("entropy", events)
+    first = entropies[0].keys()
+    if all(d.keys() == first for d in entropies):  # the same heads in every event (the usual case): none missing
+        count = len(entropies)
+        fields["entropy"] = {k: sum([d[k] for d in entropies]) / count for k in first}
+    else:
+        fields["entropy"] = {k: v for k, v in _per_key(entropies, _mean).items() if v is not None}
     return fields
 
 
@@ -174,20 +220,18 @@ def combine(events: Sequence[Event]) -> Event:
     if len(events) == 1:
         return events[0]
     first, last = events[0], events[-1]
-    return first.model_copy(update=dict(seq=last.seq, clock_ns=last.clock_ns, **_COMBINE[first.kind](events)))
+    update = _COMBINE[first.kind](events)
+    update["seq"], update["clock_ns"] = last.seq, last.clock_ns
+    return first.model_copy(update=update)
 
 
-def _part(event: Event) -> str | None:
-    """What else tells an event's measurements apart: the LSTM's name, the gradient's stage (a pre- and a
-    post-clip measurement of one step are two things, never averaged together), the timing's clock."""
-    kind = event.kind
-    if kind == "lstm_health":
-        return event.name
-    if kind == "head_grad_norms":
-        return event.stage
-    if kind == "step_timing":
-        return event.clock  # GPU time and host time of one step are not added together
-    return None
+_PART: dict[str, Callable[[Event], Any] | None] = {
+    kind: {"lstm_health": attrgetter("name"), "head_grad_norms": attrgetter("stage"), "step_timing": attrgetter("clock")}.get(kind)
+    for kind in COMBINED_KINDS
+}
+"""What else tells an event's measurements apart, per combined kind: the LSTM's name, the gradient's stage (a
+pre- and a post-clip measurement of one step are two things, never averaged together), the timing's clock (GPU
+time and host time of one step are not added together); None: nothing (the key's last part is None)."""
 
 
 QUIET_NS = 2_000_000_000
@@ -224,13 +268,16 @@ class UpdateCombiner(SyncStage):
                     state.pending = []
             batch.updates = updates
             return
+        parts = _PART
+        recv_ns = batch.recv_ns
         for event in batch.events:
             kind = event.kind
-            if kind not in COMBINED_KINDS:
+            if kind not in parts:
                 if kind == "run_end":
                     self._end_session(event, updates)
                 continue
-            key = (event.run_id, event.rank, event.session, kind, _part(event))
+            part = parts[kind]
+            key = (event.run_id, event.rank, event.session, kind, None if part is None else part(event))
             state = keys.get(key)
             if state is None:
                 state = keys[key] = _Key()
@@ -250,7 +297,7 @@ class UpdateCombiner(SyncStage):
                 state.pending = []
             state.step = step
             state.pending.append(event)
-            state.last_ns = batch.recv_ns
+            state.last_ns = recv_ns
         batch.updates = updates
 
     def _end_session(self, end: Event, updates: list[Event]) -> None:

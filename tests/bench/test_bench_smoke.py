@@ -44,6 +44,19 @@ class TestConsumerBenches:
         assert "### head_grad_norms:" in result.stdout and "### mixed step:" in result.stdout
         assert result.stdout.count("| pipeline: accounting + all") == 2
 
+    def test_per_rule_times_every_rule_after_the_update_combiner(self) -> None:
+        """consumer_throughput.py --per-rule prints, per workload, the update combiner's own cost and a row for every
+        registered rule, each over accounting and the combiner (the rules that count updates read its output)."""
+        from simic.consumer.analysis import RULES
+
+        result = quick("consumer_throughput.py", "--per-rule")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("| rule (") == 2
+        assert result.stdout.count("us/event over accounting and the update combiner |") == 2
+        assert result.stdout.count("| (the update combiner itself, over accounting alone) |") == 2
+        for name in RULES:
+            assert len(re.findall(rf"^\| {name} \| -?\d+\.\d\d \|$", result.stdout, re.MULTILINE)) == 2, name
+
     def test_cpu_time_is_said_in_every_table(self) -> None:
         """With --cpu-time both consumer benches time with the process's CPU time, and say so above each table."""
         throughput = quick("consumer_throughput.py", "--cpu-time")
@@ -62,12 +75,13 @@ class TestConsumerBenches:
             assert result.stdout.count(row) == 2, row
 
     def test_replay_speed_replays_every_event_it_wrote(self) -> None:
-        """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, and
-        counts every event."""
+        """replay_speed.py --quick writes logs, replays them in process (plain and compressed) and through the CLI, sets
+        replay beside the live pipeline taking the same messages from memory, and counts every event."""
         result = quick("replay_speed.py")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "| events | messages | log MB |" in result.stdout and "| CLI end to end" in result.stdout
         assert "| events | bytes/event plain | bytes/event zstd |" in result.stdout and "| fresh values every step |" in result.stdout
+        assert "| events | replay: events/s | live pipeline, from memory: events/s | replay / live |" in result.stdout
         assert "every event written was replayed and counted: yes" in result.stdout
 
     def test_drift_shape_runs_the_rule_with_the_settings_given(self) -> None:
