@@ -36,7 +36,8 @@ class StepTimeConfig(RuleConfig):
     a busy machine swing by 30-70% from step to step, GPU-timed ones by a few percent, and a
     regression must stand out of the phase's own noise."""
     spread_window: int = Field(24, ge=4)
-    """Recent steps (24) of a phase whose spread sets its jitter."""
+    """Recent steps (24) of a phase whose spread sets its jitter and whose median is its recent pace (half of them
+    at a new time move it there: a phase that settles slower is followed in about 12 steps)."""
     min_spread: float = Field(0.05, ge=0)
     """The jitter counts as at least 0.05 (5%) in log time, so a very steady phase is not held to less."""
     machine_share: float = Field(1.2, gt=1)
@@ -77,6 +78,12 @@ class _Phase:
         self.recent: list[float] = recent if recent is not None else []  # log times of the last good steps
         self.own = own  # its times have been own times (a wait for a CPU was known): one without cannot be judged
 
+    def pace(self) -> float:
+        """The median of the recent times (ms): where the phase has settled; 0.0 with fewer than 4 of them."""
+        if len(self.recent) < 4:
+            return 0.0
+        return math.exp(median(self.recent))
+
     def jitter(self, floor: float) -> float:
         """Robust spread (1.4826 x MAD) of the recent log times, at least ``floor``."""
         if len(self.recent) < 4:
@@ -108,8 +115,15 @@ def _waited(ms: float, own: float) -> str:
 class StepTime(Rule):
     """A phase of the training step (``step_timing.phases_ms``) getting slower than its own baseline.
 
-    Per (run, rank, phase) the baseline is the median of the first ``warmup`` observations, then a
-    slow EMA. A phase is slow above ``regression_factor`` x baseline *and* ``noise_z`` times its own
+    Per (run, rank, phase) the baseline is the higher of a slow EMA, seeded by the median of the first
+    ``warmup`` observations, and the phase's recent pace, the median of its last ``spread_window`` kept
+    times. A phase that settles slower without being slow (below the factor; in a recorded run a
+    rollout went from 16 to 25 ms of its own time, waiting for no CPU) is judged against where it
+    settled, not against its first steps, and so is the question whether every phase slowed together:
+    one phase jumping while the others keep their recent pace is the trainer's, whatever their level
+    against their first steps (held to its first steps, the settled rollout at 1.5x made the update's
+    5x read as the machine). The EMA keeps a phase that ran faster for a stretch from being held to
+    that stretch. A phase is slow above ``regression_factor`` x baseline *and* ``noise_z`` times its own
     jitter (the robust spread of its recent log times). One observation per step: the ``step_timing`` events of a step are combined first,
     their phases added up (one event per phase, or a phase timed twice, is one step). Where the
     producer sends how long a phase's thread waited, runnable, for a CPU (``wait_ms``: host-timed
@@ -124,10 +138,10 @@ class StepTime(Rule):
     would be a false alarm. A phase above ``regression_factor`` x baseline for ``fire_after`` steps in a row fires
     (the message says which clock measured it: ``cuda_event`` GPU time or ``cpu`` host time);
     ``clear_after`` steps back under it clear. Slow samples are not folded into the baseline, and
-    the baseline is frozen while the alert is active, so a lasting regression does not become the
-    new normal: it stays reported until the phase is fast again. A slower step is lost throughput
-    for every remaining step of the run, and often the first sign of a host-device sync, a
-    data-loader or I/O stall, or a throttling GPU.
+    the baseline is frozen while the alert is active (also while every phase is slow together), so a
+    lasting regression does not become the new normal: it stays reported until the phase is fast
+    again. A slower step is lost throughput for every remaining step of the run, and often the first
+    sign of a host-device sync, a data-loader or I/O stall, or a throttling GPU.
     """
 
     name = "step_time"
@@ -170,7 +184,7 @@ class StepTime(Rule):
                 phase.baseline.add(t)
                 phase.remember(t, config.spread_window)
                 continue
-            judged.append((name, phase, ms, t, baseline))
+            judged.append((name, phase, ms, t, max(baseline, phase.pace())))
         if not judged:
             return None
         floor, z = config.min_spread, config.noise_z
@@ -208,10 +222,11 @@ class StepTime(Rule):
                 phase.baseline.add(own)
                 phase.remember(own, keep)
             return fired
-        if every_phase_slow:  # the machine's pace: the baselines follow it, no phase is blamed
+        if every_phase_slow:  # the machine's pace: the baselines follow it (not a phase already reported), no phase is blamed
             for _, phase, _, t, _ in judged:
-                phase.baseline.add(t)
-                phase.remember(t, keep)
+                if not self.is_active(phase.subject):
+                    phase.baseline.add(t)
+                    phase.remember(t, keep)
             return fired
         others = len(judged) - 1
         for bad, (name, phase, ms, own, baseline) in zip(slow, judged):

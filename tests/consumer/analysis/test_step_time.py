@@ -137,6 +137,41 @@ class TestStepTime:
         alerts, _ = await play(tl.items)
         assert of(alerts, "step_time") == []
 
+    async def test_a_phase_slowing_alone_after_another_settled_slower_is_the_trainer(self):
+        """The rollout settles at 1.45x the baseline of its first steps from step 15 on (not a regression: below
+        the factor), then the update goes 5x from step 50: the rollout holds its recent pace, so the update is the
+        trainer's and fires at its fifth step, 54, named, not taken for the machine."""
+        p, tl = Producer(), Timeline()
+        for step in range(70):
+            phases = {"rollout": 29.0 if step >= 15 else 20.0, "update": 40.0 if step >= 50 else 8.0}
+            tl.send(p.timing(step, phases, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        fired = [a for a in alerts if a.rule == "step_time" and not a.cleared]
+        assert [(a.step, a.values["phase"]) for a in fired] == [(54, "update")]
+        assert fired[0].values["baseline_ms"] == 8.0 and "not the machine" in fired[0].message
+
+    async def test_every_phase_slower_after_one_settled_slower_is_still_the_machine(self):
+        """The same settled rollout, then both phases 3x together from step 50 for 30 steps: the machine (one notice
+        at its 20th step, 69), no phase blamed."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            f = 3.0 if step >= 50 else 1.0
+            tl.send(p.timing(step, {"rollout": (29.0 if step >= 15 else 20.0) * f, "update": 8.0 * f}, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        assert [(a.severity, a.step, a.values["phase"]) for a in alerts if a.rule == "step_time" and not a.cleared] == [
+            ("info", 69, "*")]
+
+    async def test_a_reported_phase_stays_reported_while_every_phase_is_slow(self):
+        """The update 5x from step 30 fires at 34; from step 40 the rollout runs 1.3x for 30 steps, so every phase is
+        slow together: the update's times do not join its baseline while it is reported, and its alert does not
+        clear while it is still 5x."""
+        p, tl = Producer(), Timeline()
+        for step in range(80):
+            rollout = 26.0 if 40 <= step < 70 else 20.0
+            tl.send(p.timing(step, {"rollout": rollout, "update": 40.0 if step >= 30 else 8.0}, clock="cpu"))
+        alerts, _ = await play(tl.items)
+        assert [(a.cleared, a.step, a.values["phase"]) for a in alerts if a.rule == "step_time"] == [(False, 34, "update")]
+
     async def test_one_phase_slowing_alone_is_the_trainer(self):
         """Only the update phase 2x: the alert names it and says the other phases kept their pace."""
         alerts, _ = await play(timing_run([8.0] * 30 + [16.0] * 10).items)
