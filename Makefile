@@ -53,7 +53,7 @@ bench: setup
 
 # Injected faults on three trainers vs the rules (about an hour on 2 cores; docs/DETECTION.md).
 detection: setup $(VENV)/.extras
-	$(PY) bench/detection.py --trainer all --seed-list 1-10,101-105,201-205,301-305,401-405,501-510,601-610,701-710,801-810,901-910,1001-1010 --tuning-seeds 1-10,101-105,201-205,301-305,401-405,501-510,601-610,701-710,801-810,901-910 --jobs 2 --what-if bench/seed-drift.toml
+	$(PY) bench/detection.py --trainer all --seed-list 1-10,101-105,201-205,301-305,401-405,501-510,601-610,701-710,801-810,901-910,1001-1010,1101-1110 --tuning-seeds 1-10,101-105,201-205,301-305,401-405,501-510,601-610,701-710,801-810,901-910,1001-1010 --jobs 2 --what-if bench/seed-drift.toml
 
 # producer/_emit_kinds.py (the emit_<kind> methods) from schemas/models.py; run it after changing a model
 # (tests/producer/test_emit_kinds.py fails until then).
