@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from statistics import median
 from typing import Any
 
 from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Capped, Rule, RuleConfig, register
+from ._rule import Rule, RuleConfig, register
+from ._support import RunUsual
 
 _INF = math.inf
 
@@ -56,21 +56,21 @@ class ClipFraction(Rule):
 
     def __init__(self, config: ClipFractionConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._usual: dict[tuple[str, int], list[float]] = Capped()
+        self._usual = RunUsual(config.warmup, config.baseline_updates)
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         value = event.clip_fraction
         if value is None or not -_INF < value < _INF:
             return None
         config = self.config
-        history = self._usual.get((event.run_id, event.rank))
-        if history is None:
-            history = self._usual[(event.run_id, event.rank)] = []
+        history = self._usual.history(event)
         usual = config.min_usual
         bad = False
-        if value > config.max_clip_fraction and len(history) >= config.warmup:  # only then is the median worth taking
-            usual = max(median(history), config.min_usual)
-            bad = value > config.jump * usual
+        if value > config.max_clip_fraction:
+            known = self._usual.median(history, config.min_usual)
+            if known is not None:  # only after the warm-up is the median worth taking
+                usual = max(known, config.min_usual)
+                bad = value > config.jump * usual
         subject = self.watched(event, bad, "jump")
         alert = None
         if subject is not None:
@@ -85,12 +85,11 @@ class ClipFraction(Rule):
                 clear_message=lambda: f"clip fraction back to {value:.3g} at step {event.step} (usual {usual:.3g})",
             )
         if not (bad or (subject is not None and self.is_active(subject))):
-            history.append(value)
-            del history[:-config.baseline_updates]
+            self._usual.keep(history, value)
         return [alert] if alert else None
 
     def extra_state(self) -> dict[str, Any]:
-        return {"usual": [[run_id, rank, values] for (run_id, rank), values in self._usual.items()]}
+        return {"usual": self._usual.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._usual = Capped({(run_id, int(rank)): list(values) for run_id, rank, values in state.get("usual", [])})
+        self._usual.load(state.get("usual", []))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from statistics import median
 from typing import Any
 
 from pydantic import Field
 
 from simic.schemas.models import Alert, Event
 
-from ._rule import Capped, Rule, RuleConfig, register, subject_key
+from ._rule import Rule, RuleConfig, register
+from ._support import RunUsual
 
 _INF = math.inf
 
@@ -68,7 +68,7 @@ class Clipping(Rule):
 
     def __init__(self, config: ClippingConfig, alerts) -> None:
         super().__init__(config, alerts)
-        self._usual: dict[tuple[str, int], list[float]] = Capped()
+        self._usual = RunUsual(config.warmup, config.baseline_updates)
 
     def check(self, event: Event, now_ns: int) -> list[Alert] | None:
         if event.kind != "head_grad_norms":
@@ -88,14 +88,14 @@ class Clipping(Rule):
         else:
             return None
         config = self.config
-        history = self._usual.get((event.run_id, event.rank))
-        if history is None:
-            history = self._usual[(event.run_id, event.rank)] = []
+        history = self._usual.history(event)
         usual = 1.0
         bad = False
-        if ratio < config.min_clip_ratio and len(history) >= config.warmup:  # only then is the median worth taking
-            usual = median(history) if history else 1.0
-            bad = ratio < config.min_share_of_usual * usual
+        if ratio < config.min_clip_ratio:
+            known = self._usual.median(history, 1.0)
+            if known is not None:  # only after the warm-up is the median worth taking
+                usual = known
+                bad = ratio < config.min_share_of_usual * usual
         subject = self.watched(event, bad, "clip")
         alert = None
         if subject is not None:
@@ -112,12 +112,11 @@ class Clipping(Rule):
                 clear_message=lambda: f"clipping is mild again at step {event.step}: ratio {ratio:.3g}",
             )
         if not bad:
-            history.append(ratio)
-            del history[:-config.baseline_updates]
+            self._usual.keep(history, ratio)
         return [alert] if alert else None
 
     def extra_state(self) -> dict[str, Any]:
-        return {"usual": [[run_id, rank, ratios] for (run_id, rank), ratios in self._usual.items()]}
+        return {"usual": self._usual.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self._usual = Capped({(run_id, int(rank)): list(ratios) for run_id, rank, ratios in state.get("usual", [])})
+        self._usual.load(state.get("usual", []))
