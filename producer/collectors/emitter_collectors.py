@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from .. import process_hooks
 from .grad_norms import HeadGroups, clip_and_submit_head_grad_norms, submit_head_grad_norms, submit_norm_vector
-from .lstm_state import submit_lstm_state
+from .lstm_state import LstmBatches, submit_lstm_state
 from .param_updates import NULL_PARAM_UPDATES, ParamUpdates
 from .ppo import PPO_FIELDS, submit_ppo_update
 from .readout import CollectorStats, Readouts, torch_module
@@ -99,6 +99,7 @@ class _State:
         self.stats = CollectorStats()
         self.readouts = Readouts(settings.readout_slots, self.stats, failed)
         self.timings = Timings(settings.max_pending_timers, self.stats)
+        self.lstm_batches = LstmBatches()
         self.group_cache: dict[tuple, Any] = {}
         self.param_updates: dict[int, ParamUpdates] = {}  # id(HeadGroups) -> its measurement (keeps the groups alive)
         self.emit_grad_norms = functools.partial(emitter.emit, "head_grad_norms")
@@ -120,6 +121,7 @@ class _State:
                     emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock, wait_ms=waits)
                 else:
                     emitter.emit("step_timing", step=s, phases_ms=phases, clock=clock)
+            self.lstm_batches.reduce(self.readouts)
             self.readouts.poll()
         finally:
             if step is not None:
@@ -258,7 +260,7 @@ class Collectors:
         self.note_step(step)
         try:
             emit = state.emit_lstm if name is None else functools.partial(state.emit_lstm, name=name)
-            submit_lstm_state(state.readouts, emit, step, hidden, env_mask, stats)
+            submit_lstm_state(state.readouts, emit, step, hidden, env_mask, stats, state.lstm_batches)
         except Exception as exc:
             self.failed("lstm_state", exc)
 
@@ -326,6 +328,7 @@ class Collectors:
         try:
             if state.param_updates:  # the last step's aggregates leave now, so the drain reads them
                 state.end_param_updates()
+            state.lstm_batches.reduce(state.readouts)
             deadline = time.monotonic() + state.settings.drain_timeout_s
             left = state.readouts.drain(state.settings.drain_timeout_s) if state.readouts.pending else 0
             while state.timings.pending and time.monotonic() < deadline and not state.timings.all_done():
@@ -346,7 +349,7 @@ class Collectors:
         """In a forked child: keep the parent's CUDA objects untouched for good; the next call starts afresh."""
         state, self._state = self._state, None
         if state is not None:
-            process_hooks.keep_inherited(state.readouts.abandon(), state.timings.abandon())
+            process_hooks.keep_inherited(state.readouts.abandon(), state.timings.abandon(), state.lstm_batches.abandon())
 
 
 @dataclass(frozen=True)

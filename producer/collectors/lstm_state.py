@@ -7,8 +7,11 @@ the device computes, for both at once (stacked into one ``(2, layers, envs, hidd
 - the L2 norm of each environment (over layers and hidden), max over envs -> per-env max rms
 - the largest absolute value, NaN ignored                 -> max-abs, Inf flag
 
-and hands those ``2 * layers + 4`` numbers (plus the masked env count) to the readout path as
-four small device tensors (gathered with the other readouts at ``flush()``).
+and hands those ``2 * layers + 4`` numbers (plus the masked env count) to the readout path
+(gathered with the other readouts at ``flush()``). Unmasked CUDA states are only snapshotted at the
+call (one launch) and reduced at the flush, all calls of one shape together (:class:`LstmBatches`):
+measuring the state at every rollout step costs one launch per step. ``lstm_stats`` is the
+reduction alone, for a compiled or CUDA-graphed function.
 The host derives the rest: ``norm = sqrt(sum of squared layer norms)``, ``rms = norm / sqrt(n)``.
 NaN is exact: an L2 norm is NaN iff its inputs hold a NaN. Max-abs follows ``torch.max``: NaN when
 a NaN is present.
@@ -25,7 +28,7 @@ from typing import Any
 
 from .readout import torch_module
 
-__all__ = ["lstm_stats", "submit_lstm_state"]
+__all__ = ["LstmBatches", "lstm_stats", "submit_lstm_state"]
 
 _INF = float("inf")
 
@@ -38,13 +41,67 @@ def lstm_stats(hidden: Any, env_mask: Any = None) -> Any:
     compiled function (after the graph's replay); ``hidden`` there only tells the shape.
     """
     torch = torch_module()
+    h, c = _checked(torch, hidden)
     with torch.no_grad():
-        return torch.cat(_stats_parts(torch, *_checked(torch, hidden), env_mask))
+        return torch.cat(_flat_parts(torch, h, c, env_mask))
 
 
-def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask: Any = None, stats: Any = None) -> None:
+class LstmBatches:
+    """Unmasked CUDA LSTM states since the last flush, reduced together at the flush.
+
+    A call costs one launch: a snapshot of ``(h, c)`` (``torch.stack`` into a fresh tensor, so the
+    trainer may change its state in place afterwards). At ``flush()`` the snapshots of one shape,
+    dtype, device and stream are stacked once and reduced once (the same reductions, with a leading
+    dimension) into one readout: a trainer that measures its state at every rollout step pays five
+    reductions per flush, not per step. At most ``limit`` snapshots of one kind wait; the next
+    call reduces them first.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self.pending: dict[tuple, list[tuple[Any, tuple]]] = {}  # key -> [(snapshot, context)]
+        self.streams: dict[tuple, Any] = {}
+
+    def add(self, torch: Any, readouts: Any, h: Any, c: Any, context: tuple) -> None:
+        key = (tuple(h.shape), c is None, h.dtype, h.device, torch.cuda.current_stream(h.device))
+        group = self.pending.get(key)
+        if group is None:
+            group = self.pending[key] = []
+        elif len(group) >= self.limit:
+            self._reduce(torch, readouts, key)
+            group = self.pending[key] = []
+        with torch.no_grad():
+            group.append((_stacked(torch, h, c), context))
+
+    def reduce(self, readouts: Any) -> None:
+        """Reduce every waiting snapshot into readouts (at ``flush()``, before the readouts are sealed)."""
+        if self.pending:
+            torch = torch_module()
+            for key in list(self.pending):
+                self._reduce(torch, readouts, key)
+
+    def _reduce(self, torch: Any, readouts: Any, key: tuple) -> None:
+        group = self.pending.pop(key)
+        stream = key[-1]
+        with torch.cuda.stream(stream), torch.no_grad():
+            x = torch.stack([snapshot for snapshot, _ in group]) if len(group) > 1 else group[0][0].unsqueeze(0)
+            layer_norm, env_max, finite_max = _stats_parts(torch, x)
+            rows = torch.cat((layer_norm.flatten(1), env_max, finite_max), 1)
+            width = rows.shape[1]
+            for row, (_, context) in zip(rows.unbind(0), group):  # one readout per call: counted, dropped and read as such
+                readouts.add(x.device, width, _resolve, context, vectors=[row])
+
+    def abandon(self) -> list[Any]:
+        """Forget the snapshots without touching CUDA (after a fork); the caller keeps them alive."""
+        kept, self.pending = self.pending, {}
+        return [kept]
+
+
+def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask: Any = None, stats: Any = None,
+                      batches: LstmBatches | None = None) -> None:
     """Queue the statistics of ``hidden`` (``(h, c)``, or ``h`` alone), or hand over ``stats`` that
-    :func:`lstm_stats` computed for it; ``emit`` receives them when read."""
+    :func:`lstm_stats` computed for it; ``emit`` receives them when read. Unmasked CUDA states go to
+    ``batches`` (reduced at the flush) when given."""
     torch = torch_module()
     h, c = _checked(torch, hidden)
     layers, envs, width = h.shape
@@ -52,17 +109,21 @@ def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask
     masked = env_mask is not None
     count = k * (layers + 2) + masked
     context = (emit, step, k, layers, envs, width, masked)
-    with torch.no_grad():
-        if stats is None:
-            parts = _stats_parts(torch, h, c, env_mask)
-        else:
-            if not isinstance(stats, torch.Tensor) or stats.shape != (count,):
-                raise ValueError(f"stats must be the 1-D tensor of {count} values lstm_stats() returned for this state")
+    if stats is not None:
+        if not isinstance(stats, torch.Tensor) or stats.shape != (count,):
+            raise ValueError(f"stats must be the 1-D tensor of {count} values lstm_stats() returned for this state")
+        with torch.no_grad():
             parts = [stats.detach().clone()]  # a copy: a CUDA graph's output changes at its next replay
-        if parts[0].is_cuda:
-            readouts.add(parts[0].device, count, _resolve, context, vectors=parts)
-        else:
-            readouts.resolve_now(torch.cat([p.float() for p in parts]).tolist(), _resolve, context)
+    elif batches is not None and not masked and h.is_cuda:
+        batches.add(torch, readouts, h, c, context)
+        return
+    else:
+        with torch.no_grad():
+            parts = _flat_parts(torch, h, c, env_mask)
+    if parts[0].is_cuda:
+        readouts.add(parts[0].device, count, _resolve, context, vectors=parts)
+    else:
+        readouts.resolve_now(torch.cat([p.float() for p in parts]).tolist(), _resolve, context)
 
 
 def _checked(torch: Any, hidden: Any) -> tuple[Any, Any]:
@@ -80,28 +141,42 @@ def _checked(torch: Any, hidden: Any) -> tuple[Any, Any]:
     return h, c
 
 
-def _stats_parts(torch: Any, h: Any, c: Any, env_mask: Any) -> list[Any]:
-    """The device reductions (see the module docstring), as the vectors the readout gathers."""
-    envs = h.shape[1]
-    x = h.unsqueeze(0) if c is None else torch.stack((h, c))
+def _stacked(torch: Any, h: Any, c: Any) -> Any:
+    """``(k, layers, envs, hidden)``: h alone, or h and c stacked (a fresh tensor either way: a snapshot)."""
+    return h.unsqueeze(0).clone() if c is None else torch.stack((h, c))
+
+
+def _mask_of(torch: Any, env_mask: Any, device: Any) -> Any:
+    mask = env_mask if isinstance(env_mask, torch.Tensor) else torch.as_tensor(env_mask)
+    if mask.device != device:
+        mask = mask.to(device, non_blocking=True)
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _flat_parts(torch: Any, h: Any, c: Any, env_mask: Any) -> list[Any]:
+    """One call's statistics as the 1-D tensors of its readout (masked: zeroed environments, no
+    boolean indexing, which would sync; the count of the others last)."""
+    x = _stacked(torch, h, c)
     mask = None
     if env_mask is not None:
-        mask = env_mask
-        if not isinstance(mask, torch.Tensor):
-            mask = torch.as_tensor(mask)
-        if mask.device != x.device:
-            mask = mask.to(x.device, non_blocking=True)
-        if mask.dtype != torch.bool:
-            mask = mask != 0
-        x = torch.where(mask.view(1, 1, envs, 1), x, 0.0)
-    f32 = torch.float32
-    layer_norm = torch.linalg.vector_norm(x, 2, dim=(2, 3), dtype=f32)  # (k, layers)
-    env_max = torch.linalg.vector_norm(x, 2, dim=(1, 3), dtype=f32).amax(1)  # (k,)
-    finite_max = torch.linalg.vector_norm(torch.nan_to_num(x, nan=0.0, posinf=_INF, neginf=-_INF), _INF, dim=(1, 2, 3))
+        mask = _mask_of(torch, env_mask, x.device)
+        x = torch.where(mask.view(1, 1, x.shape[2], 1), x, 0.0)
+    layer_norm, env_max, finite_max = _stats_parts(torch, x)
     parts = [layer_norm.flatten(), env_max, finite_max]
     if mask is not None:
         parts.append(mask.sum().reshape(1))
     return parts
+
+
+def _stats_parts(torch: Any, x: Any) -> tuple[Any, Any, Any]:
+    """The device reductions of ``x`` (``(..., k, layers, envs, hidden)``, see the module docstring):
+    per-layer L2 norms ``(..., k, layers)``, the largest per-environment L2 norm ``(..., k)`` and the
+    largest absolute value, NaN ignored ``(..., k)``."""
+    f32 = torch.float32
+    layer_norm = torch.linalg.vector_norm(x, 2, dim=(-2, -1), dtype=f32)
+    env_max = torch.linalg.vector_norm(x, 2, dim=(-3, -1), dtype=f32).amax(-1)
+    finite_max = torch.linalg.vector_norm(torch.nan_to_num(x, nan=0.0, posinf=_INF, neginf=-_INF), _INF, dim=(-3, -2, -1))
+    return layer_norm, env_max, finite_max
 
 
 def _resolve(values: list, context: tuple) -> None:

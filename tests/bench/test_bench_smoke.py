@@ -198,3 +198,15 @@ class TestGpuBenchesOnCpu:
         for row in ("| 8 | off |", "| 8 | simic |", "| 8 | simic dense |", "| timers | lstm_state |", "| lstm_state (all envs) |"):
             assert row in result.stdout, row
         assert ", 0 refused" in result.stdout
+
+    def test_compiled_ppo_eager_path_sends_every_event_it_makes(self) -> None:
+        """The LeanRL-style trainer without compile and graph: all three variants run, every event arrives
+        and decodes, no collector error (the script exits 1 otherwise)."""
+        pytest.importorskip("torch")
+        result = quick("compiled_ppo.py", "--eager", "--device", "cpu")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "; eager" in result.stdout
+        for row in ("| off |", "| simic |", "| simic, per update |"):
+            assert row in result.stdout
+        produced = re.search(r"produced (\d+), sent (\d+), dropped 0, invalid 0; receiver: \d+ messages, (\d+) events, 0 refused; collector errors 0", result.stdout)
+        assert produced and produced.group(1) == produced.group(2) == produced.group(3)

@@ -279,6 +279,38 @@ class TestLstmStateOnCuda:
         event = received(consumer, emitter, "lstm_health")[1]
         assert_matches(event, lstm_reference(h, c))
 
+    def test_every_rollout_step_between_flushes_each_its_own_values(self, consumer, emitter) -> None:
+        """A state measured at every step (changed in place after each call), two shapes and an ``h``
+        alone interleaved, more calls than one batch holds: each event carries its own call's state."""
+        torch.manual_seed(4)
+        h, c = torch.randn(1, 16, 64, device=DEVICE), torch.randn(1, 16, 64, device=DEVICE)
+        deep = torch.randn(2, 8, 32, device=DEVICE)
+        kept: dict[int, dict] = {}
+        with sync_forbidden():
+            for step in range(150):
+                if step % 3 == 2:
+                    emitter.lstm_state(step, deep, name="deep")
+                    kept[step] = {"envs": 8, "h_norm": torch.linalg.vector_norm(deep.double())}
+                    deep.mul_(1.01)
+                else:
+                    emitter.lstm_state(step, (h, c))
+                    kept[step] = (h.clone(), c.clone())
+                    h.mul_(1.02).add_(0.01)  # the trainer's next state, in place
+                    c.mul_(0.99)
+                if step % 75 == 74:
+                    emitter.flush()
+        assert emitter.collector_stats.errors == 0
+        events = received(consumer, emitter, "lstm_health")
+        assert sorted(e.step for e in events) == list(range(150))
+        for event in events:
+            expected = kept[event.step]
+            if isinstance(expected, tuple):
+                assert event.name is None
+                assert_matches(event, lstm_reference(*expected))
+            else:
+                assert event.name == "deep" and event.envs == 8
+                assert math.isclose(event.h_norm, float(expected["h_norm"]), rel_tol=1e-5)
+
     def test_env_mask_on_the_device(self, consumer, emitter) -> None:
         """A device mask keeps only its environments (a NaN in a masked-out one does not count)."""
         torch.manual_seed(2)
