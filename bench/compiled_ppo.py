@@ -53,7 +53,7 @@ import torch.nn as nn
 
 if not __package__:  # run as a script (python bench/compiled_ppo.py): the repository root makes the `bench` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.gpu_overhead import receiver_main, sync  # noqa: E402
+from bench.gpu_overhead import Spent, receiver_main, sync  # noqa: E402
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 
 TARGET = 1.02
@@ -71,7 +71,7 @@ class Args:
     act_dim: int = 6
     hidden: int = 64
     rounds: int = 21
-    iters: int = 3
+    iters: int = 8
     warmup: int = 3
     eager: bool = False
     seed: int = 1
@@ -240,31 +240,56 @@ class Trainer:
         return metrics
 
 
-def iteration(trainer: Trainer, it: int) -> None:
+def iteration(trainer: Trainer, it: int, spent: Spent) -> None:
+    """One rollout and update; the host time of every telemetry line goes to ``spent`` by label."""
     emitter, groups = trainer.emitter, trainer.groups
     if emitter is None:
         next_value = trainer.rollout()
         trainer.update(*trainer.gae(next_value), None)
         return
     optimizer_steps = trainer.args.epochs * trainer.args.minibatches
-    rollout_timer = emitter.timer("rollout", step=it).start()
+    with spent.on("timers"):
+        rollout_timer = emitter.timer("rollout", step=it).start()
     next_value = trainer.rollout()
-    rollout_timer.stop()
-    update_timer = emitter.timer("update", step=it).start()
+    with spent.on("timers"):
+        rollout_timer.stop()
+        update_timer = emitter.timer("update", step=it).start()
     advantages, returns = trainer.gae(next_value)
     if trainer.telemetry == "update":
-        trainer.accumulated.zero_()
+        with spent.on("head_grad_norms"):
+            trainer.accumulated.zero_()
         metrics = trainer.update(advantages, returns, None)
-        emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=(trainer.accumulated / optimizer_steps).sqrt(),
-                                samples=optimizer_steps)
+        with spent.on("head_grad_norms"):
+            emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=(trainer.accumulated / optimizer_steps).sqrt(),
+                                    samples=optimizer_steps)
     else:
-        metrics = trainer.update(advantages, returns,
-                                 lambda _, norms: emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=norms))
-    update_timer.stop()
-    values = trainer.buffers["values"].reshape(-1)
-    explained = 1 - (returns.reshape(-1) - values).var() / returns.var().clamp_min(1e-8)
-    emitter.ppo_update(it, **dict(zip(METRICS, metrics.unbind(0))), explained_variance=explained, learning_rate=3e-4)
-    emitter.flush()
+        def hand_over(_: Any, norms: Any) -> None:
+            with spent.on("head_grad_norms"):
+                emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=norms)
+
+        metrics = trainer.update(advantages, returns, hand_over)
+    with spent.on("timers"):
+        update_timer.stop()
+    with spent.on("ppo_update"):
+        values = trainer.buffers["values"].reshape(-1)
+        explained = 1 - (returns.reshape(-1) - values).var() / returns.var().clamp_min(1e-8)
+        emitter.ppo_update(it, **dict(zip(METRICS, metrics.unbind(0))), explained_variance=explained, learning_rate=3e-4)
+    with spent.on("flush"):
+        emitter.flush()
+
+
+def replay_us(trainer: Trainer, replays: int = 200) -> float:
+    """Device microseconds of one replay of the trainer's update graph, alone (CUDA events around
+    ``replays`` back-to-back replays): what the graph's own kernels cost, apart from the host."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(10):
+        trainer.graph.replay()
+    start.record()
+    for _ in range(replays):
+        trainer.graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000.0 / replays
 
 
 VARIANTS = {"off": None, "simic": "minibatch", "simic, per update": "update"}
@@ -303,22 +328,27 @@ def main(argv: list[str] | None = None) -> int:
     for trainer in trainers.values():
         trainer.agent.load_state_dict(first)
     it = 0
+    spent = Spent()
     for trainer in trainers.values():
         for _ in range(args.warmup):
-            iteration(trainer, it)
+            iteration(trainer, it, spent)
             it += 1
     ms: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    parts: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     names = list(VARIANTS)
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             gc.collect()
+            spent.parts.clear()
             sync(device)
             t0 = time.perf_counter()
             for _ in range(args.iters):
-                iteration(trainers[name], it)
+                iteration(trainers[name], it, spent)
                 it += 1
             sync(device)
             ms[name].append((time.perf_counter() - t0) * 1000.0 / args.iters)
+            parts[name].append({k: v / 1e6 / args.iters for k, v in spent.parts.items()})
+    graph_us = {name: replay_us(trainer) for name, trainer in trainers.items() if trainer.graph is not None}
     errors = emitter.collector_stats.errors
     emitter.close()
     time.sleep(0.5)
@@ -343,6 +373,22 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"{variant} {ratio:.3f}x ({'meets' if ratio <= TARGET else 'misses'} <= {TARGET}x)")
     print()
     print("ratio to off: median over rounds of (variant / off of the same round). target: " + "; ".join(verdicts))
+    labels = ("timers", "head_grad_norms", "ppo_update", "flush")
+    print()
+    print("telemetry host ms per iteration, by line (median over rounds; ppo_update includes computing explained variance):")
+    print()
+    print("| variant | " + " | ".join(labels) + " | all |")
+    print("|---|" + "---:|" * (len(labels) + 1))
+    for variant in VARIANTS:
+        if variant == "off":
+            continue
+        by = [statistics.median(p.get(k, 0.0) for p in parts[variant]) for k in labels]
+        whole = statistics.median(sum(p.values()) for p in parts[variant])
+        print(f"| {variant} | " + " | ".join(f"{v:.3f}" for v in by) + f" | {whole:.3f} |")
+    if graph_us:
+        print()
+        print("one replay of the update graph alone, device us (200 replays back to back): "
+              + "; ".join(f"{name} {us:.1f}" for name, us in graph_us.items()))
     stats = emitter.stats
     print(f"emitter: produced {stats.produced}, sent {stats.sent}, dropped {stats.dropped}, invalid {stats.invalid}; "
           f"receiver: {messages} messages, {events} events, {refused} refused; collector errors {errors}")
