@@ -14,8 +14,10 @@ Variants, interleaved in rotated order over the rounds, on twins that start from
 - ``off``: the trainer as it is: ``torch.nn.utils.clip_grad_norm_`` in the graph, no telemetry.
 - ``simic``: every collector that fits the trainer: the clip in the graph is ``groups.clip_`` (the
   same clip, the per-head norms and the pre-clip total from its pass: heads ``mean``, ``log_std``,
-  ``value``), and after each replay the norms are handed over with
-  ``emitter.head_grad_norms(step, groups, max_norm=..., norms=...)``; ``emitter.timer`` around the
+  ``value``); each replay writes its vector into the next row of a static buffer (a device counter
+  picks the row), and after the update the rows are handed over once with
+  ``emitter.head_grad_norms(step, groups, max_norm=..., norms=rows)``: one event per optimizer step
+  from one readout; ``emitter.timer`` around the
   rollout and the update (CUDA events outside the graph); the update's metrics (policy and value
   loss, entropy, approx_kl, clip fraction, ratio range, explained variance; device tensors the graph
   writes) with ``emitter.ppo_update`` once per update; ``flush()`` once per iteration. There is no
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -157,7 +159,10 @@ class Trainer:
                         "values": torch.zeros(args.steps, args.envs, device=device)}
         self.static = {"obs": torch.zeros(batch, args.obs_dim, device=device), "actions": torch.zeros(batch, args.act_dim, device=device),
                        **{k: torch.zeros(batch, device=device) for k in ("logprob", "advantages", "returns", "values")}}
-        self.accumulated = torch.zeros(len(self.groups.entries) + 1 if self.groups else 1, device=device)
+        width = len(self.groups.entries) + 1 if self.groups else 1
+        self.accumulated = torch.zeros(width, device=device)
+        self.rows = torch.zeros(args.epochs * args.minibatches, width, device=device)  # one row per optimizer step
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the row the next step writes
         self.n = n
         self.policy_step = self.agent.act if args.eager else torch.compile(self.agent.act)
         loss_fn = ppo_loss if args.eager else torch.compile(ppo_loss)
@@ -173,6 +178,9 @@ class Trainer:
                 norms = self.groups.clip_(MAX_GRAD_NORM)
                 if telemetry == "update":
                     self.accumulated.add_(norms.square())
+                else:
+                    self.rows.index_copy_(0, self.slot, norms.unsqueeze(0))
+                    self.slot.add_(1)
             self.optimizer.step()
             return metrics, norms
 
@@ -216,7 +224,7 @@ class Trainer:
             advantages[t] = last
         return advantages, advantages + b["values"]
 
-    def update(self, advantages: torch.Tensor, returns: torch.Tensor, after_step: Callable[[Any, Any], None] | None) -> Any:
+    def update(self, advantages: torch.Tensor, returns: torch.Tensor) -> Any:
         a = self.args
         flat = {"obs": self.buffers["obs"].reshape(self.n, -1), "actions": self.buffers["actions"].reshape(self.n, -1),
                 "logprob": self.buffers["logprob"].reshape(-1), "values": self.buffers["values"].reshape(-1),
@@ -231,12 +239,10 @@ class Trainer:
                     torch.index_select(value, 0, index, out=self.static[key])
                 if self.graph is not None:
                     self.graph.replay()
-                    metrics, norms = self.outputs
+                    metrics, _ = self.outputs
                 else:
                     self.optimizer.zero_grad(set_to_none=True)
-                    metrics, norms = self.minibatch_step()
-                if after_step is not None:
-                    after_step(metrics, norms)
+                    metrics, _ = self.minibatch_step()
         return metrics
 
 
@@ -245,7 +251,7 @@ def iteration(trainer: Trainer, it: int, spent: Spent) -> None:
     emitter, groups = trainer.emitter, trainer.groups
     if emitter is None:
         next_value = trainer.rollout()
-        trainer.update(*trainer.gae(next_value), None)
+        trainer.update(*trainer.gae(next_value))
         return
     optimizer_steps = trainer.args.epochs * trainer.args.minibatches
     with spent.on("timers"):
@@ -258,16 +264,16 @@ def iteration(trainer: Trainer, it: int, spent: Spent) -> None:
     if trainer.telemetry == "update":
         with spent.on("head_grad_norms"):
             trainer.accumulated.zero_()
-        metrics = trainer.update(advantages, returns, None)
+        metrics = trainer.update(advantages, returns)
         with spent.on("head_grad_norms"):
             emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=(trainer.accumulated / optimizer_steps).sqrt(),
                                     samples=optimizer_steps)
     else:
-        def hand_over(_: Any, norms: Any) -> None:
-            with spent.on("head_grad_norms"):
-                emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=norms)
-
-        metrics = trainer.update(advantages, returns, hand_over)
+        with spent.on("head_grad_norms"):
+            trainer.slot.zero_()
+        metrics = trainer.update(advantages, returns)
+        with spent.on("head_grad_norms"):
+            emitter.head_grad_norms(it, groups, max_norm=MAX_GRAD_NORM, norms=trainer.rows)
     with spent.on("timers"):
         update_timer.stop()
     with spent.on("ppo_update"):

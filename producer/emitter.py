@@ -675,6 +675,8 @@ class Emitter:
             norms: the norms measured already, by ``groups.norms()`` or ``groups.clip_(max_norm)``
                 inside a compiled or CUDA-graphed update (the ``.grad``\\ s are not read again; a
                 vector from ``clip_`` carries the pre-clip total, and ``stage`` defaults to ``"pre_clip"``).
+                A 2-D tensor is one such vector per row (the optimizer steps of an update, written by
+                the graph into a static buffer): one event per row, in row order, from one readout.
             samples: with ``norms``: they are the root mean square of this many optimizer steps' vectors
                 (summed as squares in the graph, ``(sum / samples).sqrt()``), sent as one event.
         """

@@ -261,12 +261,22 @@ def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, 
                        stage: str | None, max_norm: float | None, clip_total: Any, samples: int | None = None) -> None:
     """Queue norms measured elsewhere: ``vector`` from :meth:`HeadGroups.norms` (one value per entry)
     or :meth:`HeadGroups.clip_` (the pre-clip total last), or the root mean square of ``samples`` such
-    vectors. It is copied at once (one small launch): a CUDA graph's output is overwritten by its next replay."""
+    vectors; or a 2-D tensor of such vectors, one event per row. It is copied at once (one small
+    launch): a CUDA graph's output is overwritten by its next replay."""
     torch = torch_module()
     n = len(groups.entries)
-    if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or vector.numel() not in (n, n + 1):
-        raise ValueError(f"norms must be the 1-D tensor groups.norms() ({n} values) or groups.clip_() ({n + 1}) returned")
-    with_total = vector.numel() == n + 1
+    if not isinstance(vector, torch.Tensor) or vector.dim() not in (1, 2) or vector.shape[-1] not in (n, n + 1) \
+            or vector.numel() == 0:
+        raise ValueError(f"norms must be the 1-D tensor groups.norms() ({n} values) or groups.clip_() ({n + 1}) "
+                         f"returned, or a 2-D tensor of such rows")
+    with_total = vector.shape[-1] == n + 1
+    if vector.dim() == 2:
+        if clip_total is not None:
+            raise ValueError("norms with one row per optimizer step take no clip_total (use groups.clip_()'s rows)")
+        rows = vector.shape[0]
+        vector = vector.reshape(-1)
+    else:
+        rows = 0
     if with_total and clip_total is not None:
         raise ValueError("norms from groups.clip_() carry the pre-clip total already: pass no clip_total")
     parts = [vector.detach()]
@@ -285,15 +295,28 @@ def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, 
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     context = (groups, groups.identity, n, step, stage, max_norm, host_clip, with_device_total, False, emit, samples)
     with torch.no_grad():
-        _hand_over(readouts, context, torch.cat(parts) if len(parts) == 2 else parts[0].clone())
+        copy = torch.cat(parts) if len(parts) == 2 else parts[0].clone()
+        if rows:
+            _hand_over(readouts, (rows, context), copy, resolver=_resolve_rows)
+        else:
+            _hand_over(readouts, context, copy)
 
 
-def _hand_over(readouts: Any, context: tuple, *vectors: Any) -> None:
+def _resolve_rows(values: list, context: tuple) -> None:
+    """One event per row of a 2-D hand-over, in row order."""
+    rows, row_context = context
+    width = len(values) // rows
+    for r in range(rows):
+        _resolve(values[r * width:(r + 1) * width], row_context)
+
+
+def _hand_over(readouts: Any, context: tuple, *vectors: Any, resolver: Any = None) -> None:
     """Give one readout's device vectors to the readout path (CPU ones are read at once)."""
+    resolver = _resolve if resolver is None else resolver
     if vectors[0].device.type == "cuda":
-        readouts.add(vectors[0].device, sum(v.numel() for v in vectors), _resolve, context, vectors=list(vectors))
+        readouts.add(vectors[0].device, sum(v.numel() for v in vectors), resolver, context, vectors=list(vectors))
     else:
-        readouts.resolve_now([x for v in vectors for x in v.float().tolist()], _resolve, context)
+        readouts.resolve_now([x for v in vectors for x in v.float().tolist()], resolver, context)
 
 
 def clip_and_submit_head_grad_norms(readouts: Any, emit: Any, step: int, groups: HeadGroups, max_norm: float,

@@ -201,3 +201,58 @@ def test_a_vector_overwritten_after_it_was_handed_over_is_sent_as_it_was(consume
     expected = expected_norms(groups, first)
     assert all(math.isclose(one.norms[k], expected[k], rel_tol=1e-5) for k in expected)
     assert all(math.isclose(two.norms[k], 10 * expected[k], rel_tol=1e-5) for k in expected)
+
+
+def test_rows_written_by_the_graph_arrive_as_one_event_per_optimizer_step(consumer, emitter) -> None:  # noqa: F811
+    """The per-minibatch cadence of a graphed trainer for one readout per update: each replay writes its
+    ``clip_`` vector into the next row of a static buffer (a device counter picks the row), and the
+    host hands the rows over once after the update. Every row is sent as its own event with what its
+    own replay measured, under sync-debug "error"."""
+    torch.manual_seed(1)
+    net = Policy().cuda()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True)
+    groups = emitter.head_groups(net.heads(), params=net.parameters())
+    obs = torch.randn(T, ENVS, OBS, device="cuda")
+    steps = 6
+    rows = torch.zeros(steps, len(groups.entries) + 1, device="cuda")
+    slot = torch.zeros(1, dtype=torch.long, device="cuda")
+
+    def minibatch():
+        out, _ = net.lstm(obs)
+        (net.actions(out).logsumexp(-1).mean() + (net.value(out) - 1.0).square().mean()).backward()
+        norms = groups.clip_(0.5)
+        rows.index_copy_(0, slot, norms.unsqueeze(0))
+        slot.add_(1)
+        optimizer.step()
+        return norms
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            minibatch()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        norms = minibatch()
+
+    kept = []
+    with sync_forbidden():
+        for update in range(2):
+            slot.zero_()
+            for k in range(steps):
+                obs.copy_(torch.randn(T, ENVS, OBS, device="cuda") * (1 + k + steps * update))
+                graph.replay()
+                kept.append(norms.clone())
+            emitter.head_grad_norms(update, groups, max_norm=0.5, norms=rows)
+            emitter.flush()
+        assert emitter.collector_stats.errors == 0
+    events = received(consumer, emitter, "head_grad_norms")
+    assert [e.step for e in events] == [0] * steps + [1] * steps
+    for event, vector in zip(events, kept):
+        expected = expected_norms(groups, vector)
+        assert all(math.isclose(event.norms[name], expected[name], rel_tol=1e-5) for name in expected)
+        assert math.isclose(event.pre_clip_total, float(vector[-1]), rel_tol=1e-6)
+    assert len({e.pre_clip_total for e in events}) == 2 * steps

@@ -132,3 +132,30 @@ def test_norms_summed_over_an_update_make_one_event_with_samples(consumer, emitt
         heads = [math.sqrt(sum(float(v[e]) ** 2 for e in entries)) for v in per_step]
         assert math.isclose(event.norms[name], math.sqrt(sum(x * x for x in heads) / 3), rel_tol=1e-5)
     assert math.isclose(event.pre_clip_total, math.sqrt(sum(float(v[-1]) ** 2 for v in per_step) / 3), rel_tol=1e-5)
+
+
+def test_one_row_per_optimizer_step_makes_one_event_per_row(consumer, emitter) -> None:
+    """A 2-D hand-over (the rows a graph wrote into a static buffer, one per optimizer step) sends one
+    event per row, in row order, each with its row's values; rows of the wrong width, a 3-D tensor and
+    a clip_total beside rows are refused and counted."""
+    net = all_grads_net()
+    groups = emitter.head_groups(heads_of(net), params=net.parameters())
+    rows = []
+    for scale in (1.0, 2.0, 3.0):
+        for p in net.parameters():
+            p.grad.mul_(scale)
+        rows.append(groups.clip_(1e9))
+    emitter.head_grad_norms(4, groups, max_norm=1e9, norms=torch.stack(rows))
+    emitter.head_grad_norms(5, groups, norms=torch.stack(rows)[:, :-1])  # groups.norms() rows: no total
+    emitter.head_grad_norms(6, groups, norms=torch.ones(2, len(groups.entries) + 2))
+    emitter.head_grad_norms(6, groups, norms=torch.ones(1, 2, len(groups.entries)))
+    emitter.head_grad_norms(6, groups, norms=torch.stack(rows)[:, :-1], clip_total=1.0)
+    assert emitter.collector_stats.errors == 3
+    events = events_of(consumer, emitter, "head_grad_norms")
+    assert [e.step for e in events] == [4, 4, 4, 5, 5, 5]
+    for event, row in zip(events, rows + rows):
+        for name, entries in zip(groups.names, groups.head_entries):
+            assert math.isclose(event.norms[name], math.sqrt(sum(float(row[e]) ** 2 for e in entries)), rel_tol=1e-6)
+    for event, row in zip(events[:3], rows):
+        assert event.stage == "pre_clip" and math.isclose(event.pre_clip_total, float(row[-1]), rel_tol=1e-6)
+    assert all(e.stage is None and e.pre_clip_total is None for e in events[3:])
