@@ -28,7 +28,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .readout import CollectorStats
+from .readout import CollectorStats, current_stream
 
 __all__ = ["Timer", "NullTimer", "Timings", "RunQueueWait"]
 
@@ -359,11 +359,15 @@ def resolve_stream(device: Any, stream: Any) -> tuple[Any, Any]:
         if device is None:
             return None, None  # the trainer never imported torch: it is not timing GPU work
         torch = _import_torch()
-    if not torch.cuda.is_available():
+    global _cuda_available
+    if _cuda_available is None:
+        _cuda_available = torch.cuda.is_available()  # asked once: the answer does not change in a process
+    if not _cuda_available:
         return None, None
-    if device is None or str(device) == "cuda":
-        return torch, torch.cuda.current_stream()
-    return torch, torch.cuda.current_stream(torch.device(device))
+    return torch, current_stream(torch, None if device is None or str(device) == "cuda" else device)
+
+
+_cuda_available: bool | None = None
 
 
 def torch_if_loaded() -> Any:
