@@ -42,6 +42,26 @@ def expected_norms(groups, vector: torch.Tensor) -> dict:
     return {name: math.sqrt(sum(values[e] ** 2 for e in entries)) for name, entries in zip(groups.names, groups.head_entries)}
 
 
+def capture(fn, optimizer=None, warmups: int = 3):
+    """Capture ``fn`` in a CUDA graph after ``warmups`` calls on a side stream (as torch's documentation
+    asks; the optimizer's gradients set to None before each call and before the capture); return the
+    graph and what the captured call returned (the static outputs every replay rewrites)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fn()
+    return graph, outputs
+
+
 def test_a_captured_update_sends_what_each_replay_measured(consumer, emitter) -> None:  # noqa: F811
     torch.manual_seed(0)
     net = Policy().cuda()
@@ -59,17 +79,7 @@ def test_a_captured_update_sends_what_each_replay_measured(consumer, emitter) ->
         optimizer.step()
         return loss.detach(), norms, stats, h, c
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture, as torch's documentation asks
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            update()
-    torch.cuda.current_stream().wait_stream(side)
-    optimizer.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss, norms, stats, h, c = update()
+    graph, (loss, norms, stats, h, c) = capture(update, optimizer)
 
     kept = []
     with sync_forbidden():
@@ -105,14 +115,7 @@ def test_lstm_and_update_metrics_of_each_replay(consumer, emitter) -> None:  # n
             out, (h, c) = lstm(obs)
             return out.mean(), lstm_stats((h, c), mask), h, c
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        mean, stats, h, c = forward()
+    graph, (mean, stats, h, c) = capture(forward, warmups=1)
     kept = []
     with sync_forbidden():
         for step in range(6):
@@ -226,17 +229,7 @@ def test_rows_written_by_the_graph_arrive_as_one_event_per_optimizer_step(consum
         optimizer.step()
         return norms
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            minibatch()
-    torch.cuda.current_stream().wait_stream(side)
-    optimizer.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        norms = minibatch()
+    graph, norms = capture(minibatch, optimizer)
 
     kept = []
     with sync_forbidden():
