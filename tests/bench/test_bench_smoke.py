@@ -81,7 +81,7 @@ class TestConsumerBenches:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "| events | messages | log MB |" in result.stdout and "| CLI end to end" in result.stdout
         assert "| events | bytes/event plain | bytes/event zstd |" in result.stdout and "| fresh values every step |" in result.stdout
-        assert "| events | replay: events/s | live pipeline, from memory: events/s | replay / live |" in result.stdout
+        assert "| events | replay: events/s | live, rules only: events/s | replay / live | live, recording: events/s |" in result.stdout
         assert "every event written was replayed and counted: yes" in result.stdout
 
     def test_drift_shape_runs_the_rule_with_the_settings_given(self) -> None:
