@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from statistics import median
 from typing import Any
 
@@ -70,32 +71,44 @@ class StepTimeConfig(RuleConfig):
 
 
 class _Phase:
-    __slots__ = ("baseline", "subject", "recent", "own")
+    __slots__ = ("baseline", "subject", "recent", "ordered", "own")
 
     def __init__(self, baseline: Ema, subject: str, recent: list[float] | None = None, own: bool = False) -> None:
         self.baseline = baseline
         self.subject = subject
         self.recent: list[float] = recent if recent is not None else []  # log times of the last good steps
+        self.ordered = sorted(self.recent)  # the same times in order: the median without a sort per step
         self.own = own  # its times have been own times (a wait for a CPU was known): one without cannot be judged
+
+    def _median(self) -> float:
+        """``statistics.median(self.recent)``, the same value, read from the ordered copy."""
+        ordered = self.ordered
+        n = len(ordered)
+        i = n // 2
+        return ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
 
     def pace(self) -> float:
         """The median of the recent times (ms): where the phase has settled; 0.0 with fewer than 4 of them."""
         if len(self.recent) < 4:
             return 0.0
-        return math.exp(median(self.recent))
+        return math.exp(self._median())
 
     def jitter(self, floor: float) -> float:
         """Robust spread (1.4826 x MAD) of the recent log times, at least ``floor``."""
         if len(self.recent) < 4:
             return max(floor, 0.1)
-        mid = median(self.recent)
+        mid = self._median()
         return max(floor, 1.4826 * median(abs(x - mid) for x in self.recent))
 
     def remember(self, ms: float, keep: int) -> None:
         if ms > 0.0:
-            recent = self.recent
-            recent.append(math.log(ms))
+            recent, ordered = self.recent, self.ordered
+            value = math.log(ms)
+            recent.append(value)
+            insort(ordered, value)
             if len(recent) > keep:
+                for old in recent[:-keep]:
+                    del ordered[bisect_left(ordered, old)]
                 del recent[:-keep]
 
 

@@ -231,3 +231,25 @@ class TestStepTime:
         """Factor 1.5 over a 0.99 EMA seeded by the median of 10, phases under 1 ms skipped, fire after 3, clear after 3."""
         assert_documented_defaults("step_time", noise_z=4.0, spread_window=24, min_spread=0.05, machine_share=1.2, machine_factor=2.0, regression_factor=1.5, momentum=0.99, warmup=10, min_baseline_ms=1.0,
                                    machine_fire_after=20, machine_severity="info", fire_after=5, clear_after=3)
+
+
+def test_a_phase_keeps_its_recent_times_in_order_for_the_median() -> None:
+    """The phase's ordered copy of its recent log times stays the sorted window (values kept and
+    dropped at ``keep``, repeats, inf), so its pace and jitter are ``statistics.median``'s."""
+    from statistics import median
+
+    from simic.consumer.analysis._ema import Ema
+    from simic.consumer.analysis.step_time import _Phase
+
+    rng = random.Random(7)
+    phase = _Phase(Ema(0.1), "phase")
+    for i in range(500):
+        ms = rng.choice([rng.uniform(1.0, 50.0), 10.0, 10.0, math.inf, 0.0, math.nan])
+        phase.remember(ms, keep=24)
+        assert phase.ordered == sorted(phase.recent) and len(phase.recent) <= 24
+        if len(phase.recent) >= 4:
+            assert phase.pace() == math.exp(median(phase.recent))
+            mid = median(phase.recent)
+            assert phase.jitter(0.0) == max(0.0, 1.4826 * median(abs(x - mid) for x in phase.recent)) or math.isnan(mid - mid)
+    again = _Phase(Ema(0.1), "phase", list(phase.recent))
+    assert again.ordered == phase.ordered
