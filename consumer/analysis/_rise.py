@@ -42,9 +42,10 @@ class RiseLimits(NamedTuple):
 
 class Rise:
     """One series' recent log values, and the judge of a new one against them. The values of the level's
-    window are also kept sorted, so a judgement takes the median without sorting them again."""
+    window are also kept sorted, and their median with them, so a judgement finds the level without sorting
+    them again (nor calling for it: a judgement runs for every head of every update)."""
 
-    __slots__ = ("values", "seen", "_sorted", "_sorted_of", "_limits", "_warmup", "_baseline", "_spread",
+    __slots__ = ("values", "seen", "_sorted", "_sorted_of", "_median", "_limits", "_warmup", "_baseline", "_spread",
                  "_log_rise", "_log_new_high", "_cap")
 
     def __init__(self, values: list[float] | None = None, seen: int = 0) -> None:
@@ -56,6 +57,8 @@ class Rise:
         """The last ``_sorted_of`` kept values, sorted (the level's window, kept up to date by :meth:`keep`)."""
         self._sorted_of = 0
         """The window ``_sorted`` holds (a ``baseline``; 0: not made yet)."""
+        self._median = 0.0
+        """The median of ``_sorted`` (when it is made): the level."""
         self._limits: RiseLimits | None = None
         """The limits last judged or kept with, and what follows from them (the logs of the factors, how many values to keep)."""
         self._warmup = self._baseline = self._spread = self._cap = 0
@@ -74,9 +77,8 @@ class Rise:
                 return median(self.values[-baseline:])
             self._sorted = sorted(self.values[-baseline:])
             self._sorted_of = baseline
-        ordered = self._sorted
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            self._median = median(self._sorted)
+        return self._median
 
     def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
         """Whether log value ``x`` rose (see the module) and by how much over the level (in log; 0.0
@@ -84,11 +86,12 @@ class Rise:
         if limits is not self._limits:
             self._derive(limits)
         values = self.values
-        warm = self.seen >= self._warmup and len(values) >= 3
-        self.seen += 1
-        if not warm:
+        seen = self.seen
+        self.seen = seen + 1
+        if seen < self._warmup or len(values) < 3:
             return False, 0.0
-        rise = x - self._level(self._baseline)
+        baseline = self._baseline
+        rise = x - (self._median if self._sorted_of == baseline else self._level(baseline))
         if rise <= self._log_rise or x <= max(values[-self._spread:]) + self._log_new_high:
             return False, rise
         return rise > limits.noise_z * self._jitter(limits), rise
@@ -117,16 +120,20 @@ class Rise:
             self._derive(limits)
         values = self.values
         values.append(x)
+        kept = len(values)
         baseline = self._baseline
         if self._sorted_of == baseline:  # the level's window moves on: x comes in, the value ``baseline`` before it leaves
             ordered = self._sorted
             insort(ordered, x)
-            if len(values) > baseline:
+            if kept > baseline:
                 del ordered[bisect_left(ordered, values[-baseline - 1])]
+            size = len(ordered)
+            middle = size // 2  # the level: the window's median, as ``statistics.median`` takes it
+            self._median = ordered[middle] if size % 2 else (ordered[middle - 1] + ordered[middle]) / 2
         else:
             self._sorted_of = 0  # a window of another length is stale now: made again when next asked for
         cap = self._cap
-        if len(values) > cap:
+        if kept > cap:
             del values[:-cap]
 
     def state(self) -> list:

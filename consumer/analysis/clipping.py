@@ -96,8 +96,8 @@ class Clipping(Rule):
             if known is not None:  # only after the warm-up is the median worth taking
                 usual = known
                 bad = ratio < config.min_share_of_usual * usual
-        subject = self.watched(event, bad, "clip")
         alert = None
+        subject = self.watched(event, bad, "clip") if bad or self._conditions else None  # (the usual update: no call)
         if subject is not None:
             alert = self.observe(
                 event,

@@ -227,7 +227,9 @@ class GradientDrift(Rule):
         total = event.total
         if total is None or not 0.0 <= total < _INF:
             return head_alerts
-        alert = self._check_total(run, event, total, self._health(run, event.norms, healthy))
+        norms = event.norms
+        health = healthy / len(norms) if norms else self._health_level(run)
+        alert = self._check_total(run, event, total, health)
         if alert:
             return [alert] + (head_alerts or [])
         return head_alerts
@@ -235,36 +237,52 @@ class GradientDrift(Rule):
     # -- per head -----------------------------------------------------------------------------------
 
     def _check_heads(self, run: _Run, event: Event) -> tuple[int, list[Alert] | None]:
-        """Each healthy head's norm against its own history (``_judge_head``). Returns how many heads are
+        """Each healthy head's norm against its own history (:mod:`._rise`). Returns how many heads are
         healthy (finite, above ``vanishing_floor``) and the heads' alerts; an unhealthy head is left out of
-        its own history."""
-        floor, per_head, limits = self.config.vanishing_floor, self.config.per_head, self._head_limits
+        its own history.
+
+        The usual head (it did not drift, no condition of the rule is open, nobody traces) is judged and kept
+        here, inline: this runs for every head of every update. The others go to :meth:`_judge_head`."""
+        config = self.config
+        floor, per_head, limits = config.vanishing_floor, config.per_head, self._head_limits
+        conditions, tracing = self._conditions, self._trace is not None
         healthy = 0
         alerts: list[Alert] | None = None
-        streaks = run.streaks
-        for name, value in event.norms.items():
+        norms = event.norms
+        heads, streaks, log = run.heads, run.streaks, math.log
+        for name, value in norms.items():
             if value is None or not floor < value < _INF:
-                streaks.pop(name, None)  # drifting updates "in a row" are consecutive updates of the head
+                if streaks:
+                    streaks.pop(name, None)  # drifting updates "in a row" are consecutive updates of the head
                 continue  # unhealthy: lowers grad health, left out of the head's own history
             healthy += 1
-            if per_head:
-                alert = self._judge_head(event, run, name, value, limits)
-                if alert:
-                    alerts = (alerts or []) + [alert]
+            if not per_head:
+                continue
+            rise = heads.get(name)
+            if rise is None:
+                rise = heads[name] = Rise()
+            x = log(value)
+            drifted, by = rise.judge(x, limits)
+            if not (drifted or conditions or tracing):  # the healthy path
+                rise.keep(x, limits)
+                if streaks:
+                    streaks.pop(name, None)
+                continue
+            alert = self._judge_head(event, run, name, value, rise, x, drifted, by)
+            if alert:
+                alerts = (alerts or []) + [alert]
         if streaks:
-            for name in [name for name in streaks if name not in event.norms]:  # a head this update did not measure
+            for name in [name for name in streaks if name not in norms]:  # a head this update did not measure
                 del streaks[name]
         return healthy, alerts
 
-    def _judge_head(self, event: Event, run: _Run, name: str, value: float, limits: RiseLimits) -> Alert | None:
-        """One head's norm against its own history (:mod:`._rise`). A drift fires when it is a jump
-        (``head_jump_after`` updates at ``head_jump`` times the usual) or keeps growing (``head_fire_after``
-        drifting updates, the last the highest); once firing, any drifting update keeps it active."""
-        rise = run.heads.get(name)
-        if rise is None:
-            rise = run.heads[name] = Rise()
-        x = math.log(value)
-        drifted, by = rise.judge(x, limits)
+    def _judge_head(self, event: Event, run: _Run, name: str, value: float, rise: Rise, x: float, drifted: bool,
+                    by: float) -> Alert | None:
+        """What one head's judgement (``rise.judge`` of ``x``, the log of its norm ``value``: ``drifted``, and ``by``
+        how much over its usual) means: keeping ``x`` in its history, its condition, its trace. A drift fires
+        when it is a jump (``head_jump_after`` updates at ``head_jump`` times the usual) or keeps growing
+        (``head_fire_after`` drifting updates, the last the highest); once firing, any drifting update keeps it active."""
+        limits = self._head_limits
         level_limit = rise.level_and_limit(limits) if self._trace is not None else None
         if not drifted:
             rise.keep(x, limits)
@@ -327,11 +345,9 @@ class GradientDrift(Rule):
     # -- the total and grad health ------------------------------------------------------------------
 
     @staticmethod
-    def _health(run: _Run, norms: dict[str, float | None], healthy: int) -> float:
-        """The share of healthy heads; without per-head norms (no news about health) the health EMA's
-        level (the warmup's mean while it lasts), 1.0 before any."""
-        if norms:
-            return healthy / len(norms)
+    def _health_level(run: _Run) -> float:
+        """Grad health of an update without per-head norms (no news about health; with them it is the share of
+        healthy heads): the health EMA's level (the warmup's mean while it lasts), 1.0 before any."""
         level = run.health.level
         return 1.0 if level is None else level
 
@@ -345,14 +361,14 @@ class GradientDrift(Rule):
             return None  # warming up: the EMAs start from the warmup's means, not from its first sample
         config = self.config
         threshold, health_threshold = config.drift_threshold, config.health_drift_threshold
-        norm_drift = relative_drift(total, norm_before)
+        # The norm's drift counts when it grows (a fading one is gradient_scale's).
+        norm_drifted = total > norm_before and relative_drift(total, norm_before) > threshold
         health_drift = relative_drift(health, health_before)
-        growing = total > norm_before  # the norm's drift counts when it grows (a fading one is gradient_scale's)
-        norm_drifted = growing and norm_drift > threshold
         health_drifted = health_drift > health_threshold
         drifted = norm_drifted or health_drifted
         if not (drifted or run.recent or run.subject in self._conditions):
             return None  # the healthy path
+        norm_drift = relative_drift(total, norm_before)
         surge = run.surge
         while surge and surge[0][0] <= run.updates - config.fire_window:
             del surge[0]

@@ -209,19 +209,19 @@ class HeadBalance(Rule):
         return _exp(0.5 * math.log(top_square) - median(history)) if top_square < _INF else _INF
 
     def _remember(self, run: _Run, norms: dict[str, float | None], squares: float) -> None:
-        """Add this update's log-odds of every compared head, and the compared norm, to the baselines."""
+        """Add this update's log-odds of every compared head, and the compared norm, to the baselines
+        (each the last ``baseline_updates``: a slice from ``-keep`` of a shorter list deletes nothing)."""
         keep = self.config.baseline_updates
         ignore = self._ignore
         own_norms, own_odds, log = run.norms, run.odds, math.log
         for name, value in norms.items():
-            if name in ignore or value is None or not 0.0 < value < _INF:
+            if value is None or not 0.0 < value < _INF or name in ignore:
                 continue
             own = own_norms.get(name)
             if own is None:
                 own = own_norms[name] = []
             own.append(log(value))
-            if len(own) > keep:
-                del own[:-keep]
+            del own[:-keep]
             share = value * value / squares
             if not 0.0 < share < 1.0:  # 1: the only head; 0 or NaN: a square that under- or overflowed
                 continue
@@ -229,11 +229,10 @@ class HeadBalance(Rule):
             if history is None:
                 history = own_odds[name] = []
             history.append(log(share / (1.0 - share)))
-            if len(history) > keep:
-                del history[:-keep]
-        run.scale.append(log(math.sqrt(squares)))
-        if len(run.scale) > keep:
-            del run.scale[:-keep]
+            del history[:-keep]
+        scale = run.scale
+        scale.append(log(math.sqrt(squares)))
+        del scale[:-keep]
 
     def extra_state(self) -> dict[str, Any]:
         return {"runs": [[run_id, rank, run.odds, run.scale, run.norms] for (run_id, rank), run in self._runs.items()]}
