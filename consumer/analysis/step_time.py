@@ -106,10 +106,8 @@ class _Phase:
             value = math.log(ms)
             recent.append(value)
             insort(ordered, value)
-            if len(recent) > keep:
-                for old in recent[:-keep]:
-                    del ordered[bisect_left(ordered, old)]
-                del recent[:-keep]
+            while len(recent) > keep:  # the oldest goes, from both
+                del ordered[bisect_left(ordered, recent.pop(0))]
 
 
 def _own(ms: float, wait: float | None) -> float | None:
