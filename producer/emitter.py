@@ -678,7 +678,8 @@ class Emitter:
                 A 2-D tensor is one such vector per row (the optimizer steps of an update, written by
                 the graph into a static buffer): one event per row, in row order, from one readout.
             samples: with ``norms``: they are the root mean square of this many optimizer steps' vectors
-                (summed as squares in the graph, ``(sum / samples).sqrt()``), sent as one event.
+                (summed as squares in the graph, ``(sum / samples).sqrt()``), sent as one event; with
+                rows, each row is (the consumer adds ``samples`` up over the events of an update).
         """
         self._collectors.head_grad_norms(step, heads, stage=stage, max_norm=max_norm, clip_total=clip_total,
                                          count_nonfinite=count_nonfinite, norms=norms, samples=samples)

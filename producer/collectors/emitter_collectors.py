@@ -99,7 +99,7 @@ class _State:
         self.stats = CollectorStats()
         self.readouts = Readouts(settings.readout_slots, self.stats, failed)
         self.timings = Timings(settings.max_pending_timers, self.stats)
-        self.lstm_batches = LstmBatches()
+        self.lstm_batches = LstmBatches(self.stats, failed)
         self.group_cache: dict[tuple, Any] = {}
         self.param_updates: dict[int, ParamUpdates] = {}  # id(HeadGroups) -> its measurement (keeps the groups alive)
         self.emit_grad_norms = functools.partial(emitter.emit, "head_grad_norms")

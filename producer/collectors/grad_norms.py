@@ -265,10 +265,11 @@ def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, 
     launch): a CUDA graph's output is overwritten by its next replay."""
     torch = torch_module()
     n = len(groups.entries)
-    if not isinstance(vector, torch.Tensor) or vector.dim() not in (1, 2) or vector.shape[-1] not in (n, n + 1) \
-            or vector.numel() == 0:
+    if not isinstance(vector, torch.Tensor) or vector.dim() not in (1, 2) or vector.shape[-1] not in (n, n + 1):
         raise ValueError(f"norms must be the 1-D tensor groups.norms() ({n} values) or groups.clip_() ({n + 1}) "
                          f"returned, or a 2-D tensor of such rows")
+    if vector.dim() == 2 and vector.shape[0] == 0:
+        return  # no optimizer step this update (rows[:0]): nothing to send
     with_total = vector.shape[-1] == n + 1
     if vector.dim() == 2:
         if clip_total is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .readout import torch_module
+from .readout import current_stream, torch_module
 
 __all__ = ["LstmBatches", "lstm_stats", "submit_lstm_state"]
 
@@ -52,49 +52,78 @@ class LstmBatches:
     A call costs one launch: a snapshot of ``(h, c)`` (``torch.stack`` into a fresh tensor, so the
     trainer may change its state in place afterwards). At ``flush()`` the snapshots of one shape,
     dtype, device and stream are stacked once and reduced once (the same reductions, with a leading
-    dimension) into one readout: a trainer that measures its state at every rollout step pays five
-    reductions per flush, not per step. At most ``limit`` snapshots of one kind wait; the next
-    call reduces them first.
+    dimension): a trainer that measures its state at every rollout step pays five reductions per
+    flush, not per step. Each call still becomes its own readout, and the readouts are queued in the
+    order of the calls (the consumer combines one update's events in the order they come). At most
+    ``limit`` snapshots wait, whatever their shapes; the call that finds them all waiting reduces
+    them first, as does a call measured the usual way (masked, or ``stats=``) while some wait.
+
+    A reduction that fails (out of memory, a CUDA error) loses its snapshots: counted in
+    ``stats.dropped`` and as a collector error (``failed``), never raised into the trainer.
     """
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, stats: Any, failed: Any, limit: int = 64) -> None:
+        self.stats = stats
+        self.failed = failed
         self.limit = limit
-        self.pending: dict[tuple, list[tuple[Any, tuple]]] = {}  # key -> [(snapshot, context)]
-        self.streams: dict[tuple, Any] = {}
+        self.pending: dict[tuple, list[tuple[int, Any, tuple]]] = {}  # key -> [(call number, snapshot, context)]
+        self.waiting = 0  # snapshots in ``pending``
+        self.calls = 0  # call numbers: the order the readouts are queued in
 
     def add(self, torch: Any, readouts: Any, h: Any, c: Any, context: tuple) -> None:
-        key = (tuple(h.shape), c is None, h.dtype, h.device, torch.cuda.current_stream(h.device))
+        if self.waiting >= self.limit:
+            self.reduce(readouts)
+        key = (tuple(h.shape), c is None, h.dtype, h.device, current_stream(torch, h.device))
+        with torch.no_grad():
+            snapshot = _stacked(torch, h, c)
         group = self.pending.get(key)
         if group is None:
             group = self.pending[key] = []
-        elif len(group) >= self.limit:
-            self._reduce(torch, readouts, key)
-            group = self.pending[key] = []
-        with torch.no_grad():
-            group.append((_stacked(torch, h, c), context))
+        group.append((self.calls, snapshot, context))
+        self.calls += 1
+        self.waiting += 1
 
     def reduce(self, readouts: Any) -> None:
-        """Reduce every waiting snapshot into readouts (at ``flush()``, before the readouts are sealed)."""
-        if self.pending:
-            torch = torch_module()
-            for key in list(self.pending):
-                self._reduce(torch, readouts, key)
-
-    def _reduce(self, torch: Any, readouts: Any, key: tuple) -> None:
-        group = self.pending.pop(key)
-        stream = key[-1]
-        with torch.cuda.stream(stream), torch.no_grad():
-            x = torch.stack([snapshot for snapshot, _ in group]) if len(group) > 1 else group[0][0].unsqueeze(0)
-            layer_norm, env_max, finite_max = _stats_parts(torch, x)
-            rows = torch.cat((layer_norm.flatten(1), env_max, finite_max), 1)
-            width = rows.shape[1]
-            for row, (_, context) in zip(rows.unbind(0), group):  # one readout per call: counted, dropped and read as such
-                readouts.add(x.device, width, _resolve, context, vectors=[row])
+        """Reduce every waiting snapshot, one reduction per kind of snapshot, and queue one readout per
+        call, in call order (at ``flush()``, before the readouts are sealed; and before a call that
+        would otherwise overtake them)."""
+        if not self.pending:
+            return
+        torch = torch_module()
+        pending, self.pending, self.waiting = self.pending, {}, 0
+        ready: list[tuple[int, Any, tuple]] = []
+        for key, group in pending.items():
+            try:
+                ready.extend(_reduced(torch, key[-1], group))
+            except Exception as exc:  # its snapshots are lost: counted, never raised
+                self.stats.dropped += len(group)
+                self.failed("lstm_state", exc)
+        ready.sort(key=_first)
+        for _, row, context in ready:
+            try:
+                readouts.add(row.device, row.shape[0], _resolve, context, vectors=[row])
+            except Exception as exc:
+                self.stats.dropped += 1
+                self.failed("lstm_state", exc)
 
     def abandon(self) -> list[Any]:
         """Forget the snapshots without touching CUDA (after a fork); the caller keeps them alive."""
-        kept, self.pending = self.pending, {}
+        kept, self.pending, self.waiting = self.pending, {}, 0
         return [kept]
+
+
+def _first(item: tuple) -> int:
+    return item[0]
+
+
+def _reduced(torch: Any, stream: Any, group: list[tuple[int, Any, tuple]]) -> list[tuple[int, Any, tuple]]:
+    """The statistics of a group of snapshots of one kind, reduced together on their stream: one row
+    (a 1-D device tensor) per call, with its call number and context."""
+    with torch.cuda.stream(stream), torch.no_grad():
+        x = torch.stack([snapshot for _, snapshot, _ in group]) if len(group) > 1 else group[0][1].unsqueeze(0)
+        layer_norm, env_max, finite_max = _stats_parts(torch, x)
+        rows = torch.cat((layer_norm.flatten(1), env_max, finite_max), 1)
+    return [(number, row, context) for row, (number, _, context) in zip(rows.unbind(0), group)]
 
 
 def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask: Any = None, stats: Any = None,
@@ -117,7 +146,9 @@ def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask
     elif batches is not None and not masked and h.is_cuda:
         batches.add(torch, readouts, h, c, context)
         return
-    else:
+    if batches is not None and batches.pending:  # states waiting to be reduced were measured first: they go first
+        batches.reduce(readouts)
+    if stats is None:
         with torch.no_grad():
             parts = _flat_parts(torch, h, c, env_mask)
     if parts[0].is_cuda:

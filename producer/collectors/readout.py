@@ -74,11 +74,16 @@ def current_stream(torch: Any, device: Any = None) -> Any:
     if get is None:
         return torch.cuda.current_stream(device)
     if device is None:
-        index = torch.cuda.current_device()
+        index = torch.cuda.current_device()  # initialises CUDA first, as torch's own call does
+    elif type(device) is int:
+        torch.cuda.init()
+        index = device
     else:
-        index = device if type(device) is int else torch.device(device).index
-        if index is None:
-            index = torch.cuda.current_device()
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"a CUDA stream needs a CUDA device, got {device}")
+        torch.cuda.init()
+        index = device.index if device.index is not None else torch.cuda.current_device()
     key = get(index)
     stream = _streams.get(key)
     if stream is None:
@@ -97,7 +102,8 @@ class CollectorStats:
     resolved: int = 0
     """Readouts whose values reached the host and were handed to their resolver."""
     dropped: int = 0
-    """Device readouts dropped unread because the ring was full (those of the oldest sealed row)."""
+    """Device readouts dropped unread because the ring was full (those of the oldest sealed row), and LSTM
+    states whose reduction at the flush failed."""
     pending: int = 0
     """Device readouts gathered or in flight right now (not yet resolved)."""
     batches: int = 0

@@ -281,7 +281,8 @@ class TestLstmStateOnCuda:
 
     def test_every_rollout_step_between_flushes_each_its_own_values(self, consumer, emitter) -> None:
         """A state measured at every step (changed in place after each call), two shapes and an ``h``
-        alone interleaved, more calls than one batch holds: each event carries its own call's state."""
+        alone interleaved, more calls between two flushes than may wait (64): each event carries its
+        own call's state, and the events leave in call order."""
         torch.manual_seed(4)
         h, c = torch.randn(1, 16, 64, device=DEVICE), torch.randn(1, 16, 64, device=DEVICE)
         deep = torch.randn(2, 8, 32, device=DEVICE)
@@ -297,11 +298,11 @@ class TestLstmStateOnCuda:
                     kept[step] = (h.clone(), c.clone())
                     h.mul_(1.02).add_(0.01)  # the trainer's next state, in place
                     c.mul_(0.99)
-                if step % 75 == 74:
+                if step % 100 == 99:
                     emitter.flush()
         assert emitter.collector_stats.errors == 0
         events = received(consumer, emitter, "lstm_health")
-        assert sorted(e.step for e in events) == list(range(150))
+        assert [e.step for e in events] == list(range(150))
         for event in events:
             expected = kept[event.step]
             if isinstance(expected, tuple):

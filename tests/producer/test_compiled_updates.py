@@ -136,8 +136,8 @@ def test_norms_summed_over_an_update_make_one_event_with_samples(consumer, emitt
 
 def test_one_row_per_optimizer_step_makes_one_event_per_row(consumer, emitter) -> None:
     """A 2-D hand-over (the rows a graph wrote into a static buffer, one per optimizer step) sends one
-    event per row, in row order, each with its row's values; rows of the wrong width, a 3-D tensor and
-    a clip_total beside rows are refused and counted."""
+    event per row, in row order, each with its row's values; no rows send nothing; rows of the wrong
+    width, a 3-D tensor and a clip_total beside rows are refused and counted."""
     net = all_grads_net()
     groups = emitter.head_groups(heads_of(net), params=net.parameters())
     rows = []
@@ -150,6 +150,7 @@ def test_one_row_per_optimizer_step_makes_one_event_per_row(consumer, emitter) -
     emitter.head_grad_norms(6, groups, norms=torch.ones(2, len(groups.entries) + 2))
     emitter.head_grad_norms(6, groups, norms=torch.ones(1, 2, len(groups.entries)))
     emitter.head_grad_norms(6, groups, norms=torch.stack(rows)[:, :-1], clip_total=1.0)
+    emitter.head_grad_norms(7, groups, norms=torch.stack(rows)[:0])  # no optimizer step this update: nothing sent
     assert emitter.collector_stats.errors == 3
     events = events_of(consumer, emitter, "head_grad_norms")
     assert [e.step for e in events] == [4, 4, 4, 5, 5, 5]
