@@ -24,6 +24,7 @@ would sync) and the statistics divide by the count of the others.
 from __future__ import annotations
 
 import math
+from itertools import groupby
 from typing import Any
 
 from .readout import current_stream, torch_module
@@ -91,7 +92,7 @@ class LstmBatches:
             return
         torch = torch_module()
         pending, self.pending, self.waiting = self.pending, {}, 0
-        ready: list[tuple[int, Any, tuple]] = []
+        ready: list[tuple[int, Any, tuple, Any]] = []
         for key, group in pending.items():
             try:
                 ready.extend(_reduced(torch, key[-1], group))
@@ -99,12 +100,14 @@ class LstmBatches:
                 self.stats.dropped += len(group)
                 self.failed("lstm_state", exc)
         ready.sort(key=_first)
-        for _, row, context in ready:
-            try:
-                readouts.add(row.device, row.shape[0], _resolve, context, vectors=[row])
-            except Exception as exc:
-                self.stats.dropped += 1
-                self.failed("lstm_state", exc)
+        for stream, run in groupby(ready, key=_stream):  # each readout queued on its state's stream (the usual: one run)
+            with torch.cuda.stream(stream):
+                for _, row, context, _ in run:
+                    try:
+                        readouts.add(row.device, row.shape[0], _resolve, context, vectors=[row])
+                    except Exception as exc:
+                        self.stats.dropped += 1
+                        self.failed("lstm_state", exc)
 
     def abandon(self) -> list[Any]:
         """Forget the snapshots without touching CUDA (after a fork); the caller keeps them alive."""
@@ -116,14 +119,18 @@ def _first(item: tuple) -> int:
     return item[0]
 
 
-def _reduced(torch: Any, stream: Any, group: list[tuple[int, Any, tuple]]) -> list[tuple[int, Any, tuple]]:
+def _stream(item: tuple) -> Any:
+    return item[3]
+
+
+def _reduced(torch: Any, stream: Any, group: list[tuple[int, Any, tuple]]) -> list[tuple[int, Any, tuple, Any]]:
     """The statistics of a group of snapshots of one kind, reduced together on their stream: one row
-    (a 1-D device tensor) per call, with its call number and context."""
+    (a 1-D device tensor) per call, with its call number, context and stream."""
     with torch.cuda.stream(stream), torch.no_grad():
         x = torch.stack([snapshot for _, snapshot, _ in group]) if len(group) > 1 else group[0][1].unsqueeze(0)
         layer_norm, env_max, finite_max = _stats_parts(torch, x)
         rows = torch.cat((layer_norm.flatten(1), env_max, finite_max), 1)
-    return [(number, row, context) for row, (number, _, context) in zip(rows.unbind(0), group)]
+    return [(number, row, context, stream) for row, (number, _, context) in zip(rows.unbind(0), group)]
 
 
 def submit_lstm_state(readouts: Any, emit: Any, step: int, hidden: Any, env_mask: Any = None, stats: Any = None,
