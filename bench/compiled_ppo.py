@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -55,7 +54,7 @@ import torch.nn as nn
 
 if not __package__:  # run as a script (python bench/compiled_ppo.py): the repository root makes the `bench` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.gpu_overhead import Spent, receiver_main, sync  # noqa: E402
+from bench.gpu_overhead import DecodingReceiver, Spent, sync  # noqa: E402
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 
 TARGET = 1.02
@@ -323,13 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         args.eager = True
     torch.manual_seed(args.seed)
 
-    ctx = mp.get_context("spawn")
     tmp = tempfile.TemporaryDirectory(prefix="simic-bench-")
     endpoint = f"ipc://{tmp.name}/consumer.ipc"
-    parent, child = ctx.Pipe()
-    receiver = ctx.Process(target=receiver_main, args=(endpoint, child), daemon=True)
-    receiver.start()
-    assert parent.recv() == "ready"
+    receiver = DecodingReceiver(endpoint)
     emitter = Emitter(endpoint, run_id="bench-compiled-ppo", heads=("mean", "log_std", "value"),
                       settings=EmitterSettings(exit_hooks=False))
 
@@ -361,10 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     graph_us = {name: replay_us(trainer) for name, trainer in trainers.items() if trainer.graph is not None}
     errors = emitter.collector_stats.errors
     emitter.close()
-    time.sleep(0.5)
-    parent.send("stop")
-    messages, events, refused = parent.recv()
-    receiver.join(5)
+    messages, events, refused = receiver.stop(emitter.stats.sent)
 
     mode = "eager" if args.eager else "torch.compile + CUDA-graphed update"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

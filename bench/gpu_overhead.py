@@ -416,7 +416,8 @@ VARIANTS: dict[str, Callable[[Trainer, int, Emitter, Spent], None]] = {
 
 
 def receiver_main(endpoint: str, conn: Any) -> None:
-    """Bind PULL on ``endpoint``, say ready, decode every message until told to stop; reply counts."""
+    """Bind PULL on ``endpoint``, say ready, decode every message; when sent the number of events to
+    expect, stop once they have all arrived (or 5 s later) and reply the counts."""
     import zmq
 
     from simic.schemas import decode_message
@@ -427,7 +428,8 @@ def receiver_main(endpoint: str, conn: Any) -> None:
     sock.bind(endpoint)
     conn.send("ready")
     messages = events = errors = 0
-    while True:
+    expected, deadline = None, 0.0
+    while expected is None or (events < expected and time.monotonic() < deadline):
         if sock.poll(50):
             while True:
                 try:
@@ -438,12 +440,30 @@ def receiver_main(endpoint: str, conn: Any) -> None:
                 messages += 1
                 events += len(decoded.events)
                 errors += len(decoded.errors)
-        if conn.poll():
-            conn.recv()
-            break
+        if expected is None and conn.poll():
+            expected, deadline = conn.recv(), time.monotonic() + 5.0
     conn.send((messages, events, errors))
     sock.close()
     context.term()
+
+
+class DecodingReceiver:
+    """A separate process that receives and decodes every message sent to ``endpoint`` (what reading
+    them costs a consumer stays off the measured process), ready when made."""
+
+    def __init__(self, endpoint: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=receiver_main, args=(endpoint, child), daemon=True)
+        self.process.start()
+        assert self.conn.recv() == "ready"
+
+    def stop(self, sent: int) -> tuple[int, int, int]:
+        """Wait for the ``sent`` events (at most 5 s), stop; return (messages, events, refused) received."""
+        self.conn.send(sent)
+        counts = self.conn.recv()
+        self.process.join(5)
+        return counts
 
 
 # -- measurement ------------------------------------------------------------------------------------
@@ -668,11 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(logging.FileHandler(os.path.join(tmp, "trainer.log")))
     logger.propagate = False
     endpoint = f"ipc://{tmp}/consumer.ipc"
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    receiver = ctx.Process(target=receiver_main, args=(endpoint, child), daemon=True)
-    receiver.start()
-    assert parent.recv() == "ready"
+    receiver = DecodingReceiver(endpoint)
     emitter = Emitter(endpoint, run_id="bench-gpu-overhead", device=device_name, heads=HEADS + ("value",),
                       settings=EmitterSettings(exit_hooks=False))
 
@@ -683,10 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ns.no_calls and envs == max(args.envs):
             calls = per_call_costs(trainers["simic"], emitter, device, n=20 if ns.quick else 200)
     emitter.close()
-    time.sleep(0.5)
-    parent.send("stop")
-    messages, events, errors = parent.recv()
-    receiver.join(5)
+    messages, events, errors = receiver.stop(emitter.stats.sent)
 
     print(f"device: {device_name} (torch {torch.__version__}, Python {platform.python_version()})")
     print(f"command: python3 {' '.join(sys.argv)}")

@@ -25,6 +25,8 @@ from bisect import bisect_left, insort
 from statistics import median
 from typing import NamedTuple
 
+from ._support import ordered_median
+
 __all__ = ["Rise", "RiseLimits"]
 
 
@@ -77,7 +79,7 @@ class Rise:
                 return median(self.values[-baseline:])
             self._sorted = sorted(self.values[-baseline:])
             self._sorted_of = baseline
-            self._median = median(self._sorted)
+            self._median = ordered_median(self._sorted)
         return self._median
 
     def judge(self, x: float, limits: RiseLimits) -> tuple[bool, float]:
@@ -127,9 +129,7 @@ class Rise:
             insort(ordered, x)
             if kept > baseline:
                 del ordered[bisect_left(ordered, values[-baseline - 1])]
-            size = len(ordered)
-            middle = size // 2  # the level: the window's median, as ``statistics.median`` takes it
-            self._median = ordered[middle] if size % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+            self._median = ordered_median(ordered)  # the level
         else:
             self._sorted_of = 0  # a window of another length is stale now: made again when next asked for
         cap = self._cap

@@ -1,6 +1,7 @@
 """Small pieces several rules share: an "about" event for alerts that no single event raised (a
-silent producer, a lagging rank), the gathering of one step's value from every rank of a run, and
-what a value usually is in a run (:class:`RunUsual`).
+silent producer, a lagging rank), the gathering of one step's value from every rank of a run,
+what a value usually is in a run (:class:`RunUsual`), and the median of a window kept in order
+(:func:`ordered_median`).
 The rules' moving averages are :class:`~simic.consumer.analysis._ema.Ema`."""
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from simic.schemas.models import Event
 
 from ._rule import Capped
 
-__all__ = ["RunUsual", "about", "gather_step"]
+__all__ = ["RunUsual", "about", "gather_step", "ordered_median"]
+
+
+def ordered_median(ordered: list[float]) -> float:
+    """The median of a non-empty list already in order, the value ``statistics.median`` gives (a
+    window kept sorted as values come and go: no sort per judgement)."""
+    n = len(ordered)
+    middle = n // 2
+    return ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class RunUsual:

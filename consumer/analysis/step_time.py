@@ -13,6 +13,7 @@ from simic.schemas.models import Alert, Event
 
 from ._rule import Capped, Rule, RuleConfig, Severity, register, subject_key
 from ._ema import Ema
+from ._support import ordered_median
 
 _INF = math.inf
 
@@ -80,24 +81,17 @@ class _Phase:
         self.ordered = sorted(self.recent)  # the same times in order: the median without a sort per step
         self.own = own  # its times have been own times (a wait for a CPU was known): one without cannot be judged
 
-    def _median(self) -> float:
-        """``statistics.median(self.recent)``, the same value, read from the ordered copy."""
-        ordered = self.ordered
-        n = len(ordered)
-        i = n // 2
-        return ordered[i] if n % 2 else (ordered[i - 1] + ordered[i]) / 2
-
     def pace(self) -> float:
         """The median of the recent times (ms): where the phase has settled; 0.0 with fewer than 4 of them."""
         if len(self.recent) < 4:
             return 0.0
-        return math.exp(self._median())
+        return math.exp(ordered_median(self.ordered))
 
     def jitter(self, floor: float) -> float:
         """Robust spread (1.4826 x MAD) of the recent log times, at least ``floor``."""
         if len(self.recent) < 4:
             return max(floor, 0.1)
-        mid = self._median()
+        mid = ordered_median(self.ordered)
         return max(floor, 1.4826 * median(abs(x - mid) for x in self.recent))
 
     def remember(self, ms: float, keep: int) -> None:
