@@ -19,8 +19,9 @@ Variants, interleaved in rotated order over the rounds, on twins that start from
   ``emitter.head_grad_norms(step, groups, max_norm=..., norms=rows)``: one event per optimizer step
   from one readout; ``emitter.timer`` around the
   rollout and the update (CUDA events outside the graph); the update's metrics (policy and value
-  loss, entropy, approx_kl, clip fraction, ratio range, explained variance; device tensors the graph
-  writes) with ``emitter.ppo_update`` once per update; ``flush()`` once per iteration. There is no
+  loss, entropy, approx_kl, clip fraction, ratio range; device tensors the graph writes) and the
+  rollout's explained variance (one compiled function, as the trainer compiles its other math) with
+  ``emitter.ppo_update`` once per update; ``flush()`` once per iteration. There is no
   LSTM to watch in this trainer; ``lstm_stats`` in a captured graph is covered by the GPU tests.
 - ``simic, per update``: as ``simic``, but the graph also adds each minibatch's squared norms into a
   static accumulator, and one ``head_grad_norms`` event per update carries their root mean square
@@ -137,6 +138,11 @@ def ppo_loss(agent: Agent, obs, actions, old_logprob, advantages, returns, old_v
 METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "ratio_min", "ratio_max")
 
 
+def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """How much of the returns' variance the value estimates explain (1: all; a device scalar)."""
+    return 1 - (returns - values).var() / returns.var().clamp_min(1e-8)
+
+
 class Trainer:
     """One trainer; ``telemetry`` picks what its update graph holds: None (``off``), ``"minibatch"`` or ``"update"``."""
 
@@ -164,6 +170,7 @@ class Trainer:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the row the next step writes
         self.n = n
         self.policy_step = self.agent.act if args.eager else torch.compile(self.agent.act)
+        self.explained_variance = explained_variance if args.eager else torch.compile(explained_variance)
         loss_fn = ppo_loss if args.eager else torch.compile(ppo_loss)
 
         def minibatch_step():
@@ -276,8 +283,7 @@ def iteration(trainer: Trainer, it: int, spent: Spent) -> None:
     with spent.on("timers"):
         update_timer.stop()
     with spent.on("ppo_update"):
-        values = trainer.buffers["values"].reshape(-1)
-        explained = 1 - (returns.reshape(-1) - values).var() / returns.var().clamp_min(1e-8)
+        explained = trainer.explained_variance(returns, trainer.buffers["values"])
         emitter.ppo_update(it, **dict(zip(METRICS, metrics.unbind(0))), explained_variance=explained, learning_rate=3e-4)
     with spent.on("flush"):
         emitter.flush()

@@ -136,6 +136,8 @@ class HeadGroups:
         """Every parameter on one device with one dtype (one ``_foreach_norm`` serves the clip too)."""
         self.total_is_prefix = self.total == list(range(len(self.params)))
         """The total covers every distinct parameter (its entries are the first ones)."""
+        self.plan: tuple | None = None
+        """How a readout of every entry adds up to heads and total (made at the first one; see ``_plan``)."""
         self.fused = True
         """``clip_grad_norm_`` may measure and clip in one pass (False after that failed once, e.g. for
         gradient types ``_foreach_norm`` does not take: torch's clip then runs, after a separate measurement)."""
@@ -306,9 +308,10 @@ def submit_norm_vector(readouts: Any, emit: Any, step: int, groups: HeadGroups, 
 def _resolve_rows(values: list, context: tuple) -> None:
     """One event per row of a 2-D hand-over, in row order."""
     rows, row_context = context
+    plan = _plan(row_context[0], row_context[1])
     width = len(values) // rows
     for r in range(rows):
-        _resolve(values[r * width:(r + 1) * width], row_context)
+        _resolve_with(plan, values[r * width:(r + 1) * width], row_context)
 
 
 def _hand_over(readouts: Any, context: tuple, *vectors: Any, resolver: Any = None) -> None:
@@ -392,39 +395,59 @@ def _with_missing(groups: HeadGroups, grads: list) -> tuple[list, list[int]]:
     return tensors, positions
 
 
+def _plan(groups: HeadGroups, positions: list[int]) -> tuple:
+    """What a readout's values add up to: ``(heads, total)``, each head ``(name, indices, numels)`` into
+    the readout's entry norms (indices empty: no gradient), ``total`` the indices the total sums, in
+    order. Kept on ``groups`` for the usual case (every entry present), made per readout otherwise."""
+    if positions is groups.identity and groups.plan is not None:
+        return groups.plan
+    numel = groups.entry_numel
+    heads = []
+    for name, entries in zip(groups.names, groups.head_entries):
+        present = [e for e in entries if positions[e] >= 0]
+        heads.append((name, tuple(positions[e] for e in present), tuple(numel[e] for e in present)))
+    total = tuple(positions[e] for e in groups.total if positions[e] >= 0)
+    plan = (tuple(heads), total)
+    if positions is groups.identity:
+        groups.plan = plan
+    return plan
+
+
 def _resolve(values: list, context: tuple) -> None:
-    groups, positions, count, step, stage, max_norm, host_clip, has_device_clip, counted, emit, samples = context
+    _resolve_with(_plan(context[0], context[1]), values, context)
+
+
+def _resolve_with(plan: tuple, values: list, context: tuple) -> None:
+    """One ``head_grad_norms`` event from one readout's values: entry norms, then (``counted``) their
+    finite-element counts, then (``has_device_clip``) the pre-clip total."""
+    _, _, count, step, stage, max_norm, host_clip, has_device_clip, counted, emit, samples = context
+    heads, of_total = plan
     squares = [v * v for v in values[:count]]
     norms: dict[str, float | None] = {}
-    for name, entries in zip(groups.names, groups.head_entries):
-        total = 0.0
-        seen = False
-        for e in entries:
-            k = positions[e]
-            if k >= 0:
+    for name, indices, _ in heads:
+        if indices:
+            total = 0.0
+            for k in indices:
                 total += squares[k]
-                seen = True
-        norms[name] = math.sqrt(total) if seen else None
-    total = 0.0
-    seen = False
-    for e in groups.total:
-        k = positions[e]
-        if k >= 0:
+            norms[name] = math.sqrt(total)
+        else:
+            norms[name] = None
+    if of_total:
+        total = 0.0
+        for k in of_total:
             total += squares[k]
-            seen = True
-    total = math.sqrt(total) if seen else None
+        total = math.sqrt(total)
+    else:
+        total = None
 
     nonfinite: dict[str, int] | None = None
     if counted:
         finite_of = values[count : 2 * count]
-        numel = groups.entry_numel
         nonfinite = {}
-        for name, entries in zip(groups.names, groups.head_entries):
+        for name, indices, numels in heads:
             bad = 0
-            for e in entries:
-                k = positions[e]
-                if k >= 0:
-                    bad += max(0, numel[e] - int(round(finite_of[k])))
+            for k, n in zip(indices, numels):
+                bad += max(0, n - int(round(finite_of[k])))
             if bad:
                 nonfinite[name] = bad
 

@@ -81,27 +81,33 @@ _SKIP = _Marker()
 def _host_value(value: Any, name: str, head: str | None, refuse: Any) -> Any:
     """A float for any numeric scalar a trainer holds (Python, numpy, CPU tensor, a one-element array,
     anything with ``__float__``); ``_DEVICE`` for a CUDA tensor (read later); ``_SKIP`` (refused) otherwise."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # int, float, numpy scalars
+    cls = type(value)
+    if cls is float or cls is int:
         return float(value)
-    where = f"{name}{'' if head is None else '.' + head}"
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
+    if torch is not None and isinstance(value, torch.Tensor):  # before the numbers ABC: the usual device value
         if value.numel() != 1:
-            refuse(f"ppo_update:{name}", f"{where} must hold one value, got {value.numel()}")
+            refuse(f"ppo_update:{name}", f"{_where(name, head)} must hold one value, got {value.numel()}")
             return _SKIP
         if value.is_cuda:
             return _DEVICE
         return float(value.reshape(()).item())  # a CPU tensor: already on the host, no sync
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy scalars, Fraction, ...
+        return float(value)
     size = getattr(value, "size", 1)  # numpy arrays: size is an int
     if isinstance(value, bool) or not hasattr(value, "__float__") or (isinstance(size, int) and size != 1):
-        refuse(f"ppo_update:{name}", f"{where} must be a number or hold one value, got {type(value).__name__}")
+        refuse(f"ppo_update:{name}", f"{_where(name, head)} must be a number or hold one value, got {type(value).__name__}")
         return _SKIP
     try:
         item = getattr(value, "item", None)  # numpy / JAX arrays of one element
         return float(item() if item is not None else value)
     except (TypeError, ValueError) as exc:
-        refuse(f"ppo_update:{name}", f"{where}: {exc}")
+        refuse(f"ppo_update:{name}", f"{_where(name, head)}: {exc}")
         return _SKIP
+
+
+def _where(name: str, head: str | None) -> str:
+    return name if head is None else f"{name}.{head}"
 
 
 def _resolve(values: list, context: tuple) -> None:
