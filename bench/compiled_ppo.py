@@ -31,6 +31,7 @@ Events go to a real ``Emitter`` whose PUSH socket is connected over ``ipc://`` t
 by a separate receiving process that decodes every message.
 
     python3 bench/compiled_ppo.py                    # on a CUDA machine
+    python3 bench/compiled_ppo.py --calls            # and the host cost of each telemetry line alone
     python3 bench/compiled_ppo.py --quick --eager    # smoke run of the eager path (works on CPU)
 
 ``--eager`` runs the same trainer without ``torch.compile`` and without the CUDA graph (what CPU CI runs).
@@ -307,6 +308,62 @@ def replay_us(trainer: Trainer, replays: int = 256) -> float:
     return start.elapsed_time(end) * 1000.0 / replays
 
 
+def call_costs(trainer: Trainer, emitter: Emitter, n: int = 300) -> list[tuple[str, float]]:
+    """Median host microseconds of each telemetry line alone, on ``trainer`` (any variant with telemetry),
+    next to the floor of the device work it must do; the flush with one iteration's readouts pending
+    (two timers, the norms, ``ppo_update``), when the GPU has finished them."""
+    device, groups, steps = trainer.device, trainer.groups, len(trainer.rows)
+    metrics = trainer.update(*trainer.gae(trainer.rollout()))
+    sync(device)
+    returns, values = trainer.buffers["rewards"], trainer.buffers["values"]
+    explained = trainer.explained_variance(returns, values)
+    scalars = dict(zip(METRICS, metrics.unbind(0)))
+    rms = (trainer.accumulated / steps).sqrt()
+
+    def median_us(fn: Any, flush_every: int = 16) -> float:
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            fn()
+            samples.append(time.perf_counter_ns() - t0)
+            if i % flush_every == flush_every - 1:
+                sync(device)
+                emitter.flush()
+        sync(device)
+        emitter.flush()
+        return statistics.median(samples) / 1000.0
+
+    def ppo_update() -> None:
+        emitter.ppo_update(0, **scalars, explained_variance=explained, learning_rate=3e-4)
+
+    def flush_us(norms: Any) -> float:
+        samples = []
+        for _ in range(n // 2):
+            emitter.timer("rollout", step=0).start().stop()
+            emitter.timer("update", step=0).start().stop()
+            emitter.head_grad_norms(0, groups, max_norm=MAX_GRAD_NORM, norms=norms, samples=None if norms.dim() == 2 else steps)
+            ppo_update()
+            sync(device)
+            t0 = time.perf_counter_ns()
+            emitter.flush()
+            samples.append(time.perf_counter_ns() - t0)
+        return statistics.median(samples) / 1000.0
+
+    values_list = [*scalars.values(), explained]
+    return [
+        ("timer: make, start(), stop()", median_us(lambda: emitter.timer("x", step=0).start().stop())),
+        ("explained variance (the trainer's)", median_us(lambda: trainer.explained_variance(returns, values))),
+        (f"ppo_update ({len(values_list)} device values, a learning rate)", median_us(ppo_update)),
+        (f"floor: one torch.stack of the {len(values_list)}", median_us(lambda: torch.stack(values_list))),
+        ("head_grad_norms(norms=rms, samples=...) (per update)", median_us(
+            lambda: emitter.head_grad_norms(0, groups, max_norm=MAX_GRAD_NORM, norms=rms, samples=steps))),
+        (f"head_grad_norms(norms=rows) ({steps} rows)", median_us(
+            lambda: emitter.head_grad_norms(0, groups, max_norm=MAX_GRAD_NORM, norms=trainer.rows))),
+        ("flush: one iteration's readouts, one event per update", flush_us(rms)),
+        (f"flush: one iteration's readouts, {steps} row events", flush_us(trainer.rows)),
+    ]
+
+
 VARIANTS = {"off": None, "simic": "minibatch", "simic, per update": "update"}
 
 
@@ -318,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=defaults.iters, help="iterations per variant per round (default: %(default)s)")
     parser.add_argument("--eager", action="store_true", help="no torch.compile, no CUDA graph (the CPU path)")
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    parser.add_argument("--calls", action="store_true", help="also print the host cost of each telemetry line alone")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 envs, 8 steps, 2 rounds of 1 iteration")
     ns = parser.parse_args(argv)
     args = Args(envs=ns.envs, rounds=ns.rounds, iters=ns.iters, eager=ns.eager)
@@ -360,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             ms[name].append((time.perf_counter() - t0) * 1000.0 / args.iters)
             parts[name].append({k: v / 1e6 / args.iters for k, v in spent.parts.items()})
     graph_us = {name: replay_us(trainer) for name, trainer in trainers.items() if trainer.graph is not None}
+    calls = call_costs(trainers["simic, per update"], emitter) if ns.calls else []
     errors = emitter.collector_stats.errors
     emitter.close()
     messages, events, refused = receiver.stop(emitter.stats.sent)
@@ -397,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("one replay of the update graph alone, device us (256 replays back to back): "
               + "; ".join(f"{name} {us:.1f}" for name, us in graph_us.items()))
+    if calls:
+        print()
+        print("| host cost of one line alone (median of calls) | us |")
+        print("|---|---:|")
+        for label, us in calls:
+            print(f"| {label} | {us:.1f} |")
     stats = emitter.stats
     print(f"emitter: produced {stats.produced}, sent {stats.sent}, dropped {stats.dropped}, invalid {stats.invalid}; "
           f"receiver: {messages} messages, {events} events, {refused} refused; collector errors {errors}")

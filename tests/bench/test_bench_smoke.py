@@ -201,11 +201,14 @@ class TestGpuBenchesOnCpu:
 
     def test_compiled_ppo_eager_path_sends_every_event_it_makes(self) -> None:
         """The LeanRL-style trainer without compile and graph: all three variants run, every event arrives
-        and decodes, no collector error (the script exits 1 otherwise)."""
+        and decodes, no collector error (the script exits 1 otherwise); ``--calls`` prints every line's cost."""
         pytest.importorskip("torch")
-        result = quick("compiled_ppo.py", "--eager", "--device", "cpu")
+        result = quick("compiled_ppo.py", "--eager", "--device", "cpu", "--calls")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "; eager" in result.stdout
+        for line in ("| timer: make, start(), stop() |", "| ppo_update (8 device values, a learning rate) |",
+                     "| flush: one iteration's readouts, 4 row events |"):
+            assert line in result.stdout
         for row in ("| off |", "| simic |", "| simic, per update |"):
             assert row in result.stdout
         produced = re.search(r"produced (\d+), sent (\d+), dropped 0, invalid 0; receiver: \d+ messages, (\d+) events, 0 refused; collector errors 0", result.stdout)
