@@ -589,6 +589,19 @@ class TestPpoUpdateOnCpu:
         [event] = received(consumer, emitter, "ppo_update")
         assert event.step == 2 and event.policy_loss == 0.1 and event.ratio_min is None
 
+    def test_a_key_that_is_not_text_is_refused_and_the_rest_arrives(self, consumer, emitter) -> None:
+        """The wire's maps take text keys only: a number as a head or metric name is refused (counted) by
+        itself, and its neighbours, the event and the other events of its message still arrive."""
+        emitter.ppo_update(3, policy_loss=0.5, entropy={"slot": 1.0, 0: torch.tensor(2.0)})
+        emitter.metrics(3, {"loss": 1.5, 7: 2.5})
+        assert emitter.collector_stats.errors == 2
+        emitter.close()
+        events = consumer.until_run_end()
+        [event] = [e for e in events if e.kind == "ppo_update"]
+        assert event.step == 3 and event.policy_loss == 0.5 and event.entropy == {"slot": 1.0}
+        [metrics] = [e for e in events if e.kind == "metrics"]
+        assert metrics.values == {"loss": 1.5}
+
 
 # -- profiler ---------------------------------------------------------------------------------------
 
