@@ -313,9 +313,12 @@ def call_costs(trainer: Trainer, emitter: Emitter, n: int = 300) -> list[tuple[s
     next to the floor of the device work it must do; the flush with one iteration's readouts pending
     (two timers, the norms, ``ppo_update``), when the GPU has finished them."""
     device, groups, steps = trainer.device, trainer.groups, len(trainer.rows)
-    metrics = trainer.update(*trainer.gae(trainer.rollout()))
+    advantages, returns = trainer.gae(trainer.rollout())
+    trainer.accumulated.zero_()
+    trainer.slot.zero_()
+    metrics = trainer.update(advantages, returns)
     sync(device)
-    returns, values = trainer.buffers["rewards"], trainer.buffers["values"]
+    values = trainer.buffers["values"]
     explained = trainer.explained_variance(returns, values)
     scalars = dict(zip(METRICS, metrics.unbind(0)))
     rms = (trainer.accumulated / steps).sqrt()
