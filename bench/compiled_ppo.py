@@ -56,7 +56,7 @@ import torch.nn as nn
 
 if not __package__:  # run as a script (python bench/compiled_ppo.py): the repository root makes the `bench` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.gpu_overhead import DecodingReceiver, Spent, sync  # noqa: E402
+from bench.gpu_overhead import DecodingReceiver, Spent, median_call_us, sync  # noqa: E402
 from simic.producer import Emitter, EmitterSettings  # noqa: E402
 
 TARGET = 1.02
@@ -323,18 +323,8 @@ def call_costs(trainer: Trainer, emitter: Emitter, n: int = 300) -> list[tuple[s
     scalars = dict(zip(METRICS, metrics.unbind(0)))
     rms = (trainer.accumulated / steps).sqrt()
 
-    def median_us(fn: Any, flush_every: int = 16) -> float:
-        samples = []
-        for i in range(n):
-            t0 = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - t0)
-            if i % flush_every == flush_every - 1:
-                sync(device)
-                emitter.flush()
-        sync(device)
-        emitter.flush()
-        return statistics.median(samples) / 1000.0
+    def median_us(fn: Any) -> float:
+        return median_call_us(fn, emitter, device, n)
 
     def ppo_update() -> None:
         emitter.ppo_update(0, **scalars, explained_variance=explained, learning_rate=3e-4)

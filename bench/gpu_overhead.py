@@ -513,6 +513,22 @@ def measure(args: Args, envs: int, device: torch.device, emitter: Emitter) -> tu
     return results, trainers
 
 
+def median_call_us(fn: Callable[[], Any], emitter: Emitter, device: torch.device, n: int, flush_every: int = 16) -> float:
+    """Median host microseconds of ``n`` calls of ``fn``; every ``flush_every`` calls the GPU is waited
+    for and ``emitter`` flushed (outside the timing), so readouts never pile up."""
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+        if i % flush_every == flush_every - 1:
+            sync(device)
+            emitter.flush()
+    sync(device)
+    emitter.flush()
+    return statistics.median(samples) / 1000.0
+
+
 def per_call_costs(trainer: Trainer, emitter: Emitter, device: torch.device, n: int = 200) -> list[tuple[str, float]]:
     """Median host microseconds of one call of each collector (and its seed-plan twin), on ``trainer``."""
     policy = trainer.policy
@@ -531,18 +547,8 @@ def per_call_costs(trainer: Trainer, emitter: Emitter, device: torch.device, n: 
     )
     timer = emitter.timer("t", step=0)
 
-    def median_us(fn: Callable[[], Any], flush_every: int = 16) -> float:
-        samples = []
-        for i in range(n):
-            t0 = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - t0)
-            if i % flush_every == flush_every - 1:
-                sync(device)
-                emitter.flush()
-        sync(device)
-        emitter.flush()
-        return statistics.median(samples) / 1000.0
+    def median_us(fn: Callable[[], Any]) -> float:
+        return median_call_us(fn, emitter, device, n)
 
     def timer_pair() -> None:
         timer.start()
