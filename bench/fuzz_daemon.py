@@ -456,7 +456,7 @@ def _same_event(a: Any, b: Any) -> bool:
 
 def disagreement(data: bytes, decoded: Any) -> str | None:
     """None when ``decode_message``'s events and refusals are what validating each row with the models gives."""
-    version, run_id, rank, session, rows = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    version, run_id, rank, session, rows = msgpack.unpackb(data, raw=False, strict_map_key=False)  # decoded: a non-text key refuses its event only
     events, errors = iter(decoded.events), {error.index: error.reason.value for error in decoded.errors}
     for index, row in enumerate(rows):
         expected = _reference_row(version, run_id, rank, session, row)

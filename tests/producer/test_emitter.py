@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from simic.producer import Emitter, EmitterSettings, EmitterStats, NullEmitter
+from simic.schemas import RejectReason, decode_message
 from simic.schemas.codec import KINDS
 from tests.receiver import RECV_TIMEOUT_S
 
@@ -201,6 +202,20 @@ class TestRefusals:
         assert [(e.kind, e.seq) for e in events] == [("run_start", 0), ("heartbeat", 1), ("heartbeat", 3), ("run_end", 4)]
         assert (emitter.stats.invalid, emitter.stats.dropped) == (1, 1)
         assert (events[-1].sent, events[-1].dropped) == (3, 1)
+
+    def test_a_map_key_that_is_not_text_costs_the_consumer_only_its_event(self, receiver, emitters):
+        """The emitter sends a map with a number as key as it is; the consumer's decoder refuses that event
+        alone (invalid), and the events batched with it arrive."""
+        emitter = emitters(receiver.endpoint)
+        emitter.emit("heartbeat", step=1)
+        emitter.emit("metrics", step=2, values={0: 1.5})
+        emitter.emit("heartbeat", step=3)
+        emitter.close()
+        decoded = [decode_message(data) for data in receiver.drain()]
+        events = [e for d in decoded for e in d.events]
+        assert [(e.kind, e.seq) for e in events] == [("run_start", 0), ("heartbeat", 1), ("heartbeat", 3), ("run_end", 4)]
+        [error] = [error for d in decoded for error in d.errors]
+        assert error.reason is RejectReason.INVALID_EVENT and "metrics.values" in str(error)
 
     def test_a_tensor_on_a_gpu_is_never_read(self, receiver, emitters):
         """A value that says it lives on a CUDA device is refused without being read (it would stall the GPU)."""

@@ -48,7 +48,7 @@ MESSAGE_CASES = {
     "truncated mid-string": (VALID[:5], RejectReason.MALFORMED),
     "trailing garbage": (VALID + b"\x00", RejectReason.MALFORMED),
     "two messages glued": (VALID + VALID, RejectReason.MALFORMED),
-    "integer map key": (msgpack.packb([1, "r", 0, 1, [[7, 0, 1, 2, {1: 2}]]]), RejectReason.MALFORMED),
+    "array map key": (msgpack.packb([1, "r", 0, 1, [[3, 0, 1, 2, {(1, 2): 1.0}]]]), RejectReason.MALFORMED),
     "ext type in envelope": (msgpack.packb([1, ext(1, b"x"), 0, 1, []]), RejectReason.MALFORMED),
     "empty ext type": (msgpack.packb([1, ext(5, b""), 0, 1, []]), RejectReason.MALFORMED),
     "ext type in a payload": (msgpack.packb([1, "r", 0, 1, [[7, 0, 1, 2, ext(1, b"\x00" * 8)]]]), RejectReason.MALFORMED),
@@ -91,6 +91,8 @@ ROW_CASES = {
     "wrong type": ([7, 0, 1, 2, "ten"], RejectReason.INVALID_EVENT, "heartbeat.sent"),
     "bin for a string field": ([6, 0, 1, 2, b"/trace"], RejectReason.INVALID_EVENT, "profiler_trace.path"),
     "bin map key": ([3, 0, 1, 2, {b"slot": 1.0}], RejectReason.INVALID_EVENT, "head_grad_norms.norms"),
+    "integer map key": ([3, 0, 1, 2, {1: 1.0}], RejectReason.INVALID_EVENT, "head_grad_norms.norms"),
+    "nil map key deep in config": ([1, 0, 1, 2, "h", 1, 1, None, None, None, {"a": {None: 1}}], RejectReason.INVALID_EVENT, "run_start.config.a"),
     "bin list item": ([1, 0, 1, 2, "h", 1, 1, None, None, [b"slot"]], RejectReason.INVALID_EVENT, "run_start.heads.0"),
     "bin deep in config": ([1, 0, 1, 2, "h", 1, 1, None, None, None, {"a": [{"b": b"x"}]}], RejectReason.INVALID_EVENT, "run_start.config.a"),
     "bin key deep in config": ([1, 0, 1, 2, "h", 1, 1, None, None, None, {"a": {b"k": 1}}], RejectReason.INVALID_EVENT, "run_start.config.a"),
@@ -137,7 +139,7 @@ class TestEventRefusals:
         assert (error.reason, error.index) == (reason, 0)
         assert detail in str(error)
 
-    @pytest.mark.parametrize("case", ["unassigned code", "wrong type", "row a scalar", "bin for a string field"])
+    @pytest.mark.parametrize("case", ["unassigned code", "wrong type", "row a scalar", "bin for a string field", "integer map key"])
     def test_one_bad_event_costs_only_itself(self, case, events, message):
         """A bad row between good ones is refused alone; the good events before and after it are kept in order."""
         rows = [event_row(e) for e in events]
