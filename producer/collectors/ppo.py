@@ -42,7 +42,7 @@ def submit_ppo_update(readouts: Any, emit: Any, step: int, metrics: Mapping[str,
         if isinstance(value, Mapping):
             entries = {}
             for head, item in value.items():
-                if type(head) is not str:  # the wire takes text keys only: one such key would lose the whole message
+                if not isinstance(head, str):  # the models take text keys only: the consumer would refuse the whole event
                     refuse(f"ppo_update:{name}", f"{name} keys must be text, got {type(head).__name__} {head!r:.40}")
                     continue
                 if item is None:  # missing, and sent as missing where the field allows it
