@@ -8,7 +8,10 @@ them with the default configuration (every rule on, no sinks). Two workloads:
   gradient norms before and after clipping, LSTM health of two cores, two PPO epochs), a
   ``run_start`` first and a ``heartbeat`` in every 50th message.
 
-Prints events/s for: decode only, the pipeline with no rules, and with every rule. ``--cpu-time``
+Prints events/s for: decode only, the pipeline with no rules, with every rule, and with every rule
+judging nothing (each rule's ``check`` and ``tick`` return at once: what dispatching the events to the
+rules, indexing them by kind and combining each update's events cost, the floor of any rule
+set in this pipeline; its share of decode only is the most that rules of any speed can reach). ``--cpu-time``
 times with this process's CPU time (``time.process_time``) instead of the wall clock: on a shared
 machine, what other work takes from this process is then not counted. ``--per-rule``
 adds what each rule costs on its own (microseconds per event over accounting and the update combiner,
@@ -34,9 +37,10 @@ from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E
 
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
 from simic.consumer.pipeline.accounting import Accounting  # noqa: E402
-from simic.consumer.pipeline.alerts import AlertMaker  # noqa: E402
+from simic.consumer.pipeline.alerts import AlertClock, AlertMaker  # noqa: E402
 from simic.consumer.pipeline.updates import UpdateCombiner  # noqa: E402
 from simic.consumer.analysis import RULES  # noqa: E402
+from simic.consumer.analysis._rule import Rule  # noqa: E402
 from simic.schemas import decode_message, encode_message  # noqa: E402
 from simic.schemas.codec import KINDS  # noqa: E402
 
@@ -103,6 +107,24 @@ def count_events(raws: list[bytes]) -> int:
     return sum(len(decode_message(raw).events) for raw in raws)
 
 
+def judging_nothing(rule: type[Rule]) -> type[Rule]:
+    """``rule`` given the same events and ticks, its ``check`` and ``tick`` returning at once: what is left is
+    the pipeline's work around it (the rule's own batch loop replaced by the shared one)."""
+    overrides: dict[str, object] = {"consume_now": Rule.consume_now}
+    if rule.check is not Rule.check:
+        overrides["check"] = lambda self, event, now_ns: None
+    if rule.tick is not Rule.tick:
+        overrides["tick"] = lambda self, now_ns, batch: None
+    return type(f"{rule.__name__}JudgingNothing", (rule,), overrides)
+
+
+def rules_judging_nothing(config: ConsumerConfig) -> list:
+    """The stages of ``analysis_stages(config)``, each rule :func:`judging_nothing`."""
+    alerts = AlertMaker()
+    return [AlertClock(alerts), UpdateCombiner()] + [judging_nothing(rule)(getattr(config.rules, name), alerts)
+                                                     for name, rule in RULES.items() if getattr(config.rules, name).enabled]
+
+
 def best(run, repeat: int) -> float:
     return min(run() for _ in range(repeat))
 
@@ -122,6 +144,8 @@ def table(name: str, raws: list[bytes], repeat: int, per_rule: bool) -> None:
         "pipeline: accounting, no rules": lambda: asyncio.run(timed(Pipeline([Accounting()]), raws)),
         f"pipeline: accounting + all {len(RULES)} rules (defaults)": lambda: asyncio.run(
             timed(build_pipeline(config, console=False), raws)),
+        f"pipeline: accounting + all {len(RULES)} rules judging nothing (the floor)": lambda: asyncio.run(
+            timed(build_pipeline(config, console=False, rules=rules_judging_nothing(config)), raws)),
     }
     timer = "CPU time" if clock is time.process_time else "wall clock"
     print(f"\n### {name}: {events} events in {len(raws)} messages, best of {repeat} ({timer})\n")

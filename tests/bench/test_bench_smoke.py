@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +37,42 @@ def quick(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True, timeout=120)
 
 
+class TestCompiledJudge:
+    def test_the_compiled_judge_decides_as_the_interpreted_one(self) -> None:
+        """compiled_judge.py builds ``_rise`` with mypyc (when mypy and a C compiler are there) and prints both timings;
+        it exits 1 if the two judged differently."""
+        pytest.importorskip("mypyc")
+        if shutil.which("cc") is None:
+            pytest.skip("no C compiler")
+        result = subprocess.run([sys.executable, str(BENCH / "compiled_judge.py"), "--quick"], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "| interpreted (as the consumer runs it) |" in result.stdout and "| compiled by mypyc |" in result.stdout
+        assert "the same in both" in result.stdout
+
+
 class TestConsumerBenches:
     def test_consumer_throughput_times_both_workloads(self) -> None:
         """consumer_throughput.py --quick prints a table for the head_grad_norms and the mixed-step workload."""
         result = quick("consumer_throughput.py")
         assert result.returncode == 0, result.stderr
         assert "### head_grad_norms:" in result.stdout and "### mixed step:" in result.stdout
-        assert result.stdout.count("| pipeline: accounting + all") == 2
+        assert result.stdout.count("| pipeline: accounting + all") == 4
+        assert result.stdout.count("rules judging nothing (the floor) |") == 2
+
+    def test_the_floor_gives_every_rule_its_events_and_judges_nothing(self) -> None:
+        """The floor's rules are the real rules (same kinds, same cadence, the shared batch loop), with a check
+        where the rule has one and a tick where it has one: the dispatch timed is the real rules' dispatch."""
+        from bench.consumer_throughput import judging_nothing
+        from simic.consumer.analysis import RULES
+        from simic.consumer.analysis._rule import Rule
+
+        for rule in RULES.values():
+            empty = judging_nothing(rule)
+            assert issubclass(empty, rule) and empty.kinds == rule.kinds and empty.per_update == rule.per_update
+            assert empty.consume_now is Rule.consume_now
+            assert (empty.check is Rule.check) == (rule.check is Rule.check)
+            assert (empty.tick is Rule.tick) == (rule.tick is Rule.tick)
 
     def test_per_rule_times_every_rule_after_the_update_combiner(self) -> None:
         """consumer_throughput.py --per-rule prints, per workload, the update combiner's own cost and a row for every
