@@ -37,7 +37,8 @@ from bench._workload import RUN_ID, STEP_EVENTS, VARIANTS, positional  # noqa: E
 
 from simic.consumer import ConsumerConfig, Pipeline, build_pipeline  # noqa: E402
 from simic.consumer.pipeline.accounting import Accounting  # noqa: E402
-from simic.consumer.pipeline.alerts import AlertClock, AlertMaker  # noqa: E402
+from simic.consumer.pipeline.build import analysis_stages  # noqa: E402
+from simic.consumer.pipeline.alerts import AlertMaker  # noqa: E402
 from simic.consumer.pipeline.updates import UpdateCombiner  # noqa: E402
 from simic.consumer.analysis import RULES  # noqa: E402
 from simic.consumer.analysis._rule import Rule  # noqa: E402
@@ -119,10 +120,10 @@ def judging_nothing(rule: type[Rule]) -> type[Rule]:
 
 
 def rules_judging_nothing(config: ConsumerConfig) -> list:
-    """The stages of ``analysis_stages(config)``, each rule :func:`judging_nothing`."""
-    alerts = AlertMaker()
-    return [AlertClock(alerts), UpdateCombiner()] + [judging_nothing(rule)(getattr(config.rules, name), alerts)
-                                                     for name, rule in RULES.items() if getattr(config.rules, name).enabled]
+    """The stages of ``analysis_stages(config)``, each rule made again :func:`judging_nothing` (same settings, same
+    alert numbering)."""
+    return [judging_nothing(type(stage))(stage.config, stage.alerts) if isinstance(stage, Rule) else stage
+            for stage in analysis_stages(config)]
 
 
 def best(run, repeat: int) -> float:

@@ -68,6 +68,14 @@ class TestConsumerBenches:
         from simic.consumer.analysis import RULES
         from simic.consumer.analysis._rule import Rule
 
+        from bench.consumer_throughput import rules_judging_nothing
+        from simic.consumer import ConsumerConfig
+        from simic.consumer.pipeline.build import analysis_stages
+
+        config = ConsumerConfig()
+        real, floor = analysis_stages(config), rules_judging_nothing(config)
+        assert [type(stage).__name__.removesuffix("JudgingNothing") for stage in floor] == [type(stage).__name__ for stage in real]
+        assert all(isinstance(stage, type(kept)) for stage, kept in zip(floor, real))
         for rule in RULES.values():
             empty = judging_nothing(rule)
             assert issubclass(empty, rule) and empty.kinds == rule.kinds and empty.per_update == rule.per_update
