@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from .readout import current_stream, torch_module
@@ -99,8 +100,8 @@ class LstmBatches:
             except Exception as exc:  # its snapshots are lost: counted, never raised
                 self.stats.dropped += len(group)
                 self.failed("lstm_state", exc)
-        ready.sort(key=_first)
-        for stream, run in groupby(ready, key=_stream):  # each readout queued on its state's stream (the usual: one run)
+        ready.sort(key=itemgetter(0))  # by call number
+        for stream, run in groupby(ready, key=itemgetter(3)):  # each readout queued on its state's stream (the usual: one run)
             with torch.cuda.stream(stream):
                 for _, row, context, _ in run:
                     try:
@@ -113,14 +114,6 @@ class LstmBatches:
         """Forget the snapshots without touching CUDA (after a fork); the caller keeps them alive."""
         kept, self.pending, self.waiting = self.pending, {}, 0
         return [kept]
-
-
-def _first(item: tuple) -> int:
-    return item[0]
-
-
-def _stream(item: tuple) -> Any:
-    return item[3]
 
 
 def _reduced(torch: Any, stream: Any, group: list[tuple[int, Any, tuple]]) -> list[tuple[int, Any, tuple, Any]]:

@@ -64,12 +64,10 @@ class TestConsumerBenches:
     def test_the_floor_gives_every_rule_its_events_and_judges_nothing(self) -> None:
         """The floor's rules are the real rules (same kinds, same cadence, the shared batch loop), with a check
         where the rule has one and a tick where it has one: the dispatch timed is the real rules' dispatch."""
-        from bench.consumer_throughput import judging_nothing
+        from bench.consumer_throughput import judging_nothing, rules_judging_nothing
+        from simic.consumer import ConsumerConfig
         from simic.consumer.analysis import RULES
         from simic.consumer.analysis._rule import Rule
-
-        from bench.consumer_throughput import rules_judging_nothing
-        from simic.consumer import ConsumerConfig
         from simic.consumer.pipeline.build import analysis_stages
 
         config = ConsumerConfig()
